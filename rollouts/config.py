@@ -1,0 +1,116 @@
+"""The collection config: one dataclass, read from YAML, with ``key=value`` CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rollouts.prompts import DEFAULT_SUFFIX
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed or names something unknown."""
+
+
+STRATEGY_KEYS = {"sample_pool": {"n"}, "beam_search": {"n", "m", "max_iterations"}}
+
+
+@dataclass
+class CollectConfig:
+    dataset: str = "arith:0"  # hf:<id>[:split] | jsonl:<path> | arith:<seed>
+    limit: int | None = 320
+    offset: int = 0
+    question_field: str | None = None
+    answer_field: str | None = None
+    model: str = "smollm2-135m-instruct"
+    backend: str = "vllm"  # vllm | openai
+    backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. base_url for openai
+    prompt_suffix: str = DEFAULT_SUFFIX
+    system_prompt: str | None = None
+    temperature: float = 0.3
+    top_p: float = 1.0
+    max_tokens: int = 96
+    menu: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"strategy": "sample_pool", "n": 16},
+        {"strategy": "beam_search", "n": 2, "m": 2, "max_iterations": 4},
+        {"strategy": "beam_search", "n": 4, "m": 2, "max_iterations": 4},
+        {"strategy": "beam_search", "n": 8, "m": 2, "max_iterations": 4},
+        {"strategy": "beam_search", "n": 8, "m": 4, "max_iterations": 4},
+    ])
+    budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # derived from the pool
+    scorer: str = "logprob"
+    scorer_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    batch_queries: int = 16  # queries per engine batch (throughput)
+    calibration_queries: int = 8  # queries run alone to measure latency (0: none)
+    grade_timeout_s: int = 5
+    output: str = "runs/collect/cache"
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.backend not in ("vllm", "openai"):
+            raise ConfigError(f"unknown backend {self.backend!r} (known: vllm, openai)")
+        if self.max_tokens < 1 or self.batch_queries < 1 or self.calibration_queries < 0:
+            raise ConfigError("max_tokens and batch_queries must be >= 1, calibration_queries >= 0")
+        if not self.menu:
+            raise ConfigError("the strategy menu is empty")
+        for i, item in enumerate(self.menu):
+            name = item.get("strategy")
+            if name not in STRATEGY_KEYS:
+                raise ConfigError(f"menu[{i}]: unknown strategy {name!r} (known: {', '.join(STRATEGY_KEYS)})")
+            extra = set(item) - STRATEGY_KEYS[name] - {"strategy"}
+            if extra:
+                raise ConfigError(f"menu[{i}] ({name}): unknown keys {sorted(extra)}")
+            for k in STRATEGY_KEYS[name]:
+                v = item.get(k)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ConfigError(f"menu[{i}] ({name}): {k} must be a positive integer, got {v!r}")
+            if name == "beam_search" and item["n"] % item["m"]:
+                raise ConfigError(f"menu[{i}] (beam_search): n={item['n']} must be divisible by m={item['m']}")
+        pools = [m["n"] for m in self.menu if m["strategy"] == "sample_pool"]
+        for b in self.budgets:
+            if not isinstance(b, int) or b < 1:
+                raise ConfigError(f"budgets must be positive integers, got {b!r}")
+            if pools and b > max(pools):
+                raise ConfigError(f"budget {b} exceeds the pool size {max(pools)}")
+        if self.scorer not in ("logprob", "prm"):
+            raise ConfigError(f"unknown scorer {self.scorer!r} (known: logprob, prm)")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CollectConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise ConfigError(f"{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the config must be a YAML mapping")
+    for ov in overrides or []:
+        key, sep, raw = ov.partition("=")
+        if not sep:
+            raise ConfigError(f"override {ov!r} is not key=value")
+        try:
+            data[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {ov!r}: malformed value ({exc})") from exc
+    known = {f.name for f in dataclasses.fields(CollectConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} (known: {sorted(known)})")
+    try:
+        cfg = CollectConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+    cfg.validate()
+    return cfg

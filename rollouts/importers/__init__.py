@@ -1,0 +1,698 @@
+"""Bring your own rollouts: import third-party strategy runs into a rollout cache (schema v1).
+
+Adapters (``generic``, ``qwen25math``, ``search_and_learn``) turn their native rows into run dicts
+of the generic format (``generic.parse_run``); the ``Importer`` here validates them, fills what is
+missing and labels where every field came from:
+
+- ``correct`` missing: graded with math-verify against the reference (``graded:math-verify``);
+- ``answer`` missing: extracted from the sample text with math-verify (``extracted:math-verify``);
+- token counts missing: counted from the text with a named tokenizer (``tokenizer:<name>``);
+- ``seconds`` missing: from a latency model fitted on this project's own measurements
+  (``modelled:<label>``, ``seconds_source="modelled"``), or ``missing`` without one;
+- scorer tokens missing for scored samples: prompt + sample tokens (what a reward model reads).
+
+Query features are computed with a local featurizer on the chat-formatted question (the collector's
+prompt builder), batched, and the featurizer is recorded in the cache meta. Question text and
+reference answers are not stored unless ``keep_text``: a query keeps its dataset, index and the
+sha256 of its text. Errors are reported as ``file:line: reason``; ``on_error="skip"`` imports the
+rest, ``"stop"`` stops at the first bad line after writing the good lines before it. Keys already in
+the cache are skipped, so a re-run neither loses nor duplicates anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rollouts.cache import CacheError, CacheWriter, load_cache, read_meta, record_key, validate_query, validate_record
+from rollouts.importers.generic import LineError, Run, Sample, parse_run
+from rollouts.latency import LatencyModel, Round
+
+DEFAULT_FEATURIZER = "smollm2-135m-instruct"
+ON_ERROR = ("skip", "stop")
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class ImportIssue:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+class ImportErrorReport:
+    """The bad lines of an import, each reported as ``file:line: reason``."""
+
+    def __init__(self) -> None:
+        self.issues: list[ImportIssue] = []
+
+    def add(self, file: str, line: int, reason: str) -> ImportIssue:
+        issue = ImportIssue(file, line, reason)
+        self.issues.append(issue)
+        return issue
+
+    def lines(self) -> list[str]:
+        return [str(i) for i in self.issues]
+
+    def __len__(self) -> int:
+        return len(self.issues)
+
+    def __bool__(self) -> bool:
+        return bool(self.issues)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces the importer is given
+
+
+class FeaturizerLike(Protocol):
+    tokenizer: Any
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def features(self, prompts: Sequence[list[int]], progress: bool = True) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class Reader(Protocol):
+    """An adapter: iterates (file, line, run dict or LineError) and describes its source."""
+
+    name: str
+
+    def __iter__(self) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+_FEATURIZERS: dict[tuple[str, int], Any] = {}
+
+
+def load_featurizer(model: str = DEFAULT_FEATURIZER, layer: int = -1, batch_size: int = 16) -> Any:
+    """A ``rollouts.features.Featurizer`` for a bundled name, local folder or HF id (cached per process)."""
+    key = (model, layer)
+    if key not in _FEATURIZERS:
+        from rollouts.features import Featurizer
+        from rollouts.models import resolve_model
+
+        _FEATURIZERS[key] = Featurizer(resolve_model(model), layer=layer, batch_size=batch_size, name=model)
+    return _FEATURIZERS[key]
+
+
+def load_tokenizer(name: str) -> Any:
+    """An HF tokenizer by bundled name, local folder or (offline-cached) HF id."""
+    from transformers import AutoTokenizer
+
+    from rollouts.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+def default_messages_fn(suffix: str | None = None, system: str | None = None) -> tuple[Callable, dict[str, Any]]:
+    """The collector's prompt builder (rollouts.prompts.build_messages) and its description."""
+    from rollouts.prompts import DEFAULT_SUFFIX, build_messages
+
+    suffix = DEFAULT_SUFFIX if suffix is None else suffix
+    return (lambda q: build_messages(q, suffix, system)), {"prompt_suffix": suffix, "system_prompt": system}
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fmt(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def config_id_for(run: Run, n: int | None) -> str:
+    """Stable config id: ``pool:n=K[,param=value...]`` for pools (as collected), else ``<method>[:params]``."""
+    extra = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run.params.items()) if k not in ("n", "method"))
+    if run.strategy == "sample_pool":
+        return f"pool:n={n}" + (f",{extra}" if extra else "")
+    return run.method + (f":{extra}" if extra else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass
+class ImportSummary:
+    """What one import did (this run) and what the cache holds afterwards."""
+
+    format: str
+    out: str
+    lines: int = 0
+    imported: int = 0
+    already_present: int = 0
+    stopped: bool = False
+    errors: ImportErrorReport = field(default_factory=ImportErrorReport)
+    queries_new: int = 0
+    samples: int = 0
+    results: int = 0
+    fields: Counter = field(default_factory=Counter)  # "<field>:<origin>" -> count, for this run
+    cache: dict[str, Any] = field(default_factory=dict)  # rollouts.stats.summarize + selector accuracies
+
+    def share(self, fld: str, origin_prefix: str) -> float | None:
+        tot = sum(v for k, v in self.fields.items() if k.startswith(fld + ":"))
+        hit = sum(v for k, v in self.fields.items() if k.startswith(f"{fld}:{origin_prefix}"))
+        return hit / tot if tot else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "out": self.out, "lines": self.lines, "imported": self.imported,
+            "already_present": self.already_present, "stopped": self.stopped, "errors": self.errors.lines(),
+            "queries_new": self.queries_new, "samples": self.samples, "results": self.results,
+            "fields": dict(self.fields), "cache": self.cache,
+        }
+
+
+def selector_accuracies(cache: Any) -> dict[str, dict[str, float | None]]:
+    """Per pool config: best_score@K and weighted@K over whole pools (majority is in stats.summarize)."""
+    from rollouts.strategies.selectors import select
+
+    out: dict[str, dict[str, float | None]] = {}
+    for cid in cache.config_ids:
+        recs = [r for r in cache.records if r["config_id"] == cid and r["strategy"] == "sample_pool"]
+        if not recs:
+            continue
+        acc: dict[str, list[float]] = {"best_score": [], "weighted": []}
+        for r in recs:
+            ss = r["samples"]
+            if any(s["correct"] is None for s in ss) or any(s.get("score") is None for s in ss):
+                continue
+            for sel in acc:
+                i = select(sel, [s["answer"] for s in ss], [s["score"] for s in ss])
+                acc[sel].append(float(ss[i]["correct"]))
+        out[cid] = {f"{k}_accuracy": (sum(v) / len(v) if v else None) for k, v in acc.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The importer
+
+
+class ImportStopped(Exception):
+    """on_error="stop" met a bad line; the lines before it were imported."""
+
+    def __init__(self, issue: ImportIssue):
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+@dataclass
+class _Pending:
+    run: Run
+    record: dict[str, Any]
+    prompt_ids: list[int]
+
+
+class Importer:
+    """Validates, fills and writes runs from a reader into a cache directory (resumable)."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        featurizer: FeaturizerLike,
+        tokenizer: Any | None = None,
+        tokenizer_name: str | None = None,
+        latency_model: LatencyModel | None = None,
+        on_error: str = "skip",
+        keep_text: bool = False,
+        score_scale: str = "prob",
+        prompt_suffix: str | None = None,
+        system_prompt: str | None = None,
+        meta: dict[str, Any] | None = None,
+        chunk_runs: int = 512,
+        progress: bool = True,
+        grade_timeout_s: int = 5,
+    ):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}")
+        self.out = Path(out)
+        self.featurizer = featurizer
+        self.tokenizer = tokenizer if tokenizer is not None else featurizer.tokenizer
+        self.tokenizer_name = tokenizer_name or featurizer.describe().get("model", "featurizer")
+        self.latency = latency_model
+        self.latency_label = (latency_model.fit.get("label") or "latency_model") if latency_model else None
+        self.on_error = on_error
+        self.keep_text = keep_text
+        self.score_scale = score_scale
+        self.messages_fn, self.prompt_desc = default_messages_fn(prompt_suffix, system_prompt)
+        self.extra_meta = meta or {}
+        self.chunk_runs = chunk_runs
+        self.progress = progress
+        self.grade_timeout_s = grade_timeout_s
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # -- meta -------------------------------------------------------------------------------------
+    def _meta(self, reader: Reader) -> dict[str, Any]:
+        desc = dict(reader.describe())
+        fz = dict(self.featurizer.describe())
+        fz["prompt"] = {"builder": "rollouts.prompts.build_messages", **self.prompt_desc}
+        meta: dict[str, Any] = {
+            "source": "import",
+            "featurizer": fz,
+            "tokenizer": {"name": self.tokenizer_name, "used_for": "token counts missing from the input"},
+            "latency_definition": (
+                "wall-clock seconds one query sees when its strategy runs alone; imported records keep given "
+                "seconds ('measured', provenance 'given:<format>') or get meta.latency_model's estimate "
+                "('modelled', provenance 'modelled:<label>')"
+            ),
+        }
+        for key in ("model", "dataset"):
+            val = self.extra_meta.get(key, desc.pop(key, None))
+            if val is not None:
+                meta[key] = val
+        sampling = {**(self.extra_meta.get("sampling") or desc.pop("sampling", None) or {}), **self.prompt_desc}
+        meta["sampling"] = sampling
+        if self.latency is not None:
+            meta["latency_model"] = self.latency.to_dict()
+        entry = {**desc, **{k: v for k, v in self.extra_meta.items() if k not in ("model", "dataset", "sampling")}}
+        meta["imports"] = [entry]
+        return meta
+
+    def _open(self, reader: Reader) -> CacheWriter:
+        new = self._meta(reader)
+        if (self.out / "meta.json").exists():
+            old = read_meta(self.out)
+            if old.get("featurizer") and {k: v for k, v in old["featurizer"].items() if k != "prompt"} != {
+                k: v for k, v in new["featurizer"].items() if k != "prompt"
+            }:
+                raise CacheError(
+                    f"{self.out}: its queries were featurized with {old['featurizer']}, not {new['featurizer']}; "
+                    "import with the same --featurizer or into a new cache"
+                )
+            if old.get("featurizer", {}).get("prompt") not in (None, new["featurizer"]["prompt"]):
+                raise CacheError(f"{self.out}: its queries were featurized with prompt "
+                                 f"{old['featurizer']['prompt']}, not {new['featurizer']['prompt']}")
+            imports = list(old.get("imports", []))
+            if new["imports"][0] not in imports:
+                imports.append(new["imports"][0])
+            new = {**old, **new, "imports": imports}
+            if "latency_model" in old and self.latency is not None and old["latency_model"] != new["latency_model"]:
+                raise CacheError(f"{self.out}: its records were modelled with another latency model; "
+                                 "import with the same --latency-model or into a new cache")
+        return CacheWriter(self.out, meta=new)
+
+    # -- filling ----------------------------------------------------------------------------------
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _prompt(self, run: Run) -> list[int]:
+        key = sha256_text(run.question)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = list(self.featurizer.prompt_ids(self.messages_fn(run.question)))
+        return self._prompt_cache[key]
+
+    def _grade(self, reference: str, s: Sample, fields: Counter, given: str) -> None:
+        """Fill a sample's answer/correct in place (from its answer if given, else from its text)."""
+        from rollouts.grading import extract_answer, grade
+
+        if s.correct is not None:
+            fields[f"correct:{given}"] += 1
+            if not s.has_answer:
+                s.answer = extract_answer(s.text or "")
+                fields["answer:extracted:math-verify"] += 1
+            else:
+                fields[f"answer:{given}"] += 1
+            return
+        if s.has_answer:
+            fields[f"answer:{given}"] += 1
+            if s.answer is None:
+                s.correct = False
+            else:
+                s.correct = grade(reference, f"\\boxed{{{s.answer}}}", self.grade_timeout_s).correct
+        else:
+            g = grade(reference, s.text or "", self.grade_timeout_s)
+            s.answer, s.correct = g.answer, g.correct
+            fields["answer:extracted:math-verify"] += 1
+            if g.timed_out:
+                fields["grading:timed_out"] += 1
+        fields["correct:graded:math-verify"] += 1
+
+    def _score(self, run: Run, s: Sample, where: str) -> tuple[float | None, float | None]:
+        if s.score is None:
+            return None, None
+        if run.score_scale == "logit":
+            return sigmoid(s.score), s.score
+        if not 0.0 <= s.score <= 1.0:
+            raise LineError(f"{where}score {s.score} is outside [0, 1]; give probabilities or set "
+                            "score_scale 'logit' (--score-scale logit)")
+        return s.score, None
+
+    @staticmethod
+    def _origin(origins: set[str]) -> str:
+        return next(iter(origins)) if len(origins) == 1 else "+".join(sorted(origins))
+
+    def _pool_record(self, run: Run, prompt_ids: list[int], fields: Counter, given: str) -> dict[str, Any]:
+        assert run.samples is not None
+        samples = run.samples
+        missing = [i for i, s in enumerate(samples) if s.tokens is None]
+        if any(samples[i].text is None for i in missing):
+            i = next(i for i in missing if samples[i].text is None)
+            raise LineError(f"samples[{i}]: no 'tokens' and no 'text' to count them from")
+        counted = self._count_tokens([samples[i].text for i in missing])  # type: ignore[misc]
+        for i, n in zip(missing, counted):
+            samples[i].tokens = n
+        tok_origin = {given} if not missing else ({f"tokenizer:{self.tokenizer_name}"} | ({given} if len(missing) < len(samples) else set()))
+        fields[f"tokens:{given}"] += len(samples) - len(missing)
+        fields[f"tokens:tokenizer:{self.tokenizer_name}"] += len(missing)
+        for s in samples:
+            self._grade(run.reference, s, fields, given)
+        p = len(prompt_ids)
+        out_samples: list[dict[str, Any]] = []
+        score_origin: set[str] = set()
+        scorer_origin: set[str] = set()
+        scorer_total = 0
+        for i, s in enumerate(samples):
+            score, raw = self._score(run, s, f"samples[{i}]: ")
+            d: dict[str, Any] = {"answer": s.answer, "correct": s.correct, "tokens": s.tokens}
+            if score is not None:
+                d["score"] = score
+                score_origin.add(given if raw is None else f"{given}:sigmoid(raw_score)")
+                if raw is not None:
+                    d["raw_score"] = raw
+                if s.scorer_tokens is not None:
+                    d["scorer_tokens"] = s.scorer_tokens
+                    scorer_origin.add(given)
+                else:
+                    d["scorer_tokens"] = p + int(s.tokens or 0)
+                    scorer_origin.add("modelled:prompt+sample tokens")
+                scorer_total += d["scorer_tokens"]
+            elif s.scorer_tokens is not None:
+                d["scorer_tokens"] = s.scorer_tokens
+                scorer_origin.add(given)
+                scorer_total += s.scorer_tokens
+            if s.seconds is not None:
+                d["seconds"] = s.seconds
+            if s.finish_reason is not None:
+                d["finish_reason"] = s.finish_reason
+            if self.keep_text and s.text is not None:
+                d["text"] = s.text
+            out_samples.append(d)
+        k = len(samples)
+        rounds = [Round(p, k, max(int(s.tokens or 0) for s in samples))]
+        prov: dict[str, Any] = {
+            "correct": self._origin({given if s.correct is not None and s.answer is not None else given
+                                     for s in samples[:0]} or self._correct_origins(run, fields, given)),
+            "tokens": self._origin(tok_origin),
+        }
+        if score_origin:
+            prov["score"] = self._origin(score_origin)
+        if run.scorer_tokens is not None:
+            scorer_total, prov["scorer_tokens"] = run.scorer_tokens, given
+        elif scorer_origin:
+            prov["scorer_tokens"] = self._origin(scorer_origin)
+        else:
+            prov["scorer_tokens"] = "none:no scorer"
+        seconds, source, prov["seconds"] = self._seconds(
+            run.seconds, [s.seconds for s in samples], rounds, given, fields)
+        params = {**run.params, "n": k}
+        return {
+            "query_id": run.query_id, "config_id": config_id_for(run, k), "strategy": "sample_pool",
+            "params": params, "seed": run.seed, "samples": out_samples,
+            "tokens": int(sum(int(s.tokens or 0) for s in samples)), "scorer_tokens": int(scorer_total),
+            "seconds": seconds, "seconds_source": source, "rounds": [r.__dict__ for r in rounds], "provenance": prov,
+        }
+
+    def _correct_origins(self, run: Run, fields: Counter, given: str) -> set[str]:
+        return set(self._run_correct_origins)
+
+    def _seconds(self, line_seconds: float | None, sample_seconds: list[float | None], rounds: list[Round],
+                 given: str, fields: Counter, approx: str = "") -> tuple[float | None, str, str]:
+        if line_seconds is not None:
+            fields[f"seconds:{given}"] += 1
+            return round(line_seconds, 4), "measured", given
+        if sample_seconds and all(s is not None for s in sample_seconds):
+            fields[f"seconds:{given}"] += 1
+            return round(max(sample_seconds), 4), "measured", f"{given}:max over samples"  # type: ignore[type-var]
+        if self.latency is not None:
+            fields[f"seconds:modelled:{self.latency_label}"] += 1
+            return round(self.latency.predict(rounds), 4), "modelled", f"modelled:{self.latency_label}{approx}"
+        fields["seconds:missing"] += 1
+        return None, "missing", "missing:no latency model"
+
+    def _search_record(self, run: Run, prompt_ids: list[int], fields: Counter, given: str) -> dict[str, Any]:
+        res = run.result
+        assert res is not None
+        p = len(prompt_ids)
+        beams = res.beams or []
+        # final answer and correctness
+        s = Sample(answer=res.answer, text=res.text, correct=res.correct, has_answer=res.has_answer)
+        self._grade(run.reference, s, fields, given)
+        # tokens
+        if res.tokens is not None:
+            tokens, tok_prov = res.tokens, given
+            fields[f"tokens:{given}"] += 1
+        elif beams and all(b.tokens is not None for b in beams):
+            tokens, tok_prov = sum(int(b.tokens or 0) for b in beams), f"{given}:sum over final beams (lower bound)"
+            fields[f"tokens:{given}"] += 1
+        elif beams and all(b.tokens is not None or b.text is not None for b in beams):
+            todo = [b.text for b in beams if b.tokens is None]
+            tokens = sum(int(b.tokens) for b in beams if b.tokens is not None) + sum(self._count_tokens(todo))  # type: ignore[arg-type]
+            tok_prov = f"tokenizer:{self.tokenizer_name}:final beams (lower bound)"
+            fields[f"tokens:tokenizer:{self.tokenizer_name}"] += 1
+        elif res.text is not None:
+            tokens = self._count_tokens([res.text])[0]
+            tok_prov = f"tokenizer:{self.tokenizer_name}:final text only (lower bound)"
+            fields[f"tokens:tokenizer:{self.tokenizer_name}"] += 1
+        else:
+            raise LineError("result: no 'tokens' and no text to count them from")
+        result: dict[str, Any] = {"answer": s.answer, "correct": s.correct}
+        prov: dict[str, Any] = {"correct": self._run_correct_origins.pop() if len(self._run_correct_origins) == 1
+                                else "+".join(sorted(self._run_correct_origins)), "tokens": tok_prov}
+        if res.score is not None:
+            sc, raw = self._score(run, Sample(score=res.score), "result: ")
+            result["score"] = sc
+            if raw is not None:
+                result["raw_score"] = raw
+        if self.keep_text and res.text is not None:
+            result["text"] = res.text
+        out_beams = []
+        for i, b in enumerate(beams):
+            d: dict[str, Any] = {}
+            if b.has_answer:
+                d["answer"] = b.answer
+            if b.tokens is not None:
+                d["tokens"] = b.tokens
+            if b.score is not None:
+                d["score"], raw = self._score(run, b, f"result.beams[{i}]: ")
+                if raw is not None:
+                    d["raw_score"] = raw
+            if b.correct is not None:
+                d["correct"] = b.correct
+            if self.keep_text and b.text is not None:
+                d["text"] = b.text
+            out_beams.append(d)
+        if out_beams:
+            result["beams"] = out_beams
+        # scorer tokens
+        if run.scorer_tokens is not None or res.scorer_tokens is not None:
+            scorer = int(run.scorer_tokens if run.scorer_tokens is not None else res.scorer_tokens)  # type: ignore[arg-type]
+            prov["scorer_tokens"] = given
+        elif any(b.score is not None for b in beams) or res.score is not None:
+            scorer = p * max(len(beams), 1) + tokens
+            prov["scorer_tokens"] = "modelled:prompt+generated tokens (final beams; lower bound)"
+        else:
+            scorer = 0
+            prov["scorer_tokens"] = "none:not given"
+        # latency rounds
+        approx = ""
+        its = res.iterations or []
+        if its and all("width" in it and "max_gen_tokens" in it for it in its):
+            rounds = [Round(int(it.get("prompt_tokens", p)), int(it["width"]), int(it["max_gen_tokens"])) for it in its]
+        else:
+            width = int(run.params.get("n") or len(beams) or 1)
+            rounds = [Round(p, width, math.ceil(tokens / width))]
+            approx = ":one-round approximation"
+        seconds, source, prov["seconds"] = self._seconds(
+            run.seconds if run.seconds is not None else res.seconds, [], rounds, given, fields, approx)
+        params = dict(run.params)
+        if run.method != run.strategy:
+            params["method"] = run.method
+        rec: dict[str, Any] = {
+            "query_id": run.query_id, "config_id": config_id_for(run, None), "strategy": run.strategy,
+            "params": params, "seed": run.seed, "result": result, "tokens": int(tokens), "scorer_tokens": scorer,
+            "seconds": seconds, "seconds_source": source, "rounds": [r.__dict__ for r in rounds], "provenance": prov,
+        }
+        if run.strategy == "beam_search":
+            rec["iterations"] = its
+        return rec
+
+    def build_record(self, run: Run, given: str, fields: Counter) -> tuple[dict[str, Any], list[int]]:
+        """The cache record for one run (validated) and its prompt token ids. Raises LineError."""
+        prompt_ids = self._prompt(run)
+        local: Counter = Counter()
+        self._run_correct_origins: set[str] = set()
+        if run.strategy == "sample_pool":
+            rec = self._pool_record(run, prompt_ids, local, given)
+        else:
+            rec = self._search_record(run, prompt_ids, local, given)
+        rec["provenance"]["source"] = f"{Path(run.file).name}:{run.line}"
+        try:
+            validate_record(rec, run.where)
+        except CacheError as exc:
+            raise LineError(str(exc).removeprefix(f"{run.where}: ")) from exc
+        fields.update(local)
+        return rec, prompt_ids
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self, reader: Reader, total: int | None = None) -> ImportSummary:
+        """Import everything the reader yields; returns the summary (also when stopped)."""
+        from tqdm.auto import tqdm
+
+        desc = reader.describe()
+        fmt = desc.get("format", getattr(reader, "name", "?"))
+        given = f"given:{fmt}"
+        summary = ImportSummary(format=fmt, out=str(self.out))
+        writer = self._open(reader)
+        seen: dict[tuple[str, str, int], int] = {}
+        questions: dict[str, tuple[str, str]] = {}  # query_id -> (sha256 of question, where)
+        pending: list[_Pending] = []
+        if total is None:
+            try:
+                total = len(reader)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        bar = tqdm(total=total, desc=f"import {fmt}", unit="line", disable=not self.progress)
+        try:
+            for file, line, obj in reader:
+                summary.lines += 1
+                bar.update(1)
+                try:
+                    if isinstance(obj, LineError):
+                        raise obj
+                    run = parse_run(obj, file, line, default_score_scale=self.score_scale)
+                    sha = sha256_text(run.question)
+                    prev = questions.get(run.query_id)
+                    if prev is not None and prev[0] != sha:
+                        raise LineError(f"query_id {run.query_id!r} was used at {prev[1]} for a different question")
+                    rec, prompt_ids = self.build_record(run, given, Counter())
+                    key = record_key(rec)
+                    if key in seen:
+                        raise LineError(f"duplicate query/strategy key {key} (first at line {seen[key]})")
+                    seen[key] = line
+                    questions.setdefault(run.query_id, (sha, f"{Path(file).name}:{line}"))
+                    if writer.has(*key):
+                        summary.already_present += 1
+                        continue
+                    if run.query_id in writer.query_ids:
+                        self._check_stored_query(writer, run, sha)
+                    self.build_record(run, given, summary.fields)  # counts fields only for written runs
+                    pending.append(_Pending(run, rec, prompt_ids))
+                except LineError as exc:
+                    issue = summary.errors.add(file, line, str(exc))
+                    if self.on_error == "stop":
+                        summary.stopped = True
+                        self._flush(writer, pending, summary)
+                        pending = []
+                        raise ImportStopped(issue) from None
+                    continue
+                if len(pending) >= self.chunk_runs:
+                    self._flush(writer, pending, summary)
+                    pending = []
+            self._flush(writer, pending, summary)
+        except ImportStopped:
+            pass
+        finally:
+            bar.close()
+            writer.close()
+        self._finish(summary)
+        return summary
+
+    def _check_stored_query(self, writer: CacheWriter, run: Run, sha: str) -> None:
+        stored = getattr(self, "_stored_sha", None)
+        if stored is None:
+            stored = self._stored_sha = {}
+            qp = self.out / "queries.jsonl"
+            from rollouts.cache import iter_jsonl
+
+            for _, q in iter_jsonl(qp):
+                stored[q["query_id"]] = q.get("text_sha256")
+        if stored.get(run.query_id) not in (None, sha):
+            raise LineError(f"query_id {run.query_id!r} is already in the cache for a different question")
+
+    def _flush(self, writer: CacheWriter, pending: list[_Pending], summary: ImportSummary) -> None:
+        if not pending:
+            return
+        new: dict[str, _Pending] = {}
+        for p in pending:
+            if p.run.query_id not in writer.query_ids and p.run.query_id not in new:
+                new[p.run.query_id] = p
+        feats = self.featurizer.features([p.prompt_ids for p in new.values()], progress=self.progress) if new else []
+        qfeat = dict(zip(new, feats))
+        for p in pending:
+            qid = p.run.query_id
+            if qid in qfeat:
+                q = self._query(p, qfeat.pop(qid))
+                validate_query(q, p.run.where)
+                writer.add_query(q)
+                summary.queries_new += 1
+            if writer.add_record(p.record):
+                summary.imported += 1
+                if p.record["strategy"] == "sample_pool":
+                    summary.samples += len(p.record["samples"])
+                else:
+                    summary.results += 1
+
+    def _query(self, p: _Pending, feats: Any) -> dict[str, Any]:
+        run = p.run
+        q: dict[str, Any] = {
+            "query_id": run.query_id, "dataset": run.dataset, "index": run.index,
+            "text_sha256": sha256_text(run.question),
+            "question": run.question if self.keep_text else None,
+            "answer": run.reference if self.keep_text else None,
+            "prompt_tokens": len(p.prompt_ids),
+            "features": [round(float(x), 5) for x in feats],
+        }
+        if run.meta:
+            q["meta"] = run.meta
+        return q
+
+    def _finish(self, summary: ImportSummary) -> None:
+        from rollouts.stats import summarize
+
+        if not (self.out / "records.jsonl").exists():
+            return
+        cache = load_cache(self.out)
+        s = summarize(cache)
+        for cid, acc in selector_accuracies(cache).items():
+            s["configs"][cid].update(acc)
+        summary.cache = s
+
+
+def iter_items(items: Iterable[tuple[str, int, Any]]) -> Iterable[tuple[str, int, Any]]:
+    """Identity helper so callers can pass any iterable of (file, line, obj)."""
+    return items

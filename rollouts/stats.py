@@ -1,0 +1,91 @@
+"""The cache summary printed after collection and by ``collect.py stats``.
+
+JSON keys (documented in the README):
+
+- ``queries``, ``records``: counts; ``tokens``: all generated tokens; ``seconds``: sum of record latencies;
+- ``configs``: per config id: ``strategy``, ``records``, ``accuracy`` (a pool's per-sample accuracy, i.e.
+  N=1; a search's final-answer accuracy), ``mean_tokens``, ``mean_seconds``, ``seconds_source`` counts,
+  and for pools ``majority_accuracy`` (majority vote over the whole pool) and ``pass_at_n``;
+- ``pass_rate_histogram_n1``: for each pool config, how many queries had k of K samples right
+  (keys ``"k/K"``), the per-query variation an allocator can exploit;
+- ``latency_model``: the fitted latency model's error report, when present.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from rollouts.cache import RolloutCache
+from rollouts.strategies.selectors import select
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(cache: RolloutCache) -> dict[str, Any]:
+    configs: dict[str, Any] = {}
+    hist: dict[str, dict[str, int]] = {}
+    for cid in cache.config_ids:
+        recs = [r for r in cache.records if r["config_id"] == cid]
+        strategy = recs[0]["strategy"]
+        toks = [r["tokens"] + r["scorer_tokens"] for r in recs]
+        secs = [r["seconds"] for r in recs if r["seconds"] is not None]
+        entry: dict[str, Any] = {
+            "strategy": strategy,
+            "records": len(recs),
+            "mean_tokens": _mean(toks),
+            "mean_seconds": _mean(secs),
+            "seconds_source": dict(Counter(r["seconds_source"] for r in recs)),
+        }
+        if strategy == "sample_pool":
+            per_sample, maj, pass_n = [], [], []
+            counts: Counter[str] = Counter()
+            for r in recs:
+                corr = [s["correct"] for s in r["samples"] if s["correct"] is not None]
+                if not corr:
+                    continue
+                per_sample.append(float(np.mean(corr)))
+                pass_n.append(float(any(corr)))
+                idx = select("majority", [s["answer"] for s in r["samples"]])
+                maj.append(float(bool(r["samples"][idx]["correct"])))
+                counts[f"{sum(corr)}/{len(corr)}"] += 1
+            entry.update(accuracy=_mean(per_sample), majority_accuracy=_mean(maj), pass_at_n=_mean(pass_n))
+            k = max((len(r["samples"]) for r in recs), default=0)
+            hist[cid] = {f"{i}/{k}": counts.get(f"{i}/{k}", 0) for i in range(k + 1)}
+        else:
+            entry["accuracy"] = _mean([float(r["result"]["correct"]) for r in recs if r["result"]["correct"] is not None])
+        configs[cid] = entry
+    out: dict[str, Any] = {
+        "cache": str(cache.path),
+        "model": cache.meta.get("model"),
+        "queries": len(cache.query_ids),
+        "records": len(cache.records),
+        "tokens": int(sum(r["tokens"] + r["scorer_tokens"] for r in cache.records)),
+        "seconds": float(sum(r["seconds"] or 0.0 for r in cache.records)),
+        "configs": configs,
+        "pass_rate_histogram_n1": hist,
+    }
+    if "latency_model" in cache.meta:
+        out["latency_model"] = cache.meta["latency_model"].get("fit")
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"cache {s['cache']}: {s['queries']} queries, {s['records']} records, "
+             f"{s['tokens']} tokens, {s['seconds']:.1f} s (sum of record latencies)"]
+    lines.append(f"{'config':32} {'records':>7} {'acc':>6} {'maj@K':>6} {'tokens':>8} {'seconds':>8}")
+    for cid, e in s["configs"].items():
+        fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        lines.append(f"{cid:32} {e['records']:>7} {fmt(e['accuracy']):>6} {fmt(e.get('majority_accuracy')):>6} "
+                     f"{fmt(e['mean_tokens'], 1):>8} {fmt(e['mean_seconds'], 2):>8}")
+    for cid, h in s["pass_rate_histogram_n1"].items():
+        lines.append(f"pass-rate histogram at N=1 ({cid}): " + " ".join(f"{k}:{v}" for k, v in h.items()))
+    if s.get("latency_model"):
+        f = s["latency_model"]
+        ho = f.get("holdout", f)
+        lines.append(f"latency model: holdout MAPE {ho.get('mape', float('nan')):.1%} on {ho.get('n')} direct measurements")
+    return "\n".join(lines)
