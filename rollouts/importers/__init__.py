@@ -25,12 +25,20 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rollouts.cache import CacheError, CacheWriter, load_cache, read_meta, record_key, validate_query, validate_record
+from rollouts.cache import (
+    CacheError,
+    CacheWriter,
+    load_cache,
+    read_meta,
+    record_key,
+    validate_query,
+    validate_record,
+)
 from rollouts.importers.generic import LineError, Run, Sample, parse_run
 from rollouts.latency import LatencyModel, Round
 
@@ -153,9 +161,10 @@ def _fmt(v: Any) -> str:
 
 def config_id_for(run: Run, n: int | None) -> str:
     """Stable config id: ``pool:n=K[,param=value...]`` for pools (as collected), else ``<method>[:params]``."""
-    extra = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run.params.items()) if k not in ("n", "method"))
     if run.strategy == "sample_pool":
+        extra = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run.params.items()) if k != "n")
         return f"pool:n={n}" + (f",{extra}" if extra else "")
+    extra = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run.params.items()) if k != "method")
     return run.method + (f":{extra}" if extra else "")
 
 
@@ -336,31 +345,35 @@ class Importer:
             self._prompt_cache[key] = list(self.featurizer.prompt_ids(self.messages_fn(run.question)))
         return self._prompt_cache[key]
 
-    def _grade(self, reference: str, s: Sample, fields: Counter, given: str) -> None:
-        """Fill a sample's answer/correct in place (from its answer if given, else from its text)."""
+    def _grade(self, reference: str, s: Sample, fields: Counter, given: str) -> tuple[str, str]:
+        """Fill a sample's answer/correct in place; returns (correct origin, answer origin)."""
         from rollouts.grading import extract_answer, grade
 
-        if s.correct is not None:
-            fields[f"correct:{given}"] += 1
-            if not s.has_answer:
-                s.answer = extract_answer(s.text or "")
-                fields["answer:extracted:math-verify"] += 1
-            else:
-                fields[f"answer:{given}"] += 1
-            return
         if s.has_answer:
-            fields[f"answer:{given}"] += 1
-            if s.answer is None:
-                s.correct = False
-            else:
-                s.correct = grade(reference, f"\\boxed{{{s.answer}}}", self.grade_timeout_s).correct
+            ans_origin = given
+        elif s.correct is not None:
+            s.answer, ans_origin = extract_answer(s.text or ""), "extracted:math-verify"
         else:
             g = grade(reference, s.text or "", self.grade_timeout_s)
-            s.answer, s.correct = g.answer, g.correct
-            fields["answer:extracted:math-verify"] += 1
+            s.answer, s.correct, ans_origin = g.answer, g.correct, "extracted:math-verify"
+            if g.timed_out:
+                fields["grading:timed_out"] += 1
+            fields[f"answer:{ans_origin}"] += 1
+            fields["correct:graded:math-verify"] += 1
+            return "graded:math-verify", ans_origin
+        fields[f"answer:{ans_origin}"] += 1
+        if s.correct is not None:
+            fields[f"correct:{given}"] += 1
+            return given, ans_origin
+        if s.answer is None:
+            s.correct = False  # no final answer: wrong
+        else:
+            g = grade(reference, f"\\boxed{{{s.answer}}}", self.grade_timeout_s)
+            s.correct = g.correct
             if g.timed_out:
                 fields["grading:timed_out"] += 1
         fields["correct:graded:math-verify"] += 1
+        return "graded:math-verify", ans_origin
 
     def _score(self, run: Run, s: Sample, where: str) -> tuple[float | None, float | None]:
         if s.score is None:
@@ -384,13 +397,16 @@ class Importer:
             i = next(i for i in missing if samples[i].text is None)
             raise LineError(f"samples[{i}]: no 'tokens' and no 'text' to count them from")
         counted = self._count_tokens([samples[i].text for i in missing])  # type: ignore[misc]
-        for i, n in zip(missing, counted):
+        for i, n in zip(missing, counted, strict=True):
             samples[i].tokens = n
-        tok_origin = {given} if not missing else ({f"tokenizer:{self.tokenizer_name}"} | ({given} if len(missing) < len(samples) else set()))
+        tok_origin = set()
+        if len(missing) < len(samples):
+            tok_origin.add(given)
+        if missing:
+            tok_origin.add(f"tokenizer:{self.tokenizer_name}")
         fields[f"tokens:{given}"] += len(samples) - len(missing)
         fields[f"tokens:tokenizer:{self.tokenizer_name}"] += len(missing)
-        for s in samples:
-            self._grade(run.reference, s, fields, given)
+        origins = [self._grade(run.reference, s, fields, given) for s in samples]
         p = len(prompt_ids)
         out_samples: list[dict[str, Any]] = []
         score_origin: set[str] = set()
@@ -425,8 +441,8 @@ class Importer:
         k = len(samples)
         rounds = [Round(p, k, max(int(s.tokens or 0) for s in samples))]
         prov: dict[str, Any] = {
-            "correct": self._origin({given if s.correct is not None and s.answer is not None else given
-                                     for s in samples[:0]} or self._correct_origins(run, fields, given)),
+            "correct": self._origin({o[0] for o in origins}),
+            "answer": self._origin({o[1] for o in origins}),
             "tokens": self._origin(tok_origin),
         }
         if score_origin:
@@ -446,9 +462,6 @@ class Importer:
             "tokens": int(sum(int(s.tokens or 0) for s in samples)), "scorer_tokens": int(scorer_total),
             "seconds": seconds, "seconds_source": source, "rounds": [r.__dict__ for r in rounds], "provenance": prov,
         }
-
-    def _correct_origins(self, run: Run, fields: Counter, given: str) -> set[str]:
-        return set(self._run_correct_origins)
 
     def _seconds(self, line_seconds: float | None, sample_seconds: list[float | None], rounds: list[Round],
                  given: str, fields: Counter, approx: str = "") -> tuple[float | None, str, str]:
@@ -471,7 +484,7 @@ class Importer:
         beams = res.beams or []
         # final answer and correctness
         s = Sample(answer=res.answer, text=res.text, correct=res.correct, has_answer=res.has_answer)
-        self._grade(run.reference, s, fields, given)
+        corr_origin, ans_origin = self._grade(run.reference, s, fields, given)
         # tokens
         if res.tokens is not None:
             tokens, tok_prov = res.tokens, given
@@ -491,8 +504,7 @@ class Importer:
         else:
             raise LineError("result: no 'tokens' and no text to count them from")
         result: dict[str, Any] = {"answer": s.answer, "correct": s.correct}
-        prov: dict[str, Any] = {"correct": self._run_correct_origins.pop() if len(self._run_correct_origins) == 1
-                                else "+".join(sorted(self._run_correct_origins)), "tokens": tok_prov}
+        prov: dict[str, Any] = {"correct": corr_origin, "answer": ans_origin, "tokens": tok_prov}
         if res.score is not None:
             sc, raw = self._score(run, Sample(score=res.score), "result: ")
             result["score"] = sc
@@ -551,22 +563,24 @@ class Importer:
             rec["iterations"] = its
         return rec
 
-    def build_record(self, run: Run, given: str, fields: Counter) -> tuple[dict[str, Any], list[int]]:
-        """The cache record for one run (validated) and its prompt token ids. Raises LineError."""
+    def key_of(self, run: Run) -> tuple[str, str, int]:
+        n = len(run.samples) if run.samples is not None else None
+        return (run.query_id, config_id_for(run, n), run.seed)
+
+    def build_record(self, run: Run, given: str) -> tuple[dict[str, Any], list[int], Counter]:
+        """The validated cache record for one run, its prompt token ids and its field origins."""
         prompt_ids = self._prompt(run)
-        local: Counter = Counter()
-        self._run_correct_origins: set[str] = set()
+        fields: Counter = Counter()
         if run.strategy == "sample_pool":
-            rec = self._pool_record(run, prompt_ids, local, given)
+            rec = self._pool_record(run, prompt_ids, fields, given)
         else:
-            rec = self._search_record(run, prompt_ids, local, given)
+            rec = self._search_record(run, prompt_ids, fields, given)
         rec["provenance"]["source"] = f"{Path(run.file).name}:{run.line}"
         try:
             validate_record(rec, run.where)
         except CacheError as exc:
             raise LineError(str(exc).removeprefix(f"{run.where}: ")) from exc
-        fields.update(local)
-        return rec, prompt_ids
+        return rec, prompt_ids, fields
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self, reader: Reader, total: int | None = None) -> ImportSummary:
@@ -599,18 +613,21 @@ class Importer:
                     prev = questions.get(run.query_id)
                     if prev is not None and prev[0] != sha:
                         raise LineError(f"query_id {run.query_id!r} was used at {prev[1]} for a different question")
-                    rec, prompt_ids = self.build_record(run, given, Counter())
-                    key = record_key(rec)
+                    key = self.key_of(run)
                     if key in seen:
                         raise LineError(f"duplicate query/strategy key {key} (first at line {seen[key]})")
-                    seen[key] = line
-                    questions.setdefault(run.query_id, (sha, f"{Path(file).name}:{line}"))
                     if writer.has(*key):
+                        seen[key] = line
+                        questions.setdefault(run.query_id, (sha, f"{Path(file).name}:{line}"))
                         summary.already_present += 1
                         continue
                     if run.query_id in writer.query_ids:
-                        self._check_stored_query(writer, run, sha)
-                    self.build_record(run, given, summary.fields)  # counts fields only for written runs
+                        self._check_stored_query(run, sha)
+                    rec, prompt_ids, fields = self.build_record(run, given)
+                    assert record_key(rec) == key
+                    seen[key] = line
+                    questions.setdefault(run.query_id, (sha, f"{Path(file).name}:{line}"))
+                    summary.fields.update(fields)
                     pending.append(_Pending(run, rec, prompt_ids))
                 except LineError as exc:
                     issue = summary.errors.add(file, line, str(exc))
@@ -632,7 +649,7 @@ class Importer:
         self._finish(summary)
         return summary
 
-    def _check_stored_query(self, writer: CacheWriter, run: Run, sha: str) -> None:
+    def _check_stored_query(self, run: Run, sha: str) -> None:
         stored = getattr(self, "_stored_sha", None)
         if stored is None:
             stored = self._stored_sha = {}
@@ -652,7 +669,7 @@ class Importer:
             if p.run.query_id not in writer.query_ids and p.run.query_id not in new:
                 new[p.run.query_id] = p
         feats = self.featurizer.features([p.prompt_ids for p in new.values()], progress=self.progress) if new else []
-        qfeat = dict(zip(new, feats))
+        qfeat = dict(zip(new, feats, strict=True))
         for p in pending:
             qid = p.run.query_id
             if qid in qfeat:
@@ -692,7 +709,3 @@ class Importer:
             s["configs"][cid].update(acc)
         summary.cache = s
 
-
-def iter_items(items: Iterable[tuple[str, int, Any]]) -> Iterable[tuple[str, int, Any]]:
-    """Identity helper so callers can pass any iterable of (file, line, obj)."""
-    return items

@@ -267,6 +267,8 @@ def parse_run(obj: Any, file: str, line: int, *, default_score_scale: str = "pro
         if not isinstance(raw, list) or not raw:
             raise LineError("'samples' must be a non-empty list")
         samples = [_sample(s, f"samples[{i}]: ") for i, s in enumerate(raw)]
+        if "n" in params and params["n"] != len(samples):
+            raise LineError(f"params.n is {params['n']!r} but the pool has {len(samples)} samples")
     else:
         if strategy == "sample_pool":
             raise LineError(f"strategy {method!r} takes 'samples', not a 'result'")

@@ -17,7 +17,7 @@ def answer_key(answer: str | None) -> str | None:
     """Normalise an extracted answer for voting: strip spaces, dollar signs and a trailing period."""
     if answer is None:
         return None
-    key = answer.strip().strip("$").strip().rstrip(".").replace(" ", "")
+    key = answer.strip().rstrip(".").strip().strip("$").replace(" ", "")
     return key or None
 
 

@@ -1,0 +1,137 @@
+"""Export a trained MaskablePPO policy to ONNX, with an onnxruntime parity check.
+
+``export_policy(model, out_dir)`` writes ``policy.onnx`` and ``policy.json`` and returns the parity
+report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`env.allocate_env.ObsEncoder`)
+and ``mask`` (bool [batch, n_actions]) and returns ``logits`` (float32, masked entries -1e8, as
+sb3-contrib's masked distribution does) and ``action`` (int64 argmax: the deterministic choice).
+``policy.json`` holds what an SB3-free caller needs to build ``obs`` (see :mod:`policies.onnx_policy`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from env.allocate_env import OBS_BOUND, ObsEncoder
+from env.outcomes import AllocError
+
+JSON_FORMAT = "ttc-alloc/onnx-policy"
+MASK_VALUE = -1e8
+
+
+class ExportError(AllocError):
+    """The exported graph disagrees with the SB3 policy."""
+
+
+def _actor(model):
+    import torch
+
+    policy = model.policy
+
+    class Actor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+
+        def forward(self, obs, mask):
+            feats = self.policy.extract_features(obs, self.policy.pi_features_extractor)
+            latent = self.policy.mlp_extractor.forward_actor(feats)
+            logits = self.policy.action_net(latent)
+            logits = torch.where(mask, logits, torch.full_like(logits, MASK_VALUE))
+            return logits, torch.argmax(logits, dim=-1)
+
+    return Actor().eval()
+
+
+def export_policy(model, out_dir: str | Path, source: dict[str, Any] | None = None, n_check: int = 512, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = model.ttc_meta
+    enc = ObsEncoder.from_dict(meta["encoder"])
+    obs_dim = int(model.observation_space.shape[0])
+    n_actions = int(model.action_space.n)
+    actor = _actor(model)
+    onnx_path = out / "policy.onnx"
+    dummy = (torch.zeros(2, obs_dim), torch.ones(2, n_actions, dtype=torch.bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            actor,
+            dummy,
+            str(onnx_path),
+            dynamo=False,
+            input_names=["obs", "mask"],
+            output_names=["logits", "action"],
+            dynamic_axes={"obs": {0: "batch"}, "mask": {0: "batch"}, "logits": {0: "batch"}, "action": {0: "batch"}},
+            opset_version=17,
+        )
+    parity = parity_check(model, onnx_path, n_check=n_check, seed=seed)
+    doc = {
+        "format": JSON_FORMAT,
+        "version": 1,
+        "onnx": onnx_path.name,
+        "inputs": {"obs": ["batch", obs_dim], "mask": ["batch", n_actions]},
+        "outputs": {"logits": ["batch", n_actions], "action": ["batch"]},
+        "menu": list(meta["menu"]),
+        "menu_names": list(meta["menu_names"]),
+        "observation": {
+            "layout": "[(features - feature_mean)/feature_std ..., (log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
+            + (", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]" if enc.sample_penalties else "]"),
+            "clip": OBS_BOUND,
+            **enc.to_dict(),
+        },
+        "penalties": {
+            "observed": enc.sample_penalties,
+            "fixed": None if enc.sample_penalties else [meta["env"]["lambda_tokens"], meta["env"]["lambda_seconds"]],
+            "lambda_tokens_range": meta["env"].get("lambda_tokens_range"),
+            "lambda_seconds_range": meta["env"].get("lambda_seconds_range"),
+        },
+        "parity": parity,
+        "source": source or {},
+    }
+    (out / "policy.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return parity
+
+
+def parity_check(model, onnx_path: str | Path, n_check: int = 512, seed: int = 0, atol: float = 1e-4) -> dict[str, Any]:
+    """Compare onnxruntime's logits and actions with the SB3 policy on random observations and masks."""
+    import onnxruntime as ort
+    import torch
+
+    obs_dim = int(model.observation_space.shape[0])
+    n_actions = int(model.action_space.n)
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(0, 1.5, size=(n_check, obs_dim)).astype(np.float32)
+    mask = rng.random((n_check, n_actions)) < 0.7
+    mask[np.arange(n_check), rng.integers(0, n_actions, n_check)] = True
+    mask[: n_check // 4] = True
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits_onnx, act_onnx = sess.run(["logits", "action"], {"obs": obs, "mask": mask})
+    with torch.no_grad():
+        dist = model.policy.get_distribution(torch.as_tensor(obs), action_masks=mask)
+        logits_sb3 = dist.distribution.logits.numpy()
+        probs_sb3 = dist.distribution.probs.numpy()
+    act_sb3, _ = model.predict(obs, action_masks=mask, deterministic=True)
+    # SB3 normalises logits (log-softmax); compare the softmax over legal actions and the argmax
+    probs_onnx = _softmax(logits_onnx.astype(np.float64))
+    diff = float(np.abs(probs_onnx - probs_sb3).max())
+    same = int((np.asarray(act_sb3) == act_onnx).sum())
+    report = {"n": n_check, "max_abs_prob_diff": diff, "actions_equal": same, "ok": bool(diff <= atol and same == n_check)}
+    del logits_sb3
+    if not report["ok"]:
+        raise ExportError(
+            f"ONNX parity check failed: {n_check - same}/{n_check} actions differ, max |Δp| = {diff:.2e} (> {atol:g})"
+        )
+    return report
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,78 @@
+"""Pick an action for a query without SB3 or torch: the exported ONNX policy and its policy.json.
+
+Imports only numpy, onnxruntime and the standard library (json, math, pathlib)::
+
+    from policies.onnx_policy import OnnxPolicy
+    pol = OnnxPolicy("runs/<run>/export")          # folder with policy.json + policy.onnx
+    action_id = pol.act(features, prompt_tokens, lambda_tokens=1e-4, lambda_seconds=0.05)
+
+``features`` is the query's feature vector as stored in the cache (the featurizer's hidden state),
+``prompt_tokens`` its prompt length; ``mask`` (optional, bool per menu entry) excludes actions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class OnnxPolicyError(ValueError):
+    pass
+
+
+class OnnxPolicy:
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        jpath = p / "policy.json" if p.is_dir() else p
+        if not jpath.is_file():
+            raise OnnxPolicyError(f"{jpath}: policy.json not found")
+        doc = json.loads(jpath.read_text())
+        if doc.get("format") != "ttc-alloc/onnx-policy":
+            raise OnnxPolicyError(f"{jpath}: not a ttc-alloc ONNX policy")
+        self.doc = doc
+        self.menu: list[str] = list(doc["menu"])
+        o = doc["observation"]
+        self.mean = np.array(list(o["feature_mean"]) + [o["prompt_tokens_mean"]], dtype=np.float64)
+        self.std = np.array(list(o["feature_std"]) + [o["prompt_tokens_std"]], dtype=np.float64)
+        self.clip = float(o["clip"])
+        self.observed = bool(o["sample_penalties"])
+        self.eps, self.center, self.scale = o["penalty_eps"], o["penalty_center"], o["penalty_scale"]
+        self.session = ort.InferenceSession(str(jpath.parent / doc["onnx"]), providers=["CPUExecutionProvider"])
+
+    @property
+    def feature_dim(self) -> int:
+        return len(self.mean) - 1
+
+    def observation(self, features, prompt_tokens, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0) -> np.ndarray:
+        f = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        pt = np.atleast_1d(np.asarray(prompt_tokens, dtype=np.float64))
+        if f.shape[1] != self.feature_dim:
+            raise OnnxPolicyError(f"features have length {f.shape[1]}, the policy expects {self.feature_dim}")
+        for name, lam in (("lambda_tokens", lambda_tokens), ("lambda_seconds", lambda_seconds)):
+            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+                raise OnnxPolicyError(f"{name} must be a finite number >= 0, got {lam!r}")
+        base = np.concatenate([f, np.log1p(pt)[:, None]], axis=1)
+        z = np.clip((base - self.mean) / self.std, -self.clip, self.clip)
+        if self.observed:
+            t = (math.log10(lambda_tokens + self.eps[0]) - self.center[0]) / self.scale[0]
+            s = (math.log10(lambda_seconds + self.eps[1]) - self.center[1]) / self.scale[1]
+            z = np.concatenate([z, np.tile([t, s], (len(z), 1))], axis=1)
+        return z.astype(np.float32)
+
+    def act_index(self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None) -> np.ndarray:
+        obs = self.observation(features, prompt_tokens, lambda_tokens, lambda_seconds)
+        m = np.ones((len(obs), len(self.menu)), dtype=bool) if mask is None else np.atleast_2d(np.asarray(mask, dtype=bool))
+        if m.shape[1] != len(self.menu):
+            raise OnnxPolicyError(f"mask has {m.shape[1]} entries, the menu has {len(self.menu)}")
+        if not m.any(axis=1).all():
+            raise OnnxPolicyError("mask allows no action")
+        _, action = self.session.run(["logits", "action"], {"obs": obs, "mask": np.broadcast_to(m, (len(obs), m.shape[1])).copy()})
+        return action
+
+    def act(self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None) -> str:
+        """The chosen action id for one query."""
+        return self.menu[int(self.act_index(features, prompt_tokens, lambda_tokens, lambda_seconds, mask)[0])]

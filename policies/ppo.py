@@ -1,0 +1,264 @@
+"""PPO (sb3-contrib MaskablePPO) for the allocation bandit: construction, checkpoints, the policy wrapper
+and the TensorBoard callbacks.
+
+Every saved model carries ``model.ttc_meta`` (SB3 stores plain attributes in the zip's ``data``):
+``{"format": "ttc-alloc/ppo", "menu": [action ids], "menu_names": [...], "encoder": ObsEncoder dict,
+"env": EnvConfig dict, "cache": path}``. :func:`read_meta` reads it without loading the network, so a
+checkpoint made for another action menu is refused with both menus' difference before anything runs.
+
+The problem is a contextual bandit (one-step episodes, ``terminated=True``): returns are the rewards,
+``gamma``/``gae_lambda`` have no effect (the config sets ``gamma: 0`` to say so), and short rollouts
+(``n_steps`` x ``n_envs`` = a few hundred episodes) give frequent updates.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from env.allocate_env import ObsEncoder
+from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference
+from policies.base import AllocationPolicy, score_choices
+
+META_FORMAT = "ttc-alloc/ppo"
+
+
+class MenuMismatchError(AllocError):
+    """A checkpoint was trained on another action menu than the cache offers."""
+
+
+class CheckpointError(AllocError):
+    """A checkpoint file is missing or is not a ttc-alloc PPO model."""
+
+
+@dataclass
+class PPOConfig:
+    """MaskablePPO hyperparameters (``ppo:`` in config.yml)."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 64
+    batch_size: int = 128
+    n_epochs: int = 4
+    gamma: float = 0.0
+    gae_lambda: float = 1.0
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"  # tanh | relu
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "ppo") -> PPOConfig:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+        cfg = cls(**d)
+        if cfg.activation not in ("tanh", "relu"):
+            raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")
+        for name in ("n_steps", "batch_size", "n_epochs"):
+            v = getattr(cfg, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"ppo.{name} must be an integer >= 1, got {v!r}")
+        for name in ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "gamma", "gae_lambda"):
+            v = getattr(cfg, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+                raise ConfigError(f"ppo.{name} must be a finite number >= 0, got {v!r}")
+        if not (isinstance(cfg.net_arch, list) and all(isinstance(x, int) and x > 0 for x in cfg.net_arch)):
+            raise ConfigError(f"ppo.net_arch must be a list of positive integers, got {cfg.net_arch!r}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_model(vec_env, cfg: PPOConfig, seed: int, tensorboard_log: str | None, meta: dict[str, Any]):
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.activation]
+    model = MaskablePPO(
+        "MlpPolicy",
+        vec_env,
+        learning_rate=cfg.learning_rate,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs={"net_arch": list(cfg.net_arch), "activation_fn": act},
+        tensorboard_log=tensorboard_log,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.ttc_meta = meta
+    return model
+
+
+def make_meta(table: OutcomeTable, encoder: ObsEncoder, env_cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": META_FORMAT,
+        "menu": list(table.action_ids),
+        "menu_names": list(table.action_names),
+        "encoder": encoder.to_dict(),
+        "env": env_cfg,
+        "cache": table.cache_path,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ttc_meta stored in a saved model, without building the network."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    p = Path(path)
+    if not p.exists() and p.with_suffix(".zip").exists():
+        p = p.with_suffix(".zip")
+    if not p.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data, _, _ = load_from_zip_file(p, load_data=True, device="cpu", print_system_info=False)
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"{p}: not a stable-baselines3 model ({exc})") from exc
+    meta = (data or {}).get("ttc_meta")
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise CheckpointError(f"{p}: not a ttc-alloc PPO checkpoint (no ttc_meta)")
+    return meta
+
+
+def check_menu(meta: dict[str, Any], table: OutcomeTable, where: str) -> None:
+    if list(meta["menu"]) != list(table.action_ids):
+        raise MenuMismatchError(
+            f"{where} was trained on another action menu than {table.cache_path} offers: "
+            f"{menu_difference(list(meta['menu']), list(table.action_ids))}"
+        )
+
+
+def load_model(path: str | Path, table: OutcomeTable | None = None, env=None, **kwargs):
+    """Load a MaskablePPO checkpoint; with ``table``, refuse a different action menu first."""
+    from sb3_contrib import MaskablePPO
+
+    meta = read_meta(path)
+    if table is not None:
+        check_menu(meta, table, str(path))
+    model = MaskablePPO.load(str(path), env=env, device="cpu", **kwargs)
+    return model
+
+
+class PPOPolicy(AllocationPolicy):
+    """A trained MaskablePPO behind the common call: argmax (deterministic) over legal actions."""
+
+    name = "ppo"
+
+    def __init__(self, model):
+        self.model = model
+        self.meta = model.ttc_meta
+        self.encoder = ObsEncoder.from_dict(self.meta["encoder"])
+
+    @classmethod
+    def load(cls, path: str | Path, table: OutcomeTable | None = None) -> PPOPolicy:
+        return cls(load_model(path, table))
+
+    def observations(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds) -> np.ndarray:
+        rows = np.asarray(rows)
+        return self.encoder.encode(table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds)
+
+    def choose(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds):
+        if list(table.action_ids) != list(self.meta["menu"]):
+            check_menu(self.meta, table, "this model")
+        rows = np.asarray(rows)
+        obs = self.observations(table, rows, lambda_tokens, lambda_seconds)
+        actions, _ = self.model.predict(obs, action_masks=table.mask[rows], deterministic=True)
+        return np.asarray(actions, dtype=np.int64).reshape(len(rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks
+
+
+def tb_tag(action_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@=,/-]", "_", action_id)
+
+
+def _base_callback():
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    return BaseCallback
+
+
+def make_metrics_callback(action_ids: list[str], hparams: dict[str, Any] | None):
+    """ttc/ scalars from the training episodes of each rollout, and the hyperparameters once."""
+    BaseCallback = _base_callback()
+
+    class TTCMetricsCallback(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self._reset()
+
+        def _reset(self):
+            self.n = 0
+            self.sums = np.zeros(4)
+            self.counts = np.zeros(len(action_ids))
+
+        def _on_training_start(self) -> None:
+            if hparams is not None and self.model.num_timesteps == 0:
+                from stable_baselines3.common.logger import HParam
+
+                metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
+                self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", []):
+                if "utility" in info:
+                    self.sums += (info["correct"], info["tokens"], info["seconds"], info["utility"])
+                    self.counts[info["action"]] += 1
+                    self.n += 1
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.n == 0:
+                return
+            acc, tok, sec, util = self.sums / self.n
+            self.logger.record("ttc/accuracy", acc)
+            self.logger.record("ttc/mean_tokens", tok)
+            self.logger.record("ttc/mean_seconds", sec)
+            self.logger.record("ttc/utility", util)
+            for i, a in enumerate(action_ids):
+                self.logger.record(f"ttc/share/{tb_tag(a)}", self.counts[i] / self.n)
+            self._reset()
+
+    return TTCMetricsCallback()
+
+
+def make_val_metrics_callback(table: OutcomeTable, rows: np.ndarray, lambdas: list[tuple[float, float]]):
+    """After each evaluation: ttc/val/ accuracy, tokens, seconds, utility over (val query, λ) pairs."""
+    BaseCallback = _base_callback()
+
+    class ValMetricsCallback(BaseCallback):
+        def _on_step(self) -> bool:
+            pol = PPOPolicy(self.model)
+            agg = np.zeros(4)
+            for lt, ls in lambdas:
+                r = score_choices(table, rows, pol.choose(table, rows, lt, ls), lt, ls)
+                agg += (r["accuracy"], r["mean_tokens"], r["mean_seconds"], r["utility"])
+            agg /= len(lambdas)
+            for k, v in zip(("accuracy", "mean_tokens", "mean_seconds", "utility"), agg, strict=True):
+                self.logger.record(f"ttc/val/{k}", float(v))
+            return True
+
+    return ValMetricsCallback()

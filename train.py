@@ -1,0 +1,388 @@
+"""Train the PPO allocation policy on a rollout cache.
+
+    python train.py                                    # configs/train_default.yaml on data/default_cache
+    python train.py --seed 3 --hyperparams ppo.learning_rate:1e-3 env.outcome:sampled total_timesteps:20000
+    python train.py --name myrun --resume              # continue runs/myrun from its latest checkpoint
+
+Config: a YAML file (``--config``, default ``configs/train_default.yaml``) overridden by ``--cache``,
+``--name``, ``--seed``, ``--total-timesteps`` and rl-zoo style ``--hyperparams key:value ...``
+(``key`` is ``section.field`` or a bare field name of the top level, ``env`` or ``ppo``; values are
+parsed as YAML). Unknown keys are an error.
+
+Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<unix time>``)::
+
+    config.yml         the resolved config (λ ranges filled in), seed included
+    args.yml           the parsed command-line arguments
+    command.txt        the command line(s) (one per start/resume)
+    splits.json        train/val/test query ids (hash split; features are standardised on train only)
+    tb/PPO_1/          TensorBoard events: SB3's rollout/, train/, eval/, time/ plus ttc/ scalars
+    checkpoints/       ppo_<steps>_steps.zip every checkpoint_freq steps
+    best_model.zip     best validation utility (MaskableEvalCallback on the val split x a λ grid)
+    best.json          the best validation reward so far (kept across --resume)
+    final_model.zip    the model after the last step
+    export/            policy.onnx + policy.json (ONNX parity-checked against SB3)
+    train_summary.json wall time, steps/s, timesteps
+
+``--resume`` continues from the latest checkpoint with ``reset_num_timesteps=False`` into the same
+TensorBoard folder, so curves continue. Without ``--resume`` an existing run folder is never touched.
+Errors (bad cache, unknown key, bad λ, other action menu...) print one ``error: ...`` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from env.allocate_env import EnvConfig, make_splits
+from env.outcomes import AllocError, ConfigError
+from rollouts.cache import CacheError
+
+ENV_NAME = "ttc-Allocate-v0"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train_default.yaml"
+
+
+@dataclass
+class TrainConfig:
+    cache: str = "data/default_cache"
+    name: str | None = None
+    exp: str = "ppo"
+    seed: int = 0
+    total_timesteps: int = 40000
+    n_envs: int = 8
+    eval_freq: int = 5000  # env steps between validation evaluations
+    checkpoint_freq: int = 10000  # env steps between checkpoints
+    val_grid: int = 3  # validation λ grid: val_grid x val_grid points of the evaluation grid's range
+    runs_dir: str = "runs"
+    progress_bar: bool = True
+    export: bool = True
+    torch_threads: int = 1
+    env: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        from policies.ppo import PPOConfig
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        cfg = cls(**d)
+        cfg.env = EnvConfig.from_dict(cfg.env).to_dict()
+        cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
+        for name in ("seed", "total_timesteps", "n_envs", "eval_freq", "checkpoint_freq", "val_grid", "torch_threads"):
+            v = getattr(cfg, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
+                raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+        if cfg.name is not None and (not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name):
+            raise ConfigError(f"name must be a folder name, got {cfg.name!r}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Config assembly
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
+    from policies.ppo import PPOConfig
+
+    env_keys = {f.name for f in fields(EnvConfig)}
+    ppo_keys = {f.name for f in fields(PPOConfig)}
+    top_keys = {f.name for f in fields(TrainConfig)}
+    if "." in key:
+        section, sub = key.split(".", 1)
+        if section not in ("env", "ppo"):
+            raise ConfigError(f"unknown config key {key!r} (sections: env, ppo)")
+        if sub not in (env_keys if section == "env" else ppo_keys):
+            raise ConfigError(f"unknown config key {key!r}")
+        d.setdefault(section, {})
+        d[section][sub] = value
+    elif key in top_keys and key not in ("env", "ppo"):
+        d[key] = value
+    elif key in ppo_keys:
+        d.setdefault("ppo", {})[key] = value
+    elif key in env_keys:
+        d.setdefault("env", {})[key] = value
+    else:
+        raise ConfigError(f"unknown config key {key!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: malformed YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: the config must be a mapping")
+    return d
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    d = load_yaml(args.config) if args.config else {}
+    for flag, key in (("cache", "cache"), ("name", "name"), ("seed", "seed"), ("total_timesteps", "total_timesteps")):
+        v = getattr(args, flag)
+        if v is not None:
+            d[key] = v
+    if args.no_progress:
+        d["progress_bar"] = False
+    if args.runs_dir:
+        d["runs_dir"] = args.runs_dir
+    for item in args.hyperparams or []:
+        if ":" not in item:
+            raise ConfigError(f"--hyperparams expects key:value, got {item!r}")
+        k, v = item.split(":", 1)
+        apply_override(d, k.strip(), parse_value(v))
+    return TrainConfig.from_dict(d)
+
+
+def default_name(cfg: TrainConfig) -> str:
+    return f"{ENV_NAME}__{cfg.exp}__{cfg.seed}__{int(time.time())}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    cps = []
+    for p in (run_dir / "checkpoints").glob("ppo_*_steps.zip"):
+        try:
+            cps.append((int(p.stem.split("_")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    return max(cps)[1] if cps else None
+
+
+def check_splits(splits: dict[str, Any]) -> None:
+    seen: dict[str, str] = {}
+    for s in ("train", "val", "test"):
+        for q in splits[s]:
+            if q in seen:
+                raise ConfigError(f"split leakage: query {q!r} is in both {seen[q]} and {s}")
+            seen[q] = s
+
+
+def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None) -> Path:
+    """Train (or resume) and return the run folder. Everything is validated before anything is written."""
+    import torch
+    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from env.allocate_env import AllocateEnv, ObsEncoder
+    from env.outcomes import OutcomeTable
+    from policies.base import lambda_grid
+    from policies.ppo import (
+        PPOConfig,
+        load_model,
+        make_meta,
+        make_metrics_callback,
+        make_model,
+        make_val_metrics_callback,
+    )
+
+    torch.set_num_threads(cfg.torch_threads)
+    name = cfg.name or default_name(cfg)
+    run_dir = Path(cfg.runs_dir) / name
+    if resume:
+        if not (run_dir / "config.yml").is_file():
+            raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise ConfigError(f"{run_dir}: no checkpoint to resume from in {run_dir / 'checkpoints'}")
+    elif run_dir.exists():
+        raise ConfigError(f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name")
+
+    env_cfg = EnvConfig.from_dict(cfg.env)
+    ppo_cfg = PPOConfig.from_dict(cfg.ppo)
+    table = OutcomeTable(cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
+    if resume:
+        splits = json.loads((run_dir / "splits.json").read_text())
+    else:
+        splits = make_splits(table.query_ids, env_cfg.split_seed, env_cfg.split_fractions)
+    check_splits(splits)
+    for s in ("train", "val"):
+        if not [q for q in splits[s] if q in table.qindex]:
+            raise ConfigError(f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions")
+    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
+    val_rows = table.indices([q for q in splits["val"] if q in table.qindex])
+    env_cfg.resolve_ranges(table, train_rows)
+    encoder = ObsEncoder.fit(table, train_rows, env_cfg)
+    cfg.env = env_cfg.to_dict()
+    cfg.name = name
+    meta = make_meta(table, encoder, cfg.env)
+
+    def make_env(split, cycle=False, lambdas=None):
+        return Monitor(
+            AllocateEnv(table=table, config=env_cfg, split=split, splits=splits, encoder=encoder, cycle=cycle, eval_lambdas=lambdas)
+        )
+
+    train_env = DummyVecEnv([lambda: make_env("train") for _ in range(cfg.n_envs)])
+    grid = lambda_grid(table, train_rows, cfg.val_grid) if env_cfg.penalty_mode == "sampled" else None
+    val_lambdas = grid["points"] if grid else [(env_cfg.lambda_tokens, env_cfg.lambda_seconds)]
+    eval_env = DummyVecEnv([lambda: make_env("val", cycle=True, lambdas=grid["points"] if grid else None)])
+    n_eval = len(val_rows) * (len(grid["points"]) if grid else 1)
+
+    tb_dir = run_dir / "tb"
+    if resume:
+        model = load_model(ckpt, table, env=train_env, tensorboard_log=str(tb_dir))
+        old_env = model.ttc_meta["env"]
+        if old_env != cfg.env:
+            diff = sorted(k for k in set(old_env) | set(cfg.env) if old_env.get(k) != cfg.env.get(k))
+            raise ConfigError(f"{ckpt}: trained with other env settings ({', '.join(diff)}); resume with the run's config")
+        if model.num_timesteps >= cfg.total_timesteps:
+            raise ConfigError(
+                f"{run_dir}: already trained {model.num_timesteps} >= total_timesteps {cfg.total_timesteps}; "
+                "raise --total-timesteps to train further"
+            )
+    else:
+        model = None
+
+    # ---- everything validated: write the run folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not resume:
+        (run_dir / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
+    (run_dir / "args.yml").write_text(yaml.safe_dump(args_dict or {}, sort_keys=False))
+    with open(run_dir / "command.txt", "a") as fh:
+        fh.write(shlex.join(argv or sys.argv) + "\n")
+
+    if model is None:
+        model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta)
+    model.ttc_meta = meta
+
+    hparams = {"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "n_envs": cfg.n_envs}
+    for sec in ("env", "ppo"):
+        for k, v in getattr(cfg, sec).items():
+            hparams[f"{sec}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    best_path = run_dir / "best.json"
+
+    class _BestTracker(BaseCallback):
+        def _on_step(self) -> bool:
+            parent = self.parent
+            best_path.write_text(
+                json.dumps({"best_mean_reward": float(parent.best_mean_reward), "timesteps": int(self.num_timesteps)}) + "\n"
+            )
+            return True
+
+    after_eval = CallbackList([make_val_metrics_callback(table, val_rows, val_lambdas), _BestTracker()])
+    eval_cb = MaskableEvalCallback(
+        eval_env,
+        n_eval_episodes=n_eval,
+        eval_freq=max(cfg.eval_freq // cfg.n_envs, 1),
+        best_model_save_path=str(run_dir),
+        log_path=str(run_dir / "eval"),
+        deterministic=True,
+        callback_after_eval=after_eval,
+        verbose=0,
+    )
+    if resume and best_path.is_file():
+        eval_cb.best_mean_reward = float(json.loads(best_path.read_text())["best_mean_reward"])
+    ckpt_cb = CheckpointCallback(
+        save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1), save_path=str(run_dir / "checkpoints"), name_prefix="ppo"
+    )
+    callbacks = CallbackList([make_metrics_callback(table.action_ids, hparams), eval_cb, ckpt_cb])
+    remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
+    t0 = time.time()
+    start_steps = model.num_timesteps
+    model.learn(
+        total_timesteps=remaining,
+        callback=callbacks,
+        reset_num_timesteps=not resume,
+        tb_log_name="PPO",
+        progress_bar=cfg.progress_bar,
+    )
+    wall = time.time() - t0
+    model.save(run_dir / "final_model.zip")
+    if not (run_dir / "best_model.zip").exists():
+        model.save(run_dir / "best_model.zip")
+    summary: dict[str, Any] = {
+        "timesteps": int(model.num_timesteps),
+        "steps_this_run": int(model.num_timesteps - start_steps),
+        "train_wall_seconds": round(wall, 2),
+        "steps_per_second": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
+        "resumed": resume,
+    }
+    if cfg.export:
+        from policies.export import export_policy
+
+        summary["onnx_parity"] = export_policy(
+            model, run_dir / "export", source={"model": "final_model.zip", "cache": cfg.cache, "run": str(run_dir)}
+        )
+    summary_path = run_dir / "train_summary.json"
+    history = json.loads(summary_path.read_text()) if summary_path.exists() else []
+    history = history if isinstance(history, list) else [history]
+    summary_path.write_text(json.dumps([*history, summary], indent=1) + "\n")
+    train_env.close()
+    eval_env.close()
+    return run_dir
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--cache", help="rollout cache folder (default from the config: data/default_cache)")
+    p.add_argument("--name", help="run folder name under runs_dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--total-timesteps", type=int, dest="total_timesteps")
+    p.add_argument("--hyperparams", nargs="+", metavar="KEY:VALUE", help="overrides, e.g. ppo.learning_rate:1e-3 env.outcome:sampled")
+    p.add_argument("--runs-dir", dest="runs_dir", help="parent of run folders (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(argv)
+    try:
+        if args.resume:
+            if not args.name:
+                raise ConfigError("--resume needs --name of the run to continue")
+            run_dir = Path(args.runs_dir or "runs") / args.name
+            if not (run_dir / "config.yml").is_file():
+                raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
+            d = load_yaml(run_dir / "config.yml")
+            if args.hyperparams or args.cache or args.seed is not None:
+                raise ConfigError("--resume continues the run's own config; only --total-timesteps may change")
+            if args.total_timesteps is not None:
+                d["total_timesteps"] = args.total_timesteps
+            if args.no_progress:
+                d["progress_bar"] = False
+            cfg = TrainConfig.from_dict(d)
+        else:
+            cfg = build_config(args)
+        run_dir = train(cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args))
+    except (AllocError, CacheError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
