@@ -79,7 +79,15 @@ class TrainConfig:
         cfg = cls(**d)
         cfg.env = EnvConfig.from_dict(cfg.env).to_dict()
         cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
-        for name in ("seed", "total_timesteps", "n_envs", "eval_freq", "checkpoint_freq", "val_grid", "torch_threads"):
+        for name in (
+            "seed",
+            "total_timesteps",
+            "n_envs",
+            "eval_freq",
+            "checkpoint_freq",
+            "val_grid",
+            "torch_threads",
+        ):
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
@@ -141,7 +149,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     d = load_yaml(args.config) if args.config else {}
-    for flag, key in (("cache", "cache"), ("name", "name"), ("seed", "seed"), ("total_timesteps", "total_timesteps")):
+    for flag, key in (
+        ("cache", "cache"),
+        ("name", "name"),
+        ("seed", "seed"),
+        ("total_timesteps", "total_timesteps"),
+    ):
         v = getattr(args, flag)
         if v is not None:
             d[key] = v
@@ -184,7 +197,9 @@ def check_splits(splits: dict[str, Any]) -> None:
             seen[q] = s
 
 
-def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None) -> Path:
+def train(
+    cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None
+) -> Path:
     """Train (or resume) and return the run folder. Everything is validated before anything is written."""
     import torch
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
@@ -214,7 +229,9 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
         if ckpt is None:
             raise ConfigError(f"{run_dir}: no checkpoint to resume from in {run_dir / 'checkpoints'}")
     elif run_dir.exists():
-        raise ConfigError(f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name")
+        raise ConfigError(
+            f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
+        )
 
     env_cfg = EnvConfig.from_dict(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
@@ -226,7 +243,9 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
     check_splits(splits)
     for s in ("train", "val"):
         if not [q for q in splits[s] if q in table.qindex]:
-            raise ConfigError(f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions")
+            raise ConfigError(
+                f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions"
+            )
     train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
     val_rows = table.indices([q for q in splits["val"] if q in table.qindex])
     env_cfg.resolve_ranges(table, train_rows)
@@ -237,7 +256,15 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
 
     def make_env(split, cycle=False, lambdas=None):
         return Monitor(
-            AllocateEnv(table=table, config=env_cfg, split=split, splits=splits, encoder=encoder, cycle=cycle, eval_lambdas=lambdas)
+            AllocateEnv(
+                table=table,
+                config=env_cfg,
+                split=split,
+                splits=splits,
+                encoder=encoder,
+                cycle=cycle,
+                eval_lambdas=lambdas,
+            )
         )
 
     train_env = DummyVecEnv([lambda: make_env("train") for _ in range(cfg.n_envs)])
@@ -252,7 +279,9 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
         old_env = model.ttc_meta["env"]
         if old_env != cfg.env:
             diff = sorted(k for k in set(old_env) | set(cfg.env) if old_env.get(k) != cfg.env.get(k))
-            raise ConfigError(f"{ckpt}: trained with other env settings ({', '.join(diff)}); resume with the run's config")
+            raise ConfigError(
+                f"{ckpt}: trained with other env settings ({', '.join(diff)}); resume with the run's config"
+            )
         if model.num_timesteps >= cfg.total_timesteps:
             raise ConfigError(
                 f"{run_dir}: already trained {model.num_timesteps} >= total_timesteps {cfg.total_timesteps}; "
@@ -284,7 +313,10 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
         def _on_step(self) -> bool:
             parent = self.parent
             best_path.write_text(
-                json.dumps({"best_mean_reward": float(parent.best_mean_reward), "timesteps": int(self.num_timesteps)}) + "\n"
+                json.dumps(
+                    {"best_mean_reward": float(parent.best_mean_reward), "timesteps": int(self.num_timesteps)}
+                )
+                + "\n"
             )
             return True
 
@@ -302,7 +334,9 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
     if resume and best_path.is_file():
         eval_cb.best_mean_reward = float(json.loads(best_path.read_text())["best_mean_reward"])
     ckpt_cb = CheckpointCallback(
-        save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1), save_path=str(run_dir / "checkpoints"), name_prefix="ppo"
+        save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1),
+        save_path=str(run_dir / "checkpoints"),
+        name_prefix="ppo",
     )
     callbacks = CallbackList([make_metrics_callback(table.action_ids, hparams), eval_cb, ckpt_cb])
     remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
@@ -330,7 +364,9 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
         from policies.export import export_policy
 
         summary["onnx_parity"] = export_policy(
-            model, run_dir / "export", source={"model": "final_model.zip", "cache": cfg.cache, "run": str(run_dir)}
+            model,
+            run_dir / "export",
+            source={"model": "final_model.zip", "cache": cfg.cache, "run": str(run_dir)},
         )
     summary_path = run_dir / "train_summary.json"
     history = json.loads(summary_path.read_text()) if summary_path.exists() else []
@@ -342,13 +378,20 @@ def train(cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None,
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--cache", help="rollout cache folder (default from the config: data/default_cache)")
     p.add_argument("--name", help="run folder name under runs_dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--total-timesteps", type=int, dest="total_timesteps")
-    p.add_argument("--hyperparams", nargs="+", metavar="KEY:VALUE", help="overrides, e.g. ppo.learning_rate:1e-3 env.outcome:sampled")
+    p.add_argument(
+        "--hyperparams",
+        nargs="+",
+        metavar="KEY:VALUE",
+        help="overrides, e.g. ppo.learning_rate:1e-3 env.outcome:sampled",
+    )
     p.add_argument("--runs-dir", dest="runs_dir", help="parent of run folders (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -367,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
             d = load_yaml(run_dir / "config.yml")
             if args.hyperparams or args.cache or args.seed is not None:
-                raise ConfigError("--resume continues the run's own config; only --total-timesteps may change")
+                raise ConfigError(
+                    "--resume continues the run's own config; only --total-timesteps may change"
+                )
             if args.total_timesteps is not None:
                 d["total_timesteps"] = args.total_timesteps
             if args.no_progress:

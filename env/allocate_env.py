@@ -134,7 +134,11 @@ class EnvConfig:
             setattr(self, name, [lo, hi])
         if not (isinstance(self.p_zero, (int, float)) and 0 <= self.p_zero <= 1):
             raise ConfigError(f"env.p_zero must be in [0, 1], got {self.p_zero!r}")
-        if not (isinstance(self.reward_scale, (int, float)) and math.isfinite(self.reward_scale) and self.reward_scale > 0):
+        if not (
+            isinstance(self.reward_scale, (int, float))
+            and math.isfinite(self.reward_scale)
+            and self.reward_scale > 0
+        ):
             raise ConfigError(f"env.reward_scale must be a finite number > 0, got {self.reward_scale!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:
             raise ConfigError(f"env.mc_subsets must be an integer >= 1, got {self.mc_subsets!r}")
@@ -230,7 +234,13 @@ class ObsEncoder:
 
 
 def _base_features(features: np.ndarray, prompt_tokens: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(features, dtype=np.float64), np.log1p(np.asarray(prompt_tokens, dtype=np.float64))[:, None]], axis=1)
+    return np.concatenate(
+        [
+            np.asarray(features, dtype=np.float64),
+            np.log1p(np.asarray(prompt_tokens, dtype=np.float64))[:, None],
+        ],
+        axis=1,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +282,11 @@ class AllocateEnv(gym.Env):
                 raise ConfigError("AllocateEnv needs a cache path or a table")
             table = get_table(cache, cfg.mc_subsets, cfg.outcome_seed)
         self.table = table
-        self.splits = splits if splits is not None else make_splits(table.query_ids, cfg.split_seed, cfg.split_fractions)
+        self.splits = (
+            splits
+            if splits is not None
+            else make_splits(table.query_ids, cfg.split_seed, cfg.split_fractions)
+        )
         train_ids = [q for q in self.splits["train"] if q in table.qindex]
         train_rows = table.indices(train_ids)
         cfg.resolve_ranges(table, train_rows)
@@ -281,7 +295,9 @@ class AllocateEnv(gym.Env):
             ids = list(table.query_ids)
         elif isinstance(split, str):
             if split not in SPLITS:
-                raise ConfigError(f"split must be one of {SPLITS + ('all',)} or a list of query ids, got {split!r}")
+                raise ConfigError(
+                    f"split must be one of {SPLITS + ('all',)} or a list of query ids, got {split!r}"
+                )
             ids = [q for q in self.splits[split] if q in table.qindex]
         else:
             ids = list(split)
@@ -298,7 +314,8 @@ class AllocateEnv(gym.Env):
         self.action_space = spaces.Discrete(table.n_actions)
         self.cycle = cycle
         self.eval_lambdas = [
-            (validate_lambda("lambda_tokens", a), validate_lambda("lambda_seconds", b)) for a, b in (eval_lambdas or [])
+            (validate_lambda("lambda_tokens", a), validate_lambda("lambda_seconds", b))
+            for a, b in (eval_lambdas or [])
         ]
         if self.eval_lambdas and not encoder.sample_penalties:
             raise ConfigError("eval_lambdas need an env with penalty_mode='sampled' (the policy must see λ)")
@@ -308,8 +325,8 @@ class AllocateEnv(gym.Env):
         self._lam = (cfg.lambda_tokens, cfg.lambda_seconds)
         self._obs = np.zeros(encoder.dim, dtype=np.float32)
         self._done = True
-        t_lo, t_hi = (cfg.lambda_tokens_range if encoder.sample_penalties else (1.0, 1.0))
-        s_lo, s_hi = (cfg.lambda_seconds_range if encoder.sample_penalties else (1.0, 1.0))
+        t_lo, t_hi = cfg.lambda_tokens_range if encoder.sample_penalties else (1.0, 1.0)
+        s_lo, s_hi = cfg.lambda_seconds_range if encoder.sample_penalties else (1.0, 1.0)
         self._log_ranges = (math.log(t_lo), math.log(t_hi), math.log(s_lo), math.log(s_hi))
         self._pen_obs = np.zeros(2, dtype=np.float32)
 
@@ -369,7 +386,9 @@ class AllocateEnv(gym.Env):
         t = self.table
         if not (0 <= a < t.n_actions) or not t.mask[qi, a]:
             name = t.action_ids[a] if 0 <= a < t.n_actions else a
-            raise ConfigError(f"action {name!r} is not available for query {t.query_ids[qi]!r} (see action_masks())")
+            raise ConfigError(
+                f"action {name!r} is not available for query {t.query_ids[qi]!r} (see action_masks())"
+            )
         if self.config.outcome == "expected":
             correct, tokens, seconds = t.correct[qi, a], t.tokens[qi, a], t.seconds[qi, a]
         else:

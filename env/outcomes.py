@@ -119,7 +119,9 @@ def build_menu(cache: RolloutCache) -> list[Action]:
         cfg = r["config_id"]
         prev = strategies.setdefault(cfg, r["strategy"])
         if prev != r["strategy"]:
-            raise CacheError(f"{cache.path}: config {cfg!r} has records of strategies {prev!r} and {r['strategy']!r}")
+            raise CacheError(
+                f"{cache.path}: config {cfg!r} has records of strategies {prev!r} and {r['strategy']!r}"
+            )
         if r["strategy"] == "sample_pool":
             pool_k[cfg] = max(pool_k.get(cfg, 0), len(r["samples"]))
             scored = all(s.get("score") is not None for s in r["samples"])
@@ -242,7 +244,9 @@ def _prepare_pool(r: dict[str, Any]) -> _Pool:
     sc = [s.get("score") for s in samples]
     scores = None if any(x is None for x in sc) else np.array(sc, dtype=np.float64)
     sbn = r.get("seconds_by_n") or {}
-    return _Pool(keys, answers, correct, gen, scorer, scores, {str(k): float(v) for k, v in sbn.items()}, r["seconds"])
+    return _Pool(
+        keys, answers, correct, gen, scorer, scores, {str(k): float(v) for k, v in sbn.items()}, r["seconds"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +279,9 @@ class OutcomeTable:
         self.features = np.array([cache.queries[q]["features"] for q in self.query_ids], dtype=np.float64)
         if self.features.ndim != 2 or self.features.shape[1] == 0:
             raise CacheError(f"{cache.path}: queries need a non-empty 'features' vector")
-        self.prompt_tokens = np.array([cache.queries[q]["prompt_tokens"] for q in self.query_ids], dtype=np.int64)
+        self.prompt_tokens = np.array(
+            [cache.queries[q]["prompt_tokens"] for q in self.query_ids], dtype=np.int64
+        )
         lm = cache.meta.get("latency_model")
         try:
             self.latency = LatencyModel.from_dict(lm) if lm else None
@@ -323,7 +329,9 @@ class OutcomeTable:
             self.correct[qi, ai], self.tokens[qi, ai], self.seconds[qi, ai] = arr.mean(axis=0)
             self.mask[qi, ai] = True
 
-    def _pool_seconds(self, pool: _Pool, n: int, mean_max_tokens: float, prompt_tokens: int, where: str) -> float:
+    def _pool_seconds(
+        self, pool: _Pool, n: int, mean_max_tokens: float, prompt_tokens: int, where: str
+    ) -> float:
         if str(n) in pool.seconds_by_n:
             return pool.seconds_by_n[str(n)]
         if self.latency is not None:

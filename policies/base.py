@@ -21,10 +21,14 @@ class AllocationPolicy(ABC):
     name: str = "policy"
 
     @abstractmethod
-    def choose(self, table: OutcomeTable, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
+    def choose(
+        self, table: OutcomeTable, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float
+    ) -> np.ndarray:
         """Action indices (len(rows),) for these table rows at these penalties."""
 
-    def choose_one(self, table: OutcomeTable, query_id: str, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0) -> str:
+    def choose_one(
+        self, table: OutcomeTable, query_id: str, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0
+    ) -> str:
         lt = validate_lambda("lambda_tokens", lambda_tokens)
         ls = validate_lambda("lambda_seconds", lambda_seconds)
         a = self.choose(table, table.indices([query_id]), lt, ls)
@@ -45,7 +49,9 @@ def score_choices(
     actions = np.asarray(actions, dtype=np.int64)
     if not table.mask[rows, actions].all():
         bad = int(np.argmin(table.mask[rows, actions]))
-        raise ValueError(f"policy chose masked action {table.action_ids[actions[bad]]!r} for {table.query_ids[rows[bad]]!r}")
+        raise ValueError(
+            f"policy chose masked action {table.action_ids[actions[bad]]!r} for {table.query_ids[rows[bad]]!r}"
+        )
     c = table.correct[rows, actions]
     t = table.tokens[rows, actions]
     s = table.seconds[rows, actions]
@@ -56,7 +62,9 @@ def score_choices(
         "mean_tokens": float(t.mean()),
         "mean_seconds": float(s.mean()),
         "utility": float(u.mean()),
-        "share": {table.action_ids[i]: float(counts[i] / len(rows)) for i in range(table.n_actions) if counts[i]},
+        "share": {
+            table.action_ids[i]: float(counts[i] / len(rows)) for i in range(table.n_actions) if counts[i]
+        },
     }
 
 

@@ -47,7 +47,9 @@ def _actor(model):
     return Actor().eval()
 
 
-def export_policy(model, out_dir: str | Path, source: dict[str, Any] | None = None, n_check: int = 512, seed: int = 0) -> dict[str, Any]:
+def export_policy(
+    model, out_dir: str | Path, source: dict[str, Any] | None = None, n_check: int = 512, seed: int = 0
+) -> dict[str, Any]:
     import torch
 
     out = Path(out_dir)
@@ -68,7 +70,12 @@ def export_policy(model, out_dir: str | Path, source: dict[str, Any] | None = No
             dynamo=False,
             input_names=["obs", "mask"],
             output_names=["logits", "action"],
-            dynamic_axes={"obs": {0: "batch"}, "mask": {0: "batch"}, "logits": {0: "batch"}, "action": {0: "batch"}},
+            dynamic_axes={
+                "obs": {0: "batch"},
+                "mask": {0: "batch"},
+                "logits": {0: "batch"},
+                "action": {0: "batch"},
+            },
             opset_version=17,
         )
     parity = parity_check(model, onnx_path, n_check=n_check, seed=seed)
@@ -82,13 +89,19 @@ def export_policy(model, out_dir: str | Path, source: dict[str, Any] | None = No
         "menu_names": list(meta["menu_names"]),
         "observation": {
             "layout": "[(features - feature_mean)/feature_std ..., (log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
-            + (", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]" if enc.sample_penalties else "]"),
+            + (
+                ", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]"
+                if enc.sample_penalties
+                else "]"
+            ),
             "clip": OBS_BOUND,
             **enc.to_dict(),
         },
         "penalties": {
             "observed": enc.sample_penalties,
-            "fixed": None if enc.sample_penalties else [meta["env"]["lambda_tokens"], meta["env"]["lambda_seconds"]],
+            "fixed": None
+            if enc.sample_penalties
+            else [meta["env"]["lambda_tokens"], meta["env"]["lambda_seconds"]],
             "lambda_tokens_range": meta["env"].get("lambda_tokens_range"),
             "lambda_seconds_range": meta["env"].get("lambda_seconds_range"),
         },
@@ -99,7 +112,9 @@ def export_policy(model, out_dir: str | Path, source: dict[str, Any] | None = No
     return parity
 
 
-def parity_check(model, onnx_path: str | Path, n_check: int = 512, seed: int = 0, atol: float = 1e-4) -> dict[str, Any]:
+def parity_check(
+    model, onnx_path: str | Path, n_check: int = 512, seed: int = 0, atol: float = 1e-4
+) -> dict[str, Any]:
     """Compare onnxruntime's logits and actions with the SB3 policy on random observations and masks."""
     import onnxruntime as ort
     import torch
@@ -122,7 +137,12 @@ def parity_check(model, onnx_path: str | Path, n_check: int = 512, seed: int = 0
     probs_onnx = _softmax(logits_onnx.astype(np.float64))
     diff = float(np.abs(probs_onnx - probs_sb3).max())
     same = int((np.asarray(act_sb3) == act_onnx).sum())
-    report = {"n": n_check, "max_abs_prob_diff": diff, "actions_equal": same, "ok": bool(diff <= atol and same == n_check)}
+    report = {
+        "n": n_check,
+        "max_abs_prob_diff": diff,
+        "actions_equal": same,
+        "ok": bool(diff <= atol and same == n_check),
+    }
     del logits_sb3
     if not report["ok"]:
         raise ExportError(

@@ -41,13 +41,17 @@ class OnnxPolicy:
         self.clip = float(o["clip"])
         self.observed = bool(o["sample_penalties"])
         self.eps, self.center, self.scale = o["penalty_eps"], o["penalty_center"], o["penalty_scale"]
-        self.session = ort.InferenceSession(str(jpath.parent / doc["onnx"]), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(jpath.parent / doc["onnx"]), providers=["CPUExecutionProvider"]
+        )
 
     @property
     def feature_dim(self) -> int:
         return len(self.mean) - 1
 
-    def observation(self, features, prompt_tokens, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0) -> np.ndarray:
+    def observation(
+        self, features, prompt_tokens, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0
+    ) -> np.ndarray:
         f = np.atleast_2d(np.asarray(features, dtype=np.float64))
         pt = np.atleast_1d(np.asarray(prompt_tokens, dtype=np.float64))
         if f.shape[1] != self.feature_dim:
@@ -63,14 +67,22 @@ class OnnxPolicy:
             z = np.concatenate([z, np.tile([t, s], (len(z), 1))], axis=1)
         return z.astype(np.float32)
 
-    def act_index(self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None) -> np.ndarray:
+    def act_index(
+        self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None
+    ) -> np.ndarray:
         obs = self.observation(features, prompt_tokens, lambda_tokens, lambda_seconds)
-        m = np.ones((len(obs), len(self.menu)), dtype=bool) if mask is None else np.atleast_2d(np.asarray(mask, dtype=bool))
+        m = (
+            np.ones((len(obs), len(self.menu)), dtype=bool)
+            if mask is None
+            else np.atleast_2d(np.asarray(mask, dtype=bool))
+        )
         if m.shape[1] != len(self.menu):
             raise OnnxPolicyError(f"mask has {m.shape[1]} entries, the menu has {len(self.menu)}")
         if not m.any(axis=1).all():
             raise OnnxPolicyError("mask allows no action")
-        _, action = self.session.run(["logits", "action"], {"obs": obs, "mask": np.broadcast_to(m, (len(obs), m.shape[1])).copy()})
+        _, action = self.session.run(
+            ["logits", "action"], {"obs": obs, "mask": np.broadcast_to(m, (len(obs), m.shape[1])).copy()}
+        )
         return action
 
     def act(self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None) -> str:

@@ -67,7 +67,15 @@ class PPOConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ppo.{name} must be an integer >= 1, got {v!r}")
-        for name in ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "gamma", "gae_lambda"):
+        for name in (
+            "learning_rate",
+            "clip_range",
+            "ent_coef",
+            "vf_coef",
+            "max_grad_norm",
+            "gamma",
+            "gae_lambda",
+        ):
             v = getattr(cfg, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
                 raise ConfigError(f"ppo.{name} must be a finite number >= 0, got {v!r}")
@@ -176,7 +184,9 @@ class PPOPolicy(AllocationPolicy):
 
     def observations(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds) -> np.ndarray:
         rows = np.asarray(rows)
-        return self.encoder.encode(table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds)
+        return self.encoder.encode(
+            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds
+        )
 
     def choose(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds):
         if list(table.action_ids) != list(self.meta["menu"]):
@@ -220,7 +230,9 @@ def make_metrics_callback(action_ids: list[str], hparams: dict[str, Any] | None)
                 from stable_baselines3.common.logger import HParam
 
                 metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
-                self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+                self.logger.record(
+                    "hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv")
+                )
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", []):

@@ -64,7 +64,9 @@ class ProbeConfig:
 class _Probe(nn.Module):
     def __init__(self, d_in: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x):
         return self.net(x).squeeze(-1)
@@ -82,7 +84,9 @@ class ProbeRouter(AllocationPolicy):
 
     # -- data ----------------------------------------------------------------------------------
     def _base(self, table: OutcomeTable, rows: np.ndarray) -> np.ndarray:
-        x = np.concatenate([table.features[rows], np.log1p(table.prompt_tokens[rows])[:, None].astype(np.float64)], axis=1)
+        x = np.concatenate(
+            [table.features[rows], np.log1p(table.prompt_tokens[rows])[:, None].astype(np.float64)], axis=1
+        )
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def _pairs(self, table: OutcomeTable, rows: np.ndarray):
@@ -97,7 +101,9 @@ class ProbeRouter(AllocationPolicy):
     def fit(self, table: OutcomeTable, train_rows: np.ndarray, val_rows: np.ndarray) -> ProbeRouter:
         cfg = self.config
         train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
-        x = np.concatenate([table.features[train_rows], np.log1p(table.prompt_tokens[train_rows])[:, None]], axis=1)
+        x = np.concatenate(
+            [table.features[train_rows], np.log1p(table.prompt_tokens[train_rows])[:, None]], axis=1
+        )
         self.mean = x.mean(axis=0)
         self.std = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
         self.cfg_feats = config_features(table)

@@ -1,0 +1,375 @@
+"""Evaluate a trained run (or a checkpoint) against every baseline on the held-out split and a λ grid.
+
+    python evaluate.py --run runs/<name>                       # best_model.zip, test split, 5x5 grid
+    python evaluate.py --checkpoint runs/<name>/checkpoints/ppo_20000_steps.zip --json results.json
+    python evaluate.py --run runs/<name> --lambda-tokens 0 1e-4 --lambda-seconds 0 0.1
+
+For each (λ_T, λ_L) point and each policy: accuracy (expected correctness), mean tokens, mean seconds
+and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``). Policies:
+``ppo`` (argmax over legal actions), ``probe_router`` (the seed paper's router, fitted on the train
+split and Platt-calibrated on the validation split), ``oracle`` (per-query hindsight best),
+``random`` and ``static:<action id>`` for every action of the menu. ``best_static`` is the static
+action with the highest utility on the evaluated split at that point (a hindsight choice, so the
+bar PPO must clear is the strictest one). Gap share = (U_policy − U_best_static) / (U_oracle −
+U_best_static) (null when the gap is below 1e-9).
+
+The default grid is 5 x 5: per axis 0 and 4 log-spaced values (0.032, 0.1, 0.32, 1) x λ_max, with
+λ_max = 1 / (largest per-action mean tokens, resp. seconds, on the train split): from "accuracy only"
+to "cost dominates" (the most expensive action's cost alone equals one unit of accuracy).
+
+Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per point and policy),
+``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
+``--json PATH`` the same numbers as JSON. JSON keys::
+
+    run, model, cache, split, n_queries, menu (action ids)
+    grid: {lambda_tokens: [...], lambda_seconds: [...]}
+    points: [ { lambda_tokens, lambda_seconds,
+                policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
+                best_static (action id), oracle_gap (U_oracle − U_best_static),
+                ppo_gap_share, probe_router_gap_share,
+                ppo_ge_best_static (bool), ppo_ge_probe_router (bool) } ]
+    summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count),
+               ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean }
+
+Errors (missing run, bad λ, other action menu, bad cache...) print one ``error: ...`` line and exit 2
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from env.outcomes import AllocError, ConfigError, validate_lambda
+from rollouts.cache import CacheError
+
+TOL = 1e-9
+
+
+def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[Path, Path]:
+    """(run folder, model zip)."""
+    if checkpoint:
+        ck = Path(checkpoint)
+        if not ck.is_file():
+            raise ConfigError(f"{ck}: checkpoint not found")
+        if run:
+            run_dir = Path(run)
+        else:
+            run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+        return run_dir, ck
+    if not run:
+        raise ConfigError("give --run RUN_FOLDER or --checkpoint PATH")
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: run folder not found")
+    model = run_dir / f"{which}_model.zip"
+    if not model.is_file():
+        raise ConfigError(
+            f"{model}: model not found (train first, or pass --model final|best / --checkpoint)"
+        )
+    return run_dir, model
+
+
+def evaluate(
+    run: str | None = None,
+    checkpoint: str | None = None,
+    cache: str | None = None,
+    split: str = "test",
+    grid_n: int = 5,
+    lambda_tokens: list[float] | None = None,
+    lambda_seconds: list[float] | None = None,
+    which: str = "best",
+    out: str | None = None,
+    json_path: str | None = None,
+    seed: int = 0,
+    plots: bool = True,
+) -> dict[str, Any]:
+    import torch
+
+    from env.allocate_env import EnvConfig
+    from env.outcomes import OutcomeTable
+    from policies.base import lambda_grid, score_choices
+    from policies.baselines import OraclePolicy, RandomPolicy, static_policies
+    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
+    from policies.probe_router import ProbeConfig, ProbeRouter
+
+    torch.set_num_threads(1)
+    lt_axis = [validate_lambda("--lambda-tokens", v) for v in lambda_tokens] if lambda_tokens else None
+    ls_axis = [validate_lambda("--lambda-seconds", v) for v in lambda_seconds] if lambda_seconds else None
+    if grid_n < 2:
+        raise ConfigError(f"--grid must be >= 2, got {grid_n}")
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    run_dir, model_path = resolve_model(run, checkpoint, which)
+    meta = read_meta(model_path)
+    cfg_path, splits_path = run_dir / "config.yml", run_dir / "splits.json"
+    if not splits_path.is_file():
+        raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
+    run_cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cache = cache or run_cfg.get("cache") or meta.get("cache")
+    env_cfg = EnvConfig.from_dict(meta["env"])
+    table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
+    check_menu(meta, table, str(model_path))
+    splits = json.loads(splits_path.read_text())
+    rows_of = {
+        s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
+    }
+    rows = rows_of[split]
+    if len(rows) == 0:
+        raise ConfigError(f"the {split} split has no queries in {cache}")
+    if len(rows_of["train"]) == 0:
+        raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
+    grid = lambda_grid(table, rows_of["train"], grid_n)
+    lt_axis = lt_axis or grid["lambda_tokens"]
+    ls_axis = ls_axis or grid["lambda_seconds"]
+    out_dir = Path(out) if out else run_dir / "eval"
+
+    ppo = PPOPolicy(load_model(model_path, table))
+    router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
+    statics = static_policies(table)
+    oracle = OraclePolicy()
+    points = []
+    for lt in lt_axis:
+        for ls in ls_axis:
+            pols: dict[str, Any] = {}
+            pols["ppo"] = score_choices(table, rows, ppo.choose(table, rows, lt, ls), lt, ls)
+            pols["probe_router"] = score_choices(table, rows, router.choose(table, rows, lt, ls), lt, ls)
+            pols["oracle"] = score_choices(table, rows, oracle.choose(table, rows, lt, ls), lt, ls)
+            pols["random"] = score_choices(
+                table, rows, RandomPolicy(seed).choose(table, rows, lt, ls), lt, ls
+            )
+            for sp in statics:
+                pols[sp.name] = score_choices(table, rows, sp.choose(table, rows, lt, ls), lt, ls)
+            best = max((sp.name for sp in statics), key=lambda n: pols[n]["utility"])
+            u_bs, u_or = pols[best]["utility"], pols["oracle"]["utility"]
+            gap = u_or - u_bs
+
+            def share(u, gap=gap, u_bs=u_bs):
+                return None if gap < TOL else (u - u_bs) / gap
+
+            points.append(
+                {
+                    "lambda_tokens": lt,
+                    "lambda_seconds": ls,
+                    "policies": pols,
+                    "best_static": best.removeprefix("static:"),
+                    "oracle_gap": gap,
+                    "ppo_gap_share": share(pols["ppo"]["utility"]),
+                    "probe_router_gap_share": share(pols["probe_router"]["utility"]),
+                    "ppo_ge_best_static": bool(pols["ppo"]["utility"] >= u_bs - TOL),
+                    "ppo_ge_probe_router": bool(
+                        pols["ppo"]["utility"] >= pols["probe_router"]["utility"] - TOL
+                    ),
+                }
+            )
+    shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
+    rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
+    result = {
+        "run": str(run_dir),
+        "model": str(model_path),
+        "cache": str(cache),
+        "split": split,
+        "n_queries": int(len(rows)),
+        "menu": list(table.action_ids),
+        "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
+        "points": points,
+        "summary": {
+            "n_points": len(points),
+            "ppo_ge_best_static": sum(p["ppo_ge_best_static"] for p in points),
+            "ppo_ge_probe_router": sum(p["ppo_ge_probe_router"] for p in points),
+            "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
+            "ppo_gap_share_min": float(np.min(shares)) if shares else None,
+            "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(result, out_dir / "results.csv")
+    (out_dir / "results.md").write_text(markdown(result))
+    if plots:
+        write_plots(result, out_dir)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    result["out_dir"] = str(out_dir)
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o))
+
+
+def write_csv(result: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "lambda_tokens",
+                "lambda_seconds",
+                "policy",
+                "accuracy",
+                "mean_tokens",
+                "mean_seconds",
+                "utility",
+                "gap_share",
+                "is_best_static",
+            ]
+        )
+        for p in result["points"]:
+            for name, m in p["policies"].items():
+                gs = p.get(f"{name}_gap_share") if name in ("ppo", "probe_router") else None
+                w.writerow(
+                    [
+                        p["lambda_tokens"],
+                        p["lambda_seconds"],
+                        name,
+                        f"{m['accuracy']:.6f}",
+                        f"{m['mean_tokens']:.3f}",
+                        f"{m['mean_seconds']:.5f}",
+                        f"{m['utility']:.6f}",
+                        "" if gs is None else f"{gs:.4f}",
+                        name == f"static:{p['best_static']}",
+                    ]
+                )
+
+
+def _fmt(x, nd=3):
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    lines = [
+        f"# Evaluation: {result['model']}",
+        "",
+        f"Cache `{result['cache']}`, split `{result['split']}` ({result['n_queries']} queries), "
+        f"{len(result['menu'])} actions. Utility = accuracy − λ_T·tokens − λ_L·seconds (expected values).",
+        "",
+        f"PPO ≥ best static at {s['ppo_ge_best_static']}/{s['n_points']} points; PPO ≥ probe router at "
+        f"{s['ppo_ge_probe_router']}/{s['n_points']}; mean gap share closed: PPO {_fmt(s['ppo_gap_share_mean'], 2)}, "
+        f"router {_fmt(s['probe_router_gap_share_mean'], 2)} (min PPO {_fmt(s['ppo_gap_share_min'], 2)}).",
+        "",
+        "| λ_T | λ_L | best static | U static | U oracle | U router | U PPO | PPO gap share | router gap share | PPO acc | PPO tokens | PPO s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result["points"]:
+        pol = p["policies"]
+        bs = pol[f"static:{p['best_static']}"]
+        lines.append(
+            f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['best_static']} | {_fmt(bs['utility'])} | "
+            f"{_fmt(pol['oracle']['utility'])} | {_fmt(pol['probe_router']['utility'])} | {_fmt(pol['ppo']['utility'])} | "
+            f"{_fmt(p['ppo_gap_share'], 2)} | {_fmt(p['probe_router_gap_share'], 2)} | {_fmt(pol['ppo']['accuracy'])} | "
+            f"{pol['ppo']['mean_tokens']:.1f} | {pol['ppo']['mean_seconds']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(result: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["points"]
+    statics = [k for k in points[0]["policies"] if k.startswith("static:")]
+    for cost, fname, axis_lam, other in (
+        ("mean_tokens", "pareto_tokens.png", "lambda_tokens", "lambda_seconds"),
+        ("mean_seconds", "pareto_seconds.png", "lambda_seconds", "lambda_tokens"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        p0 = points[0]["policies"]
+        xs = np.array([p0[s][cost] for s in statics])
+        ys = np.array([p0[s]["accuracy"] for s in statics])
+        ax.scatter(xs, ys, c="grey", s=18, label="static configs")
+        order = np.argsort(xs)
+        fx, fy, best = [], [], -np.inf
+        for i in order:
+            if ys[i] > best:
+                fx.append(xs[i])
+                fy.append(ys[i])
+                best = ys[i]
+        ax.step(fx, fy, where="post", c="grey", lw=1, label="static frontier")
+        for name, color, marker in (
+            ("probe_router", "tab:orange", "s"),
+            ("ppo", "tab:blue", "o"),
+            ("oracle", "tab:green", "^"),
+        ):
+            allx = [p["policies"][name][cost] for p in points]
+            ally = [p["policies"][name]["accuracy"] for p in points]
+            ax.scatter(allx, ally, c=color, marker=marker, s=14, alpha=0.35)
+            line = [p for p in points if p[other] == 0.0]
+            line.sort(key=lambda p: p[axis_lam])
+            ax.plot(
+                [p["policies"][name][cost] for p in line],
+                [p["policies"][name]["accuracy"] for p in line],
+                c=color,
+                marker=marker,
+                label=f"{name} ({'λ_T' if axis_lam == 'lambda_tokens' else 'λ_L'} sweep)",
+            )
+        ax.set_xlabel(cost.replace("_", " "))
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{result['split']} split: accuracy vs {cost.split('_')[1]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=120)
+        plt.close(fig)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--run", help="run folder (runs/<name>)")
+    p.add_argument("--checkpoint", help="a model zip (default: the run's best_model.zip)")
+    p.add_argument(
+        "--model", choices=("best", "final"), default="best", help="which model of the run (default: best)"
+    )
+    p.add_argument("--cache", help="rollout cache (default: the run's)")
+    p.add_argument("--split", default="test", help="train | val | test (default: test)")
+    p.add_argument("--grid", type=int, default=5, help="grid points per λ axis (default: 5)")
+    p.add_argument("--lambda-tokens", type=float, nargs="+", help="explicit λ_T axis values")
+    p.add_argument("--lambda-seconds", type=float, nargs="+", help="explicit λ_L axis values")
+    p.add_argument("--out", help="output folder (default: <run>/eval)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the router probe and the random policy")
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        res = evaluate(
+            run=args.run,
+            checkpoint=args.checkpoint,
+            cache=args.cache,
+            split=args.split,
+            grid_n=args.grid,
+            lambda_tokens=args.lambda_tokens,
+            lambda_seconds=args.lambda_seconds,
+            which=args.model,
+            out=args.out,
+            json_path=args.json_path,
+            seed=args.seed,
+            plots=not args.no_plots,
+        )
+    except (AllocError, CacheError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(res))
+    print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

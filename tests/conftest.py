@@ -1,0 +1,37 @@
+"""Shared test setup: one torch thread (the machine's cores are busy), a synthetic cache, a tiny run."""
+
+from __future__ import annotations
+
+import pytest
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """A labelled synthetic cache (tests/fixtures/synthetic_cache.py), 120 queries, built once."""
+    from tests.fixtures.synthetic_cache import make_synthetic_cache
+
+    return make_synthetic_cache(tmp_path_factory.mktemp("cache") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_cache):
+    """A finished `train.py` run on the synthetic cache (a few thousand steps), built once."""
+    import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    rc = train.main(
+        [
+            "--cache", str(synthetic_cache), "--runs-dir", str(runs), "--name", "tiny",
+            "--total-timesteps", "3072", "--no-progress",
+            "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return runs / "tiny"

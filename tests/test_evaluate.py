@@ -1,0 +1,78 @@
+import csv
+import json
+
+import pytest
+
+import evaluate
+from tests.fixtures.synthetic_cache import make_synthetic_cache
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    rc = evaluate.main(
+        ["--run", str(tiny_run), "--out", str(out), "--json", str(out / "r.json"), "--grid", "3"]
+    )
+    assert rc == 0
+    return out
+
+
+def test_outputs_and_json_keys(evaluated):
+    for name in ("results.csv", "results.md", "pareto_tokens.png", "pareto_seconds.png", "r.json"):
+        assert (evaluated / name).stat().st_size > 0, name
+    res = json.loads((evaluated / "r.json").read_text())
+    for k in ("run", "model", "cache", "split", "n_queries", "menu", "grid", "points", "summary"):
+        assert k in res
+    assert res["split"] == "test" and len(res["points"]) == 9
+    p = res["points"][0]
+    assert (p["lambda_tokens"], p["lambda_seconds"]) == (0.0, 0.0)
+    for k in (
+        "policies",
+        "best_static",
+        "oracle_gap",
+        "ppo_gap_share",
+        "probe_router_gap_share",
+        "ppo_ge_best_static",
+        "ppo_ge_probe_router",
+    ):
+        assert k in p
+    for pol in ["ppo", "probe_router", "oracle", "random"] + [f"static:{a}" for a in res["menu"]]:
+        m = p["policies"][pol]
+        assert set(m) >= {"accuracy", "mean_tokens", "mean_seconds", "utility", "share"}
+    for q in res["points"]:
+        pols = q["policies"]
+        assert pols["oracle"]["utility"] >= max(v["utility"] for v in pols.values()) - 1e-12
+    rows = list(csv.DictReader(open(evaluated / "results.csv")))
+    assert len(rows) == 9 * (4 + len(res["menu"]))
+    assert sum(r["is_best_static"] == "True" for r in rows) == 9
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lambda-tokens", "-1"], "--lambda-tokens must be a finite number >= 0"),
+        (["--lambda-seconds", "nan"], "--lambda-seconds must be a finite number >= 0"),
+        (["--checkpoint", "/nonexistent.zip"], "checkpoint not found"),
+    ],
+)
+def test_bad_input(tiny_run, capsys, extra, message):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    rc = evaluate.main(["--run", str(tiny_run), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == before
+
+
+def test_checkpoint_on_other_menu(tiny_run, tmp_path, capsys):
+    other = make_synthetic_cache(tmp_path / "k4", n_queries=40, k=4)
+    ck = tiny_run / "checkpoints" / "ppo_2048_steps.zip"
+    rc = evaluate.main(["--checkpoint", str(ck), "--cache", str(other), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another action menu" in err and "pool:n=4/majority@4" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_evaluation(tiny_run, tmp_path):
+    ck = tiny_run / "checkpoints" / "ppo_2048_steps.zip"
+    res = evaluate.evaluate(checkpoint=str(ck), out=str(tmp_path / "o"), grid_n=2, plots=False)
+    assert res["model"] == str(ck) and res["summary"]["n_points"] == 4

@@ -1,0 +1,61 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from env.outcomes import OutcomeTable
+from policies.export import export_policy, parity_check
+from policies.onnx_policy import OnnxPolicy, OnnxPolicyError
+from policies.ppo import PPOPolicy, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_export_written_and_parity(tiny_run):
+    doc = json.loads((tiny_run / "export" / "policy.json").read_text())
+    assert doc["parity"]["ok"] and doc["parity"]["actions_equal"] == doc["parity"]["n"]
+    assert (tiny_run / "export" / "policy.onnx").is_file()
+    model = load_model(tiny_run / "final_model.zip")
+    rep = parity_check(model, tiny_run / "export" / "policy.onnx", n_check=256, seed=5)
+    assert rep["ok"] and rep["max_abs_prob_diff"] < 1e-4
+
+
+def test_onnx_loader_matches_sb3_policy(tiny_run, synthetic_cache, tmp_path):
+    table = OutcomeTable(synthetic_cache)
+    model = load_model(tiny_run / "final_model.zip", table)
+    export_policy(model, tmp_path / "exp")
+    onnx_pol = OnnxPolicy(tmp_path / "exp")
+    sb3_pol = PPOPolicy(model)
+    rows = np.arange(len(table.query_ids))
+    for lt, ls in [(0.0, 0.0), (1e-3, 0.05), (5e-3, 0.6)]:
+        want = sb3_pol.choose(table, rows, lt, ls)
+        got = [
+            table.action_ids.index(
+                onnx_pol.act(table.features[r], table.prompt_tokens[r], lt, ls, table.mask[r])
+            )
+            for r in rows
+        ]
+        assert (np.array(got) == want).all()
+    batch = onnx_pol.act_index(table.features[:5], table.prompt_tokens[:5], 1e-3, 0.05)
+    assert batch.shape == (5,)
+    with pytest.raises(OnnxPolicyError, match="lambda_tokens"):
+        onnx_pol.act(table.features[0], 30, -1.0, 0.0)
+    with pytest.raises(OnnxPolicyError, match="features have length"):
+        onnx_pol.act(table.features[0][:3], 30)
+
+
+def test_onnx_loader_needs_no_sb3_or_torch(tiny_run, synthetic_cache):
+    code = (
+        "import sys, json\n"
+        "from policies.onnx_policy import OnnxPolicy\n"
+        f"p = OnnxPolicy({str(tiny_run / 'export')!r})\n"
+        "print(p.act([0.0] * p.feature_dim, 30, 1e-3, 0.05))\n"
+        "bad = [m for m in ('torch', 'stable_baselines3', 'sb3_contrib', 'gymnasium', 'env') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in json.loads((tiny_run / "export" / "policy.json").read_text())["menu"]
