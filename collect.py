@@ -3,7 +3,7 @@
     python collect.py [--config configs/collect_default.yaml] [key=value ...]   # collect (resumes)
     python collect.py stats [CACHE] [--json]                                    # summary (default: bundled)
     python collect.py import FORMAT PATH --out CACHE [...]                       # bring your own rollouts
-    python collect.py pack SRC DST                                              # gzip a cache for bundling
+    python collect.py pack SRC DST [--drop-text]                                 # gzip a cache for bundling
 
 Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
 one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
@@ -72,10 +72,11 @@ def cmd_pack(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="collect.py pack", description="Write a gzip-compressed copy of a cache.")
     ap.add_argument("src")
     ap.add_argument("dst")
+    ap.add_argument("--drop-text", action="store_true", help="drop generated texts (keep answers and counts)")
     args = ap.parse_args(argv)
     from rollouts.cache import write_compressed_copy
 
-    write_compressed_copy(args.src, args.dst)
+    write_compressed_copy(args.src, args.dst, drop_text=args.drop_text)
     print(f"packed {args.src} -> {args.dst}")
     return 0
 

@@ -404,14 +404,31 @@ def load_cache(directory: str | Path) -> RolloutCache:
     return RolloutCache(path=d, meta=meta, queries=queries, records=records)
 
 
-def write_compressed_copy(src: str | Path, dst: str | Path) -> None:
-    """Copy a cache into ``dst`` with gzip-compressed JSONL files (the bundled form)."""
+def _without_text(rec: dict[str, Any]) -> dict[str, Any]:
+    rec = dict(rec)
+    if "samples" in rec:
+        rec["samples"] = [{k: v for k, v in s.items() if k != "text"} for s in rec["samples"]]
+    if "result" in rec:
+        rec["result"] = {k: v for k, v in rec["result"].items() if k != "text"}
+    return rec
+
+
+def write_compressed_copy(src: str | Path, dst: str | Path, drop_text: bool = False) -> None:
+    """Copy a cache into ``dst`` with gzip-compressed JSONL files (the bundled form).
+
+    ``drop_text`` removes generated texts (answers, correctness and counts stay): model outputs can
+    quote a third-party question, which a bundled cache must not carry.
+    """
     src, dst = Path(src), Path(dst)
     cache = load_cache(src)  # validates before packing
     dst.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(dst / "meta.json", cache.meta)
-    for stem, objs in (("queries", cache.queries.values()), ("records", cache.records)):
+    meta = dict(cache.meta)
+    if drop_text:
+        meta["texts_dropped"] = True
+    records = [_without_text(r) for r in cache.records] if drop_text else cache.records
+    for stem, objs in (("queries", cache.queries.values()), ("records", records)):
         _write_gz_lines(dst / f"{stem}.jsonl.gz", objs)
+    write_json_atomic(dst / "meta.json", meta)
 
 
 def _write_gz_lines(path: Path, objs: Iterable[dict[str, Any]]) -> None:

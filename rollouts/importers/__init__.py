@@ -668,8 +668,10 @@ class Importer:
         for p in pending:
             if p.run.query_id not in writer.query_ids and p.run.query_id not in new:
                 new[p.run.query_id] = p
-        feats = self.featurizer.features([p.prompt_ids for p in new.values()], progress=self.progress) if new else []
-        qfeat = dict(zip(new, feats, strict=True))
+        # Featurize in length order: batches of similar length waste little on padding.
+        order = sorted(new, key=lambda q: len(new[q].prompt_ids))
+        feats = self.featurizer.features([new[q].prompt_ids for q in order], progress=self.progress) if order else []
+        qfeat = dict(zip(order, feats, strict=True))
         for p in pending:
             qid = p.run.query_id
             if qid in qfeat:

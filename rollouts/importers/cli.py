@@ -122,7 +122,7 @@ def render(summary: Any, file: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(file=file or sys.stdout, soft_wrap=True)
+    con = Console(file=file or sys.stdout, width=140)
     s = summary
     c = s.cache
     con.print(f"[bold]import {s.format}[/] -> {s.out}: {s.lines} lines read, {s.imported} records imported, "

@@ -111,7 +111,7 @@ class QwenHarnessReader:
                     yield str(f), lineno, obj
                     continue
                 try:
-                    yield str(f), lineno, row_to_run(obj, query_prefix=f.stem, dataset=self.dataset,
-                                                     scorer=self.scorer)
+                    yield str(f), lineno, row_to_run(obj, query_prefix=f.stem, dataset=self.dataset or
+                                                     f"qwen25math:{f.stem}", scorer=self.scorer)
                 except LineError as exc:
                     yield str(f), lineno, exc

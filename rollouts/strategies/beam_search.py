@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from rollouts.backends.base import SamplingSpec
-from rollouts.backends.base import Backend
+from rollouts.backends.base import Backend, SamplingSpec
 from rollouts.grading import Grade
 from rollouts.latency import Round
 from rollouts.scorers import StepScorer, Trajectory
