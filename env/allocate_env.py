@@ -16,10 +16,11 @@ It is a contextual bandit written as a one-step gymnasium env:
 
 Observation (float32 Box)::
 
-    [ (features - mean) / std ..., (log1p(prompt_tokens) - mean) / std,          # D + 1 entries
+    [ (features - mean) / std ..., (log1p(prompt_tokens) - mean) / std,          # D + 1 entries (*)
       (log10(λ_T + eps_T) - center_T) / scale_T, (log10(λ_L + eps_L) - center_L) / scale_L ]   # sampled mode only
 
-``mean``/``std`` come from the TRAIN split only (``normalization`` is stored with the run and the
+(*) with ``feature_pca: k`` the D feature entries become k principal components (see ``ObsEncoder``).
+``mean``/``std`` (and the PCA axes) come from the TRAIN split only (``normalization`` is stored with the run and the
 export). The penalty encoding maps λ = 0 to -1 and the top of the sampling range to +1: ``eps`` is a
 tenth of the range's lower end, ``center``/``scale`` the midpoint/half-width of
 ``[log10(eps), log10(hi + eps)]``.
@@ -97,6 +98,7 @@ class EnvConfig:
     reward_scale: float = 1.0
     mc_subsets: int = 128
     outcome_seed: int = 0
+    feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
     split_seed: int = 0
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
 
@@ -140,6 +142,10 @@ class EnvConfig:
             and self.reward_scale > 0
         ):
             raise ConfigError(f"env.reward_scale must be a finite number > 0, got {self.reward_scale!r}")
+        if self.feature_pca is not None and (
+            not isinstance(self.feature_pca, int) or isinstance(self.feature_pca, bool) or self.feature_pca < 1
+        ):
+            raise ConfigError(f"env.feature_pca must be null or an integer >= 1, got {self.feature_pca!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:
             raise ConfigError(f"env.mc_subsets must be an integer >= 1, got {self.mc_subsets!r}")
         make_splits([], self.split_seed, self.split_fractions)  # validates fractions
@@ -159,7 +165,13 @@ class EnvConfig:
 
 @dataclass
 class ObsEncoder:
-    """Builds observations from raw features / prompt tokens / penalties."""
+    """Builds observations from raw features / prompt tokens / penalties.
+
+    ``z = clip((x - mean) / std)`` on ``x = [features, log1p(prompt_tokens)]``; with ``feature_pca = k``
+    the feature part is then projected on the top-k principal axes of the TRAIN split
+    (``z_f @ pca.T / pca_scale``, unit variance per component), which keeps a small policy from
+    memorising hundreds of hidden-state dimensions on a few hundred queries.
+    """
 
     mean: np.ndarray  # (D + 1,)
     std: np.ndarray  # (D + 1,)
@@ -167,6 +179,8 @@ class ObsEncoder:
     eps: tuple[float, float] = (1e-6, 1e-4)
     center: tuple[float, float] = (0.0, 0.0)
     scale: tuple[float, float] = (1.0, 1.0)
+    pca: np.ndarray | None = None  # (k, D)
+    pca_scale: np.ndarray | None = None  # (k,)
 
     @classmethod
     def fit(cls, table: OutcomeTable, train_rows: np.ndarray, cfg: EnvConfig) -> ObsEncoder:
@@ -177,6 +191,12 @@ class ObsEncoder:
         std = base.std(axis=0)
         std = np.where(std > 1e-8, std, 1.0)
         enc = cls(mean=mean, std=std, sample_penalties=cfg.penalty_mode == "sampled")
+        if cfg.feature_pca:
+            z = ((base - mean) / std)[:, :-1]
+            k = min(int(cfg.feature_pca), z.shape[0], z.shape[1])
+            _, sv, vt = np.linalg.svd(z, full_matrices=False)
+            enc.pca = vt[:k]
+            enc.pca_scale = np.maximum(sv[:k] / math.sqrt(max(len(z), 1)), 1e-8)
         if enc.sample_penalties:
             eps, center, scale = [], [], []
             for rng in (cfg.lambda_tokens_range, cfg.lambda_seconds_range):
@@ -190,12 +210,19 @@ class ObsEncoder:
         return enc
 
     @property
+    def base_dim(self) -> int:
+        return (len(self.pca) if self.pca is not None else len(self.mean) - 1) + 1
+
+    @property
     def dim(self) -> int:
-        return len(self.mean) + (2 if self.sample_penalties else 0)
+        return self.base_dim + (2 if self.sample_penalties else 0)
 
     def encode_base(self, features: np.ndarray, prompt_tokens: np.ndarray) -> np.ndarray:
-        z = (_base_features(features, prompt_tokens) - self.mean) / self.std
-        return np.clip(z, -OBS_BOUND, OBS_BOUND).astype(np.float32)
+        z = np.clip((_base_features(features, prompt_tokens) - self.mean) / self.std, -OBS_BOUND, OBS_BOUND)
+        if self.pca is not None:
+            f = np.clip(z[:, :-1] @ self.pca.T / self.pca_scale, -OBS_BOUND, OBS_BOUND)
+            z = np.concatenate([f, z[:, -1:]], axis=1)
+        return z.astype(np.float32)
 
     def encode_penalties(self, lam_t: np.ndarray | float, lam_l: np.ndarray | float) -> np.ndarray:
         t = (np.log10(np.asarray(lam_t, dtype=np.float64) + self.eps[0]) - self.center[0]) / self.scale[0]
@@ -219,10 +246,13 @@ class ObsEncoder:
             "penalty_eps": list(self.eps),
             "penalty_center": list(self.center),
             "penalty_scale": list(self.scale),
+            "pca": None if self.pca is None else [[float(x) for x in row] for row in self.pca],
+            "pca_scale": None if self.pca_scale is None else [float(x) for x in self.pca_scale],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObsEncoder:
+        pca = d.get("pca")
         return cls(
             mean=np.array(list(d["feature_mean"]) + [d["prompt_tokens_mean"]], dtype=np.float64),
             std=np.array(list(d["feature_std"]) + [d["prompt_tokens_std"]], dtype=np.float64),
@@ -230,6 +260,8 @@ class ObsEncoder:
             eps=tuple(d["penalty_eps"]),  # type: ignore[arg-type]
             center=tuple(d["penalty_center"]),  # type: ignore[arg-type]
             scale=tuple(d["penalty_scale"]),  # type: ignore[arg-type]
+            pca=None if pca is None else np.array(pca, dtype=np.float64),
+            pca_scale=None if pca is None else np.array(d["pca_scale"], dtype=np.float64),
         )
 
 

@@ -28,7 +28,8 @@ mask (the config has records for that query with enough samples):
 - seconds: the record's ``seconds_by_n[str(N)]`` (measured alone) if present, else the cache's
   latency model on one round ``Round(prompt_tokens, N, max generated tokens in the subset)`` (its
   expectation over subsets; the model is linear in that maximum), else, for N = K only, the record's
-  own ``seconds``. Search records use their ``seconds``. Anything else is a :class:`CacheError`;
+  own ``seconds``. Search records use their ``seconds``, else the latency model on their ``rounds``.
+  Anything else is a :class:`CacheError`;
 - records of the same (query, config) with several seeds are averaged.
 
 ``OutcomeTable.sample`` draws one outcome instead (the env's ``outcome="sampled"`` mode): a seed
@@ -317,13 +318,19 @@ class OutcomeTable:
                 continue
             outs = []
             for r in recs:
-                if r["seconds"] is None:
+                secs = r["seconds"]
+                if secs is None and self.latency is not None and r.get("rounds"):
+                    try:
+                        secs = self.latency.predict([Round(**x) for x in r["rounds"]])
+                    except TypeError as exc:
+                        raise CacheError(f"{cache.path}: record ({q!r}, {cfg!r}): malformed 'rounds' ({exc})") from exc
+                if secs is None:
                     raise CacheError(
                         f"{cache.path}: record ({q!r}, {cfg!r}, seed {r['seed']}) has no seconds "
                         f"(seconds_source {r['seconds_source']!r}); a search record needs its latency"
                     )
                 ok = 1.0 if r["result"].get("correct") else 0.0
-                outs.append((ok, float(r["tokens"] + r["scorer_tokens"]), float(r["seconds"])))
+                outs.append((ok, float(r["tokens"] + r["scorer_tokens"]), float(secs)))
             self._search[(qi, cfg)] = outs
             arr = np.array(outs)
             self.correct[qi, ai], self.tokens[qi, ai], self.seconds[qi, ai] = arr.mean(axis=0)

@@ -88,7 +88,8 @@ def export_policy(
         "menu": list(meta["menu"]),
         "menu_names": list(meta["menu_names"]),
         "observation": {
-            "layout": "[(features - feature_mean)/feature_std ..., (log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
+            "layout": "[(features - feature_mean)/feature_std ... (then, if pca: @ pca.T / pca_scale), "
+            "(log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
             + (
                 ", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]"
                 if enc.sample_penalties

@@ -41,6 +41,8 @@ class OnnxPolicy:
         self.clip = float(o["clip"])
         self.observed = bool(o["sample_penalties"])
         self.eps, self.center, self.scale = o["penalty_eps"], o["penalty_center"], o["penalty_scale"]
+        self.pca = None if o.get("pca") is None else np.array(o["pca"], dtype=np.float64)
+        self.pca_scale = None if self.pca is None else np.array(o["pca_scale"], dtype=np.float64)
         self.session = ort.InferenceSession(
             str(jpath.parent / doc["onnx"]), providers=["CPUExecutionProvider"]
         )
@@ -61,6 +63,9 @@ class OnnxPolicy:
                 raise OnnxPolicyError(f"{name} must be a finite number >= 0, got {lam!r}")
         base = np.concatenate([f, np.log1p(pt)[:, None]], axis=1)
         z = np.clip((base - self.mean) / self.std, -self.clip, self.clip)
+        if self.pca is not None:
+            f = np.clip(z[:, :-1] @ self.pca.T / self.pca_scale, -self.clip, self.clip)
+            z = np.concatenate([f, z[:, -1:]], axis=1)
         if self.observed:
             t = (math.log10(lambda_tokens + self.eps[0]) - self.center[0]) / self.scale[0]
             s = (math.log10(lambda_seconds + self.eps[1]) - self.center[1]) / self.scale[1]

@@ -86,10 +86,19 @@ def measurements_from_records(cache: Any) -> list[Measurement]:
 
 
 def _cache_label(meta: dict[str, Any], directory: Path) -> str:
-    parts = [str(meta[k]) for k in ("model", "backend") if isinstance(meta.get(k), str) and meta.get(k)]
+    """``model/backend-device/cpu xN`` from a collector's meta, else the directory name."""
+    parts = []
+    if isinstance(meta.get("model"), str):
+        parts.append(meta["model"])
+    be = meta.get("backend")
+    if isinstance(be, dict):
+        be = "-".join(str(be[k]) for k in ("backend", "device") if be.get(k))
+    if isinstance(be, str) and be:
+        parts.append(be)
     hw = meta.get("hardware")
     if isinstance(hw, dict):
-        hw = hw.get("name") or hw.get("cpu") or hw.get("gpu")
+        name = hw.get("gpu") or hw.get("cpu")
+        hw = f"{name} x{hw['cpu_count']}" if name and not hw.get("gpu") and hw.get("cpu_count") else name
     if isinstance(hw, str) and hw:
         parts.append(hw)
     return "/".join(parts) or directory.name

@@ -285,11 +285,10 @@ class Importer:
     # -- meta -------------------------------------------------------------------------------------
     def _meta(self, reader: Reader) -> dict[str, Any]:
         desc = dict(reader.describe())
-        fz = dict(self.featurizer.describe())
-        fz["prompt"] = {"builder": "rollouts.prompts.build_messages", **self.prompt_desc}
         meta: dict[str, Any] = {
             "source": "import",
-            "featurizer": fz,
+            "featurizer": dict(self.featurizer.describe()),
+            "prompt": {"builder": "rollouts.prompts.build_messages", **self.prompt_desc},
             "tokenizer": {"name": self.tokenizer_name, "used_for": "token counts missing from the input"},
             "latency_definition": (
                 "wall-clock seconds one query sees when its strategy runs alone; imported records keep given "
@@ -313,16 +312,15 @@ class Importer:
         new = self._meta(reader)
         if (self.out / "meta.json").exists():
             old = read_meta(self.out)
-            if old.get("featurizer") and {k: v for k, v in old["featurizer"].items() if k != "prompt"} != {
-                k: v for k, v in new["featurizer"].items() if k != "prompt"
-            }:
+            if old.get("featurizer") and old["featurizer"] != new["featurizer"]:
                 raise CacheError(
                     f"{self.out}: its queries were featurized with {old['featurizer']}, not {new['featurizer']}; "
                     "import with the same --featurizer or into a new cache"
                 )
-            if old.get("featurizer", {}).get("prompt") not in (None, new["featurizer"]["prompt"]):
-                raise CacheError(f"{self.out}: its queries were featurized with prompt "
-                                 f"{old['featurizer']['prompt']}, not {new['featurizer']['prompt']}")
+            for key in ("prompt_suffix", "system_prompt"):
+                if key in old.get("sampling", {}) and old["sampling"][key] != self.prompt_desc[key]:
+                    raise CacheError(f"{self.out}: its queries were featurized with {key} {old['sampling'][key]!r}, "
+                                     f"not {self.prompt_desc[key]!r}")
             imports = list(old.get("imports", []))
             if new["imports"][0] not in imports:
                 imports.append(new["imports"][0])
