@@ -4,6 +4,7 @@
     python collect.py stats [CACHE] [--json]                                    # summary (default: bundled)
     python collect.py import FORMAT PATH --out CACHE [...]                       # bring your own rollouts
     python collect.py pack SRC DST [--drop-text]                                 # gzip a cache for bundling
+    python collect.py recalibrate [--config ...] [key=value ...]                 # re-measure latency, re-model
 
 Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
 one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
@@ -55,6 +56,27 @@ def cmd_collect(argv: list[str]) -> int:
     return 0
 
 
+def cmd_recalibrate(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="collect.py recalibrate",
+                                 description="Re-measure latency alone on the engine, refit, re-model records.")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ap.add_argument("--output", help="cache directory (overrides the config's output)")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. calibration_queries=6")
+    args = ap.parse_args(argv)
+    from rollouts.collector import Collector
+    from rollouts.config import load_config
+
+    cfg = load_config(args.config, list(args.overrides) + ([f"output={args.output}"] if args.output else []))
+    col = Collector(cfg)
+    try:
+        n = col.recalibrate()
+    finally:
+        col.close()
+    fit = col.latency.fit if col.latency else {}
+    print(f"re-modelled {n} records; latency model holdout: {fit.get('holdout')}")
+    return 0
+
+
 def cmd_stats(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="collect.py stats", description="Summarise a rollout cache.")
     ap.add_argument("cache", nargs="?", default=str(BUNDLED_CACHE), help="cache directory (default: bundled)")
@@ -89,7 +111,7 @@ def cmd_import(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import}
+    commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import, "recalibrate": cmd_recalibrate}
     cmd = commands.get(argv[0]) if argv else None
     try:
         return cmd(argv[1:]) if cmd else cmd_collect(argv)

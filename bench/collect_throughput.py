@@ -56,17 +56,33 @@ def main() -> None:
         raw.append(sum(len(c.token_ids) for o in outs for c in o.outputs) / dt)
 
         with tempfile.TemporaryDirectory() as d:
-            cfg = CollectConfig(dataset="arith:0", limit=args.queries, max_tokens=args.max_tokens,
-                                menu=[{"strategy": "sample_pool", "n": args.n}], budgets=[1],
-                                calibration_queries=0, batch_queries=args.batch_queries, output=f"{d}/c", seed=r)
+            cfg = CollectConfig(
+                dataset="arith:0",
+                limit=args.queries,
+                max_tokens=args.max_tokens,
+                menu=[{"strategy": "sample_pool", "n": args.n}],
+                budgets=[1],
+                calibration_queries=0,
+                batch_queries=args.batch_queries,
+                output=f"{d}/c",
+                seed=r,
+            )
             c = Collector(cfg, backend=backend, progress=False)
             run = c.collect()
             c.writer.close()
         col.append(run["generated_tokens"] / run["wall_s"])
-        print(f"round {r}: raw {raw[-1]:.1f} tok/s, collector {col[-1]:.1f} tok/s, ratio {col[-1] / raw[-1]:.3f}")
+        print(
+            f"round {r}: raw {raw[-1]:.1f} tok/s, collector {col[-1]:.1f} tok/s, ratio {col[-1] / raw[-1]:.3f}"
+        )
     ratio = sum(col) / sum(raw)
-    res = {"queries": args.queries, "n": args.n, "max_tokens": args.max_tokens, "raw_tok_s": raw,
-           "collector_tok_s": col, "ratio": ratio}
+    res = {
+        "queries": args.queries,
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "raw_tok_s": raw,
+        "collector_tok_s": col,
+        "ratio": ratio,
+    }
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -1,10 +1,13 @@
 """Environment throughput: env steps/s (reset + step of the one-step episode) and table build time.
 
     python bench/env_speed.py [--cache data/default_cache] [--steps 200000] [--outcome expected|sampled]
+    python bench/env_speed.py --train      # also: wall time of the default `python train.py` on that cache
 
 Without a cache folder it uses the synthetic test fixture (written to a temp folder). Prints one JSON
 line: {"cache", "queries", "actions", "table_build_s", "outcome", "penalty_mode", "steps", "steps_per_s"}.
-The goal is >= 20k steps/s on one core in the default (expected, sampled-penalty) mode.
+The goal is >= 20k steps/s on one core in the default (expected, sampled-penalty) mode. With
+``--train`` it then runs the default ``python train.py --cache <cache>`` (progress bar off) into a
+temporary runs folder and adds ``train_wall_s`` (the whole command) and the run's ``train_summary``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--outcome", default="expected", choices=("expected", "sampled"))
     p.add_argument("--penalty-mode", default="sampled", choices=("sampled", "fixed"))
+    p.add_argument("--train", action="store_true", help="also time the default train.py on this cache")
     args = p.parse_args(argv)
 
     from env.allocate_env import AllocateEnv
@@ -50,20 +54,37 @@ def main(argv=None) -> int:
             a = 0
         env.step(a)
     dt = time.perf_counter() - t0
-    print(
-        json.dumps(
-            {
-                "cache": str(cache),
-                "queries": len(table.query_ids),
-                "actions": n_a,
-                "table_build_s": round(build, 3),
-                "outcome": args.outcome,
-                "penalty_mode": args.penalty_mode,
-                "steps": args.steps,
-                "steps_per_s": round(args.steps / dt),
-            }
-        )
-    )
+    out = {
+        "cache": str(cache),
+        "queries": len(table.query_ids),
+        "actions": n_a,
+        "table_build_s": round(build, 3),
+        "outcome": args.outcome,
+        "penalty_mode": args.penalty_mode,
+        "steps": args.steps,
+        "steps_per_s": round(args.steps / dt),
+    }
+    if args.train:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[1]
+        with tempfile.TemporaryDirectory() as runs:
+            cmd = [
+                sys.executable,
+                "train.py",
+                "--cache",
+                str(cache),
+                "--runs-dir",
+                runs,
+                "--name",
+                "bench",
+                "--no-progress",
+            ]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+            out["train_wall_s"] = round(time.perf_counter() - t0, 1)
+            out["train_summary"] = json.loads((Path(runs) / "bench" / "train_summary.json").read_text())[-1]
+    print(json.dumps(out))
     return 0
 
 

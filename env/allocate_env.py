@@ -143,7 +143,9 @@ class EnvConfig:
         ):
             raise ConfigError(f"env.reward_scale must be a finite number > 0, got {self.reward_scale!r}")
         if self.feature_pca is not None and (
-            not isinstance(self.feature_pca, int) or isinstance(self.feature_pca, bool) or self.feature_pca < 1
+            not isinstance(self.feature_pca, int)
+            or isinstance(self.feature_pca, bool)
+            or self.feature_pca < 1
         ):
             raise ConfigError(f"env.feature_pca must be null or an integer >= 1, got {self.feature_pca!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:

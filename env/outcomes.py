@@ -323,7 +323,9 @@ class OutcomeTable:
                     try:
                         secs = self.latency.predict([Round(**x) for x in r["rounds"]])
                     except TypeError as exc:
-                        raise CacheError(f"{cache.path}: record ({q!r}, {cfg!r}): malformed 'rounds' ({exc})") from exc
+                        raise CacheError(
+                            f"{cache.path}: record ({q!r}, {cfg!r}): malformed 'rounds' ({exc})"
+                        ) from exc
                 if secs is None:
                     raise CacheError(
                         f"{cache.path}: record ({q!r}, {cfg!r}, seed {r['seed']}) has no seconds "

@@ -6,8 +6,9 @@ features and the config's features, then the router takes
 
 with the costs averaged per config on the TRAIN split (the paper's per-config average costs).
 
-Probe: one MLP over ``[standardised query features, log1p(prompt_tokens), config features]`` (config
-features: one-hot action, pool/search flags, log2 budget, selector one-hot) with one logit, trained
+Probe: an MLP trunk over the query's ``[standardised features, log1p(prompt_tokens)]`` read out
+bilinearly by the config features (one-hot action, pool/search flags, log2 budget, selector one-hot):
+``logit = <trunk(q), W c_a> + v . c_a`` (so every config has its own head and bias), trained
 with binary cross-entropy on the TRAIN split against the table's expected correctness (a soft label:
 the success probability of that budget), Adam with weight decay, early stopping on the VALIDATION
 split's loss. Calibration: Platt scaling ``p̂ = sigmoid(a · logit + b)`` fitted on the validation split
@@ -62,14 +63,19 @@ class ProbeConfig:
 
 
 class _Probe(nn.Module):
-    def __init__(self, d_in: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
+    """logit(q, a) = <h(q), W c_a> + v . c_a: a query trunk and a bilinear read-out by config features
+    (c_a includes the action one-hot, so each config has its own head and bias, as per-config probes)."""
 
-    def forward(self, x):
-        return self.net(x).squeeze(-1)
+    def __init__(self, d_query: int, d_cfg: int, hidden: int):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(d_query, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.head = nn.Linear(d_cfg, hidden)
+        self.bias = nn.Linear(d_cfg, 1)
+
+    def forward(self, xq, xc):
+        return (self.trunk(xq) * self.head(xc)).sum(-1) + self.bias(xc).squeeze(-1)
 
 
 class ProbeRouter(AllocationPolicy):
@@ -92,10 +98,11 @@ class ProbeRouter(AllocationPolicy):
     def _pairs(self, table: OutcomeTable, rows: np.ndarray):
         base = self._base(table, rows)  # (R, D+1)
         r_n, a_n = len(rows), table.n_actions
-        x = np.concatenate([np.repeat(base, a_n, axis=0), np.tile(self.cfg_feats, (r_n, 1))], axis=1)
+        xq = np.repeat(base, a_n, axis=0)
+        xc = np.tile(self.cfg_feats, (r_n, 1))
         y = table.correct[rows].reshape(-1).astype(np.float32)
         m = table.mask[rows].reshape(-1)
-        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
+        return (torch.from_numpy(xq), torch.from_numpy(xc)), torch.from_numpy(y), torch.from_numpy(m)
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, table: OutcomeTable, train_rows: np.ndarray, val_rows: np.ndarray) -> ProbeRouter:
@@ -115,30 +122,30 @@ class ProbeRouter(AllocationPolicy):
         gen = torch.Generator().manual_seed(cfg.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.model = _Probe(x.shape[1] + self.cfg_feats.shape[1], cfg.hidden)
-        xt, yt, mt_ = self._pairs(table, train_rows)
-        xt, yt = xt[mt_], yt[mt_]
+            self.model = _Probe(x.shape[1], self.cfg_feats.shape[1], cfg.hidden)
+        (xtq, xtc), yt, mt_ = self._pairs(table, train_rows)
+        xtq, xtc, yt = xtq[mt_], xtc[mt_], yt[mt_]
         has_val = len(val_rows) > 0
         if has_val:
-            xv, yv, mv = self._pairs(table, val_rows)
-            xv, yv = xv[mv], yv[mv]
+            (xvq, xvc), yv, mv = self._pairs(table, val_rows)
+            xvq, xvc, yv = xvq[mv], xvc[mv], yv[mv]
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
         best, best_state, bad = math.inf, None, 0
         batch = 512
         for _ in range(cfg.epochs):
             self.model.train()
-            perm = torch.randperm(len(xt), generator=gen)
-            for lo in range(0, len(xt), batch):
+            perm = torch.randperm(len(yt), generator=gen)
+            for lo in range(0, len(yt), batch):
                 idx = perm[lo : lo + batch]
                 opt.zero_grad()
-                loss = loss_fn(self.model(xt[idx]), yt[idx])
+                loss = loss_fn(self.model(xtq[idx], xtc[idx]), yt[idx])
                 loss.backward()
                 opt.step()
             if has_val:
                 self.model.eval()
                 with torch.no_grad():
-                    vl = float(loss_fn(self.model(xv), yv))
+                    vl = float(loss_fn(self.model(xvq, xvc), yv))
                 if vl < best - 1e-5:
                     best, bad = vl, 0
                     best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -151,7 +158,7 @@ class ProbeRouter(AllocationPolicy):
         self.model.eval()
         if has_val:
             with torch.no_grad():
-                self.platt = _fit_platt(self.model(xv).numpy(), yv.numpy())
+                self.platt = _fit_platt(self.model(xvq, xvc).numpy(), yv.numpy())
         return self
 
     # -- inference -----------------------------------------------------------------------------
@@ -161,9 +168,9 @@ class ProbeRouter(AllocationPolicy):
             raise RuntimeError("ProbeRouter.fit() first")
         if list(table.action_ids) != self.action_ids:
             raise ValueError("the probe was fitted on another action menu")
-        x, _, _ = self._pairs(table, np.asarray(rows))
+        (xq, xc), _, _ = self._pairs(table, np.asarray(rows))
         with torch.no_grad():
-            logit = self.model(x).numpy().astype(np.float64)
+            logit = self.model(xq, xc).numpy().astype(np.float64)
         a, b = self.platt
         p = 1.0 / (1.0 + np.exp(-(a * logit + b)))
         return p.reshape(len(rows), table.n_actions)

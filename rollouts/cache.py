@@ -404,6 +404,24 @@ def load_cache(directory: str | Path) -> RolloutCache:
     return RolloutCache(path=d, meta=meta, queries=queries, records=records)
 
 
+def rewrite_records(directory: str | Path, fn: Any) -> int:
+    """Apply ``fn`` to every record of a plain cache and replace the file atomically. Returns the count."""
+    d = Path(directory)
+    rp = d / "records.jsonl"
+    recs = [fn(r) for _, r in iter_jsonl(rp)]
+    for i, r in enumerate(recs, 1):
+        validate_record(r, f"{rp}:{i} (rewritten)")
+    tmp = rp.with_name(f".{rp.name}.rewrite")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in recs:
+            fh.write(json.dumps(r, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, rp)
+    _fsync_dir(d)
+    return len(recs)
+
+
 def _without_text(rec: dict[str, Any]) -> dict[str, Any]:
     rec = dict(rec)
     if "samples" in rec:

@@ -188,6 +188,32 @@ class Collector:
         self.latency = model
         self.writer.update_meta(latency_model=model.to_dict())
 
+    def recalibrate(self) -> int:
+        """Measure latency afresh (e.g. on a quiet machine), refit, and re-model every modelled record.
+
+        Earlier measurements move to ``meta.latency_calibration_previous``; records are rewritten
+        atomically (temp file + rename) with the new model's seconds for their stored rounds.
+        Returns the number of records updated.
+        """
+        from rollouts.cache import rewrite_records
+
+        old = self.writer.meta.pop("latency_calibration", [])
+        self.writer.update_meta(latency_calibration_previous=old, latency_calibration=[])
+        self.calibrate()
+        assert self.latency is not None
+        model = self.latency
+
+        def remodel(rec: dict[str, Any]) -> dict[str, Any]:
+            if rec.get("seconds_source") == "modelled" and rec.get("rounds"):
+                rounds = [Round(**r) for r in rec["rounds"]]
+                rec["seconds"] = round(model.predict(rounds), 4)
+            return rec
+
+        self.writer.close()
+        n = rewrite_records(self.cfg.output, remodel)
+        self.writer = CacheWriter(self.cfg.output, meta=self._meta())
+        return n
+
     def _record(self, res: StrategyResult, batch: dict[str, Any]) -> dict[str, Any]:
         seconds = None if self.latency is None else round(self.latency.predict(res.rounds, res.scorer_seconds), 4)
         rec: dict[str, Any] = {

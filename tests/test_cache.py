@@ -110,3 +110,17 @@ def test_compressed_copy_loads(tmp_path):
 def test_not_a_cache(tmp_path):
     with pytest.raises(CacheError, match="meta.json missing"):
         load_cache(tmp_path)
+
+
+def test_rewrite_records_is_whole(tmp_path):
+    from rollouts.cache import rewrite_records
+
+    with CacheWriter(tmp_path, meta={}) as w:
+        w.add_query(_query("a"))
+        w.add_record(_pool("a"))
+        w.add_record(_pool("a", seed=1))
+    assert rewrite_records(tmp_path, lambda r: {**r, "seconds": 2.0}) == 2
+    assert [r["seconds"] for r in load_cache(tmp_path).records] == [2.0, 2.0]
+    with pytest.raises(CacheError, match="negative token count"):
+        rewrite_records(tmp_path, lambda r: {**r, "tokens": -1})
+    assert [r["tokens"] for r in load_cache(tmp_path).records] == [7, 7]  # a bad rewrite changes nothing

@@ -156,3 +156,15 @@ def test_sampled_outcome_is_seeded(table):
 
     assert run(3) == run(3)
     assert not math.isclose(sum(run(3)), sum(run(4)))
+
+
+def test_feature_pca_encoder(table):
+    e = AllocateEnv(table=table, feature_pca=3)
+    assert e.observation_space.shape == (3 + 1 + 2,)
+    assert e.encoder.pca.shape == (3, table.feature_dim)
+    rows = e.rows
+    z = e.encoder.encode_base(table.features[rows], table.prompt_tokens[rows])
+    assert np.allclose(z[:, :3].std(axis=0), 1.0, atol=1e-3)  # unit variance on train
+    gym_check_env(e, skip_render_check=True)
+    with pytest.raises(ConfigError, match="feature_pca"):
+        AllocateEnv(table=table, feature_pca=0)

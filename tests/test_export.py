@@ -59,3 +59,27 @@ def test_onnx_loader_needs_no_sb3_or_torch(tiny_run, synthetic_cache):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in json.loads((tiny_run / "export" / "policy.json").read_text())["menu"]
+
+
+def test_onnx_loader_with_pca(synthetic_cache, tmp_path):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from env.allocate_env import AllocateEnv
+    from policies.ppo import PPOConfig, make_meta, make_model
+
+    table = OutcomeTable(synthetic_cache)
+    e = AllocateEnv(table=table, feature_pca=4)
+    model = make_model(
+        DummyVecEnv([lambda: e]),
+        PPOConfig(n_steps=32, batch_size=32),
+        0,
+        None,
+        make_meta(table, e.encoder, e.config.to_dict()),
+    )
+    model.learn(128)
+    export_policy(model, tmp_path / "exp")
+    onnx_pol = OnnxPolicy(tmp_path / "exp")
+    rows = np.arange(len(table.query_ids))
+    want = PPOPolicy(model).choose(table, rows, 1e-3, 0.05)
+    got = onnx_pol.act_index(table.features, table.prompt_tokens, 1e-3, 0.05, table.mask)
+    assert (got == want).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,10 @@ def test_docs_example_is_the_test_file():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "import.md").read_text()
     block = doc.split("```jsonl\n", 1)[1].split("```", 1)[0]
     assert block == EXAMPLE.read_text()
+
+
+def test_import_into_a_cache_with_other_features_is_refused(tmp_path, synthetic_cache):
+    out = tmp_path / "c"
+    shutil.copytree(synthetic_cache, out)
+    with pytest.raises(CacheError, match="queries have 8 features"):
+        importer(out).run(GenericReader(EXAMPLE))

@@ -29,6 +29,11 @@ def test_run_folder_contents(tiny_run):
     for t in ("ttc/accuracy", "ttc/mean_tokens", "ttc/mean_seconds", "ttc/utility", "ttc/share/pool_n=8/sample@1",
               "eval/mean_reward", "rollout/ep_rew_mean", "train/entropy_loss", "ttc/val/utility"):  # fmt: skip
         assert t in tags, t
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tiny_run / "tb" / "PPO_1"))
+    ea.Reload()
+    assert "_hparams_/experiment" in ea.PluginTagToContent("hparams")  # hyperparameters logged once
 
 
 def _tb_tags(run):

@@ -317,6 +317,10 @@ class Importer:
                     f"{self.out}: its queries were featurized with {old['featurizer']}, not {new['featurizer']}; "
                     "import with the same --featurizer or into a new cache"
                 )
+            dim = self._stored_dim()
+            if dim is not None and dim != new["featurizer"].get("dim", dim):
+                raise CacheError(f"{self.out}: its queries have {dim} features, the featurizer gives "
+                                 f"{new['featurizer']['dim']}; import into a new cache")
             for key in ("prompt_suffix", "system_prompt"):
                 if key in old.get("sampling", {}) and old["sampling"][key] != self.prompt_desc[key]:
                     raise CacheError(f"{self.out}: its queries were featurized with {key} {old['sampling'][key]!r}, "
@@ -324,11 +328,22 @@ class Importer:
             imports = list(old.get("imports", []))
             if new["imports"][0] not in imports:
                 imports.append(new["imports"][0])
-            new = {**old, **new, "imports": imports}
-            if "latency_model" in old and self.latency is not None and old["latency_model"] != new["latency_model"]:
+            new = {**old, **new, "imports": imports, "sampling": {**old.get("sampling", {}), **new["sampling"]}}
+            if (old.get("latency_model") and self.latency is not None
+                    and LatencyModel.from_dict(old["latency_model"]).to_dict() != self.latency.to_dict()):
                 raise CacheError(f"{self.out}: its records were modelled with another latency model; "
                                  "import with the same --latency-model or into a new cache")
         return CacheWriter(self.out, meta=new)
+
+    def _stored_dim(self) -> int | None:
+        from rollouts.cache import iter_jsonl
+
+        qp = self.out / "queries.jsonl"
+        if not qp.exists():
+            return None
+        for _, q in iter_jsonl(qp):
+            return len(q.get("features", []))
+        return None
 
     # -- filling ----------------------------------------------------------------------------------
     def _count_tokens(self, texts: list[str]) -> list[int]:

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--system-prompt", default=None, help="system message of the featurizer's prompt")
     ap.add_argument("--limit", type=int, default=None, help="import only the first N lines")
     ap.add_argument("--batch-size", type=int, default=16, help="featurizer batch size")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the featurizer (1 is fastest on a machine busy with other work)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -166,6 +168,10 @@ def main(argv: list[str]) -> int:
     from rollouts.models import ModelNotFound
 
     out = Path(args.out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         reader = make_reader(args.format, args.path, args)
         if args.limit is not None:
