@@ -5,7 +5,8 @@
     python evaluate.py --run runs/<name> --lambda-tokens 0 1e-4 --lambda-seconds 0 0.1
 
 For each (λ_T, λ_L) point and each policy: accuracy (expected correctness), mean tokens, mean seconds
-and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``). Policies:
+and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``; queries
+where some action was never measured are left out and counted in ``n_dropped_incomplete``). Policies:
 ``ppo`` (argmax over legal actions), ``probe_router`` (the seed paper's router, fitted on the train
 split and Platt-calibrated on the validation split), ``oracle`` (per-query hindsight best),
 ``random`` and ``static:<action id>`` for every action of the menu. ``best_static`` is the static
@@ -21,7 +22,7 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 ``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
 ``--json PATH`` the same numbers as JSON. JSON keys::
 
-    run, model, cache, split, n_queries, menu (action ids)
+    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids)
     grid: {lambda_tokens: [...], lambda_seconds: [...]}
     points: [ { lambda_tokens, lambda_seconds,
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
@@ -123,8 +124,11 @@ def evaluate(
         s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
     }
     rows = rows_of[split]
+    complete = table.mask[rows].all(axis=1)
+    n_dropped = int((~complete).sum())
+    rows = rows[complete]  # static configs are only comparable where every action was measured
     if len(rows) == 0:
-        raise ConfigError(f"the {split} split has no queries in {cache}")
+        raise ConfigError(f"the {split} split has no queries with every action measured in {cache}")
     if len(rows_of["train"]) == 0:
         raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
     grid = lambda_grid(table, rows_of["train"], grid_n)
@@ -178,6 +182,7 @@ def evaluate(
         "cache": str(cache),
         "split": split,
         "n_queries": int(len(rows)),
+        "n_dropped_incomplete": n_dropped,
         "menu": list(table.action_ids),
         "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
         "points": points,

@@ -99,6 +99,7 @@ class EnvConfig:
     mc_subsets: int = 128
     outcome_seed: int = 0
     feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
+    obs_noise: float = 0.0  # std of Gaussian noise added to the (standardised) query part of training obs
     split_seed: int = 0
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
 
@@ -148,6 +149,8 @@ class EnvConfig:
             or self.feature_pca < 1
         ):
             raise ConfigError(f"env.feature_pca must be null or an integer >= 1, got {self.feature_pca!r}")
+        if not (isinstance(self.obs_noise, (int, float)) and math.isfinite(self.obs_noise) and self.obs_noise >= 0):
+            raise ConfigError(f"env.obs_noise must be a finite number >= 0, got {self.obs_noise!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:
             raise ConfigError(f"env.mc_subsets must be an integer >= 1, got {self.mc_subsets!r}")
         make_splits([], self.split_seed, self.split_fractions)  # validates fractions
@@ -392,6 +395,9 @@ class AllocateEnv(gym.Env):
             )
         self._lam = lam
         base = self._base_obs[self._i]
+        if self.config.obs_noise > 0 and not self.cycle:
+            noise = self.np_random.normal(0.0, self.config.obs_noise, size=base.shape)
+            base = (base + noise).astype(np.float32)
         if self.encoder.sample_penalties:
             enc = self.encoder
             self._pen_obs[0] = (math.log10(lam[0] + enc.eps[0]) - enc.center[0]) / enc.scale[0]

@@ -155,6 +155,9 @@ def fit_cache(directory: str | Path) -> LatencyModel:
         "cache_backend": meta.get("backend"),
         "cache_hardware": meta.get("hardware"),
     }
+    if isinstance(meta.get("latency_model"), dict):
+        extra["cache_fit"] = meta["latency_model"].get("fit")  # the collector's own error report
+
     return fit(samples, label=_cache_label(meta, d), source=str(d), extra=extra)
 
 
@@ -205,17 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="a cache directory, a measurements .json/.jsonl, or a model .json")
     ap.add_argument("--out", help="write the fitted model (LatencyModel JSON) here")
     ap.add_argument("--label", help="label used in provenance of modelled seconds (default: model/backend/hardware)")
+    ap.add_argument("--note", help="free text stored in the fit (e.g. how the measurements were made)")
     args = ap.parse_args(argv)
     src = Path(args.source)
     model = fit_cache(src) if src.is_dir() else load_latency_model(src)
     if args.label:
         model.fit["label"] = args.label
-    print(json.dumps(model.to_dict(), indent=2, sort_keys=True))
+    if args.note:
+        model.fit["note"] = args.note
     if args.out:
         from rollouts.cache import write_json_atomic
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.out), model.to_dict())
+    print(json.dumps(model.to_dict(), indent=2, sort_keys=True))
     return 0
 
 
