@@ -62,7 +62,7 @@ class Featurizer:
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
             with torch.no_grad():
-                out = self.lm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                out = self.lm(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
             rows.append(out.hidden_states[self.layer][:, -1, :].float().numpy())
             bar.update(len(chunk))
         bar.close()
