@@ -444,7 +444,8 @@ def write_compressed_copy(src: str | Path, dst: str | Path, drop_text: bool = Fa
     if drop_text:
         meta["texts_dropped"] = True
     records = [_without_text(r) for r in cache.records] if drop_text else cache.records
-    for stem, objs in (("queries", cache.queries.values()), ("records", records)):
+    queries = [cache.queries[q] for q in cache.query_ids]  # only queries with records
+    for stem, objs in (("queries", queries), ("records", records)):
         _write_gz_lines(dst / f"{stem}.jsonl.gz", objs)
     write_json_atomic(dst / "meta.json", meta)
 
