@@ -27,7 +27,10 @@ tenth of the range's lower end, ``center``/``scale`` the midpoint/half-width of
 
 Reward scale: correctness is in [0, 1] and the λ ranges are chosen from the cache's cost scale
 (``auto``: the largest action's mean tokens / seconds on the train split cost 1 unit at λ_max),
-so rewards are O(1) and ``reward_scale`` defaults to 1.
+so rewards are O(1) and ``reward_scale`` defaults to 1. ``reward_norm="context"`` further divides
+each episode's reward by ``1 + λ_T·C_T + λ_L·C_L`` (C: that same train cost scale): a positive factor
+fixed by the observation, so every (query, λ) keeps its best action, while episodes with large λ no
+longer dominate PPO's normalised advantages over the small accuracy differences at small λ.
 
 Splits are deterministic by hashing ``split_seed:query_id`` (see :func:`make_splits`).
 """
@@ -96,6 +99,9 @@ class EnvConfig:
     lambda_seconds_range: Any = "auto"
     p_zero: float = 0.25
     reward_scale: float = 1.0
+    # "context": divide each episode's reward by 1 + λ_T·C_T + λ_L·C_L (C = train cost scale), which
+    # leaves every (query, λ) optimum unchanged but keeps high-λ episodes from drowning low-λ ones
+    reward_norm: str = "none"  # none | context
     mc_subsets: int = 128
     outcome_seed: int = 0
     feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
@@ -149,7 +155,11 @@ class EnvConfig:
             or self.feature_pca < 1
         ):
             raise ConfigError(f"env.feature_pca must be null or an integer >= 1, got {self.feature_pca!r}")
-        if not (isinstance(self.obs_noise, (int, float)) and math.isfinite(self.obs_noise) and self.obs_noise >= 0):
+        if self.reward_norm not in ("none", "context"):
+            raise ConfigError(f"env.reward_norm must be 'none' or 'context', got {self.reward_norm!r}")
+        if not (
+            isinstance(self.obs_noise, (int, float)) and math.isfinite(self.obs_noise) and self.obs_noise >= 0
+        ):
             raise ConfigError(f"env.obs_noise must be a finite number >= 0, got {self.obs_noise!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:
             raise ConfigError(f"env.mc_subsets must be an integer >= 1, got {self.mc_subsets!r}")
@@ -328,6 +338,7 @@ class AllocateEnv(gym.Env):
         train_rows = table.indices(train_ids)
         cfg.resolve_ranges(table, train_rows)
         self.config = cfg
+        self._cost_scale = table.cost_scale(train_rows)
         if split == "all":
             ids = list(table.query_ids)
         elif isinstance(split, str):
@@ -449,7 +460,10 @@ class AllocateEnv(gym.Env):
             "lambda_tokens": lt,
             "lambda_seconds": ls,
         }
-        return self._obs.copy(), utility * self.config.reward_scale, True, False, info
+        reward = utility * self.config.reward_scale
+        if self.config.reward_norm == "context":
+            reward /= 1.0 + lt * self._cost_scale[0] + ls * self._cost_scale[1]
+        return self._obs.copy(), reward, True, False, info
 
     def action_masks(self) -> np.ndarray:
         return self.table.mask[self.rows[self._i]].copy()

@@ -52,6 +52,7 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"  # tanh | relu
+    weight_decay: float = 0.0  # Adam L2 penalty on the policy and value networks
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "ppo") -> PPOConfig:
@@ -105,7 +106,11 @@ def make_model(vec_env, cfg: PPOConfig, seed: int, tensorboard_log: str | None, 
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.max_grad_norm,
-        policy_kwargs={"net_arch": list(cfg.net_arch), "activation_fn": act},
+        policy_kwargs={
+            "net_arch": list(cfg.net_arch),
+            "activation_fn": act,
+            "optimizer_kwargs": {"weight_decay": cfg.weight_decay} if cfg.weight_decay else {},
+        },
         tensorboard_log=tensorboard_log,
         seed=seed,
         device="cpu",
