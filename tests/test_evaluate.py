@@ -76,3 +76,26 @@ def test_checkpoint_evaluation(tiny_run, tmp_path):
     ck = tiny_run / "checkpoints" / "ppo_2048_steps.zip"
     res = evaluate.evaluate(checkpoint=str(ck), out=str(tmp_path / "o"), grid_n=2, plots=False)
     assert res["model"] == str(ck) and res["summary"]["n_points"] == 4
+
+
+def test_incomplete_queries_are_left_out(tmp_path):
+    from rollouts.cache import CacheWriter, load_cache
+
+    src = load_cache(make_synthetic_cache(tmp_path / "src", n_queries=60))
+    meta = {k: v for k, v in src.meta.items() if k not in ("schema", "schema_version")}
+    drop = set(src.query_ids[::5])  # these queries lack one beam config
+    with CacheWriter(tmp_path / "c", meta=meta) as w:
+        for q in src.queries.values():
+            w.add_query(q)
+        for r in src.records:
+            if not (r["query_id"] in drop and r["config_id"] == "beam:N=4,M=2"):
+                w.add_record(r)
+    import train
+
+    runs = tmp_path / "runs"
+    args = ["--cache", str(tmp_path / "c"), "--runs-dir", str(runs), "--name", "m", "--total-timesteps", "512", "--no-progress"]
+    assert train.main([*args, "--hyperparams", "n_envs:2", "val_grid:2", "export:false"]) == 0
+    res = evaluate.evaluate(run=str(runs / "m"), which="final", grid_n=2, plots=False)
+    test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]
+    assert res["n_dropped_incomplete"] == len(drop & set(test_ids))
+    assert res["n_queries"] == len(set(test_ids) - drop)
