@@ -56,7 +56,7 @@ class TrainConfig:
     name: str | None = None
     exp: str = "ppo"
     seed: int = 0
-    total_timesteps: int = 40000
+    total_timesteps: int = 60000
     n_envs: int = 8
     eval_freq: int = 5000  # env steps between validation evaluations
     checkpoint_freq: int = 10000  # env steps between checkpoints

@@ -28,7 +28,7 @@ tenth of the range's lower end, ``center``/``scale`` the midpoint/half-width of
 Reward scale: correctness is in [0, 1] and the λ ranges are chosen from the cache's cost scale
 (``auto``: the largest action's mean tokens / seconds on the train split cost 1 unit at λ_max),
 so rewards are O(1) and ``reward_scale`` defaults to 1. ``reward_norm="context"`` further divides
-each episode's reward by ``1 + λ_T·C_T + λ_L·C_L`` (C: that same train cost scale): a positive factor
+each episode's reward by ``reward_norm_floor + λ_T·C_T + λ_L·C_L`` (C: that same train cost scale): a positive factor
 fixed by the observation, so every (query, λ) keeps its best action, while episodes with large λ no
 longer dominate PPO's normalised advantages over the small accuracy differences at small λ.
 
@@ -99,9 +99,10 @@ class EnvConfig:
     lambda_seconds_range: Any = "auto"
     p_zero: float = 0.25
     reward_scale: float = 1.0
-    # "context": divide each episode's reward by 1 + λ_T·C_T + λ_L·C_L (C = train cost scale), which
+    # "context": divide each episode's reward by floor + λ_T·C_T + λ_L·C_L (C = train cost scale), which
     # leaves every (query, λ) optimum unchanged but keeps high-λ episodes from drowning low-λ ones
     reward_norm: str = "none"  # none | context
+    reward_norm_floor: float = 1.0
     mc_subsets: int = 128
     outcome_seed: int = 0
     feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
@@ -462,7 +463,7 @@ class AllocateEnv(gym.Env):
         }
         reward = utility * self.config.reward_scale
         if self.config.reward_norm == "context":
-            reward /= 1.0 + lt * self._cost_scale[0] + ls * self._cost_scale[1]
+            reward /= self.config.reward_norm_floor + lt * self._cost_scale[0] + ls * self._cost_scale[1]
         return self._obs.copy(), reward, True, False, info
 
     def action_masks(self) -> np.ndarray:

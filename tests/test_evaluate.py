@@ -93,7 +93,17 @@ def test_incomplete_queries_are_left_out(tmp_path):
     import train
 
     runs = tmp_path / "runs"
-    args = ["--cache", str(tmp_path / "c"), "--runs-dir", str(runs), "--name", "m", "--total-timesteps", "512", "--no-progress"]
+    args = [
+        "--cache",
+        str(tmp_path / "c"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "m",
+        "--total-timesteps",
+        "512",
+        "--no-progress",
+    ]
     assert train.main([*args, "--hyperparams", "n_envs:2", "val_grid:2", "export:false"]) == 0
     res = evaluate.evaluate(run=str(runs / "m"), which="final", grid_n=2, plots=False)
     test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]

@@ -159,7 +159,9 @@ def test_ppo_learns_oracle_choice_on_easy_split(table):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REAL_CACHE / "meta.json").exists(), reason="data/default_cache[_partial] not collected yet")
+@pytest.mark.skipif(
+    not (REAL_CACHE / "meta.json").exists(), reason="data/default_cache[_partial] not collected yet"
+)
 def test_ppo_learns_oracle_choice_on_real_cache():
     """On the real cache: the λ grid point with the most clear-cut queries (the oracle's best action
     beats the runner-up by >= 0.05 utility), at most 80 of them; PPO trained on them picks the oracle's action."""
