@@ -170,4 +170,4 @@ def test_ppo_learns_oracle_choice_on_real_cache():
     lt, ls = max(g["points"], key=lambda p: len(_easy_ids(table, p[0], p[1], 0.05)))
     easy = _easy_ids(table, lt, ls, 0.05)[:80]
     assert len(easy) >= 10, "the real cache has too few clear-cut queries"
-    assert _learn_and_match(table, easy, lt, ls, steps=12288) >= 0.8
+    assert _learn_and_match(table, easy, lt, ls, steps=24576) >= 0.8
