@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from env.outcomes import ConfigError, OutcomeTable, get_table, validate_lambda
+from env.outcomes import ConfigError, OutcomeTable, get_table, reject_unknown_keys, validate_lambda
 
 SPLITS = ("train", "val", "test")
 OBS_BOUND = 1e6  # the Box bound; standardised features are clipped to it (never reached in practice)
@@ -113,10 +113,7 @@ class EnvConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "env") -> EnvConfig:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(cls, d, where)
         cfg = cls(**d)
         cfg.validate()
         return cfg

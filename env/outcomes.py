@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,14 @@ class AllocError(ValueError):
 
 class ConfigError(AllocError):
     """A configuration value or key is invalid; the message names it."""
+
+
+def reject_unknown_keys(cls: type, d: dict[str, Any], where: str) -> None:
+    """Raise ConfigError naming the first key of ``d`` that is not a field of dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
 
 
 def validate_lambda(name: str, value: Any) -> float:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from env.allocate_env import ObsEncoder
-from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference
+from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference, reject_unknown_keys
 from policies.base import AllocationPolicy, score_choices
 
 META_FORMAT = "ttc-alloc/ppo"
@@ -57,10 +57,7 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "ppo") -> PPOConfig:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(cls, d, where)
         cfg = cls(**d)
         if cfg.activation not in ("tanh", "relu"):
             raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")

@@ -95,30 +95,23 @@ def row_to_run(row: Any, index: int, *, approach: str, agg: str, query_prefix: s
     if meta:
         run["meta"] = meta
     params = {"agg_strategy": agg, "scorer": prm}
+    # one entry per completion: its text, and its token count and aggregated PRM score when given
+    entries: list[dict[str, Any]] = []
+    for c, t, a in zip(comps, tok_list, aggs, strict=True):
+        e: dict[str, Any] = {"text": c}
+        if t is not None:
+            e["tokens"] = t
+        if a is not None:
+            e["score"] = a
+        entries.append(e)
     if approach == "best_of_n":
-        samples = []
-        for c, t, a in zip(comps, tok_list, aggs, strict=True):
-            s: dict[str, Any] = {"text": c}
-            if t is not None:
-                s["tokens"] = t
-            if a is not None:
-                s["score"] = a
-            samples.append(s)
-        run.update(strategy="best_of_n", params=params, samples=samples)
+        run.update(strategy="best_of_n", params=params, samples=entries)
         return run
     pred = row.get("pred")
     if not isinstance(pred, str):
         raise LineError("missing 'pred' (the selected completion)")
-    beams = []
-    for c, t, a in zip(comps, tok_list, aggs, strict=True):
-        b: dict[str, Any] = {"text": c}
-        if t is not None:
-            b["tokens"] = t
-        if a is not None:
-            b["score"] = a
-        beams.append(b)
     best = [a for c, a in zip(comps, aggs, strict=True) if c == pred and a is not None]
-    result: dict[str, Any] = {"text": pred, "beams": beams}
+    result: dict[str, Any] = {"text": pred, "beams": entries}
     if best:
         result["score"] = best[0]
     run.update(strategy=approach, params={**params, "n": len(comps)}, result=result)
