@@ -4,8 +4,9 @@ Both sides share one vLLM engine (so engine start-up is excluded from both) and 
 (raw, collector, raw, collector) to spread machine noise. The collector side is the real thing:
 ``Collector.collect`` with its batching, scoring, math-verify grading, featurisation and fsynced
 cache writes. The figure is generated tokens per second, collector / raw, reported twice: for the
-collection pass (generation, scoring, grading, writes) and for the whole ``collect()`` call, which
-also runs the one-off featurisation forward pass over the queries (hidden states for the policy).
+collection pass (generation, scoring, grading, writes) and for building the Collector plus the whole
+``collect()`` call, which also runs the one-off featurisation forward pass over the queries
+(hidden states for the policy).
 
     python bench/collect_throughput.py [--queries 64] [--n 16] [--max-tokens 96] [--rounds 2]
 """
