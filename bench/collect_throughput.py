@@ -70,11 +70,11 @@ def main() -> None:
                 output=f"{d}/c",
                 seed=r,
             )
-            t0 = time.perf_counter()
+            t_col = time.perf_counter()
             c = Collector(cfg, backend=backend, progress=False)
             run = c.collect()
             c.writer.close()
-            total_s = time.perf_counter() - t0
+            total_s = time.perf_counter() - t_col
         col.append(run["generated_tokens"] / run["wall_s"])
         col_total.append(run["generated_tokens"] / total_s)
         print(
