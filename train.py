@@ -18,10 +18,10 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
     tb/PPO_1/          TensorBoard events: SB3's rollout/, train/, eval/, time/ plus ttc/ scalars
     checkpoints/       ppo_<steps>_steps.zip every checkpoint_freq steps
     best_model.zip     best validation utility (MaskableEvalCallback on the val split x a λ grid)
-    best.json          the best validation reward so far (kept across --resume)
+    best.json          the best validation reward so far and the step it was reached (kept across --resume)
     final_model.zip    the model after the last step
     export/            policy.onnx + policy.json (ONNX parity-checked against SB3)
-    train_summary.json wall time, steps/s, timesteps
+    train_summary.json wall time, steps/s, timesteps (and the warm start's MSEs, ``ppo.policy: utility``)
 
 ``--resume`` continues from the latest checkpoint with ``reset_num_timesteps=False`` into the same
 TensorBoard folder, so curves continue. Without ``--resume`` an existing run folder is never touched.
@@ -299,8 +299,26 @@ def train(
     with open(run_dir / "command.txt", "a") as fh:
         fh.write(shlex.join(argv or sys.argv) + "\n")
 
+    warm_start: dict[str, Any] | None = None
     if model is None:
-        model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta)
+        spec = None
+        if ppo_cfg.policy == "utility":
+            from policies.utility_head import utility_spec
+
+            spec = utility_spec(
+                table, train_rows, encoder, cfg.env, ppo_cfg.utility_beta, ppo_cfg.utility_rank
+            )
+        model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta, utility_spec=spec)
+        if ppo_cfg.policy == "utility" and ppo_cfg.utility_warm_start:
+            from policies.utility_head import warm_start_gain
+
+            t_ws = time.time()
+            warm_start = warm_start_gain(model.policy, table, encoder, train_rows, val_rows, seed=cfg.seed)
+            warm_start["seconds"] = round(time.time() - t_ws, 2)
+            print(
+                f"warm start of the gain head: {warm_start['epochs']} epochs, validation MSE "
+                f"{warm_start['val_mse']:.4f} (train means alone: {warm_start['val_mse_prior_only']:.4f})"
+            )
     model.ttc_meta = meta
 
     hparams = {"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "n_envs": cfg.n_envs}
@@ -310,6 +328,8 @@ def train(
     best_path = run_dir / "best.json"
 
     class _BestTracker(BaseCallback):
+        """Called on each new best validation result: records its value and when it happened."""
+
         def _on_step(self) -> bool:
             parent = self.parent
             best_path.write_text(
@@ -320,7 +340,7 @@ def train(
             )
             return True
 
-    after_eval = CallbackList([make_val_metrics_callback(table, val_rows, val_lambdas), _BestTracker()])
+    after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
     eval_cb = MaskableEvalCallback(
         eval_env,
         n_eval_episodes=n_eval,
@@ -329,6 +349,7 @@ def train(
         log_path=str(run_dir / "eval"),
         deterministic=True,
         callback_after_eval=after_eval,
+        callback_on_new_best=_BestTracker(),
         verbose=0,
     )
     if resume and best_path.is_file():
@@ -360,6 +381,8 @@ def train(
         "steps_per_second": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
         "resumed": resume,
     }
+    if warm_start is not None:
+        summary["warm_start"] = warm_start
     if cfg.export:
         from policies.export import export_policy
 

@@ -53,12 +53,20 @@ class PPOConfig:
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"  # tanh | relu
     weight_decay: float = 0.0  # Adam L2 penalty on the policy and value networks
+    # mlp: SB3's MlpPolicy; utility: logits are priced utilities, λ enters as in the reward
+    # (policies/utility_head.py), PPO learns the per-query gain over the train means
+    policy: str = "mlp"
+    utility_beta: float = 20.0  # initial inverse temperature of the utility actor (learned)
+    utility_warm_start: bool = False  # fit the gain head on the train split's outcomes before PPO
+    utility_rank: int = 0  # >0: the per-query gain is rank-limited (query traits x action responses)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "ppo") -> PPOConfig:
         d = dict(d or {})
         reject_unknown_keys(cls, d, where)
         cfg = cls(**d)
+        if cfg.policy not in ("mlp", "utility"):
+            raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {cfg.policy!r}")
         if cfg.activation not in ("tanh", "relu"):
             raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")
         for name in ("n_steps", "batch_size", "n_epochs"):
@@ -71,6 +79,7 @@ class PPOConfig:
             "ent_coef",
             "vf_coef",
             "max_grad_norm",
+            "utility_beta",
             "gamma",
             "gae_lambda",
         ):
@@ -85,13 +94,35 @@ class PPOConfig:
         return asdict(self)
 
 
-def make_model(vec_env, cfg: PPOConfig, seed: int, tensorboard_log: str | None, meta: dict[str, Any]):
+def make_model(
+    vec_env,
+    cfg: PPOConfig,
+    seed: int,
+    tensorboard_log: str | None,
+    meta: dict[str, Any],
+    utility_spec: dict[str, Any] | None = None,
+):
+    """A fresh MaskablePPO; ``utility_spec`` (from :func:`policies.utility_head.utility_spec`) is
+    required when ``cfg.policy == "utility"``."""
     import torch
     from sb3_contrib import MaskablePPO
 
     act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.activation]
+    policy_kwargs: dict[str, Any] = {
+        "net_arch": list(cfg.net_arch),
+        "activation_fn": act,
+        "optimizer_kwargs": {"weight_decay": cfg.weight_decay} if cfg.weight_decay else {},
+    }
+    policy_class: Any = "MlpPolicy"
+    if cfg.policy == "utility":
+        from policies.utility_head import UtilityPolicy
+
+        if utility_spec is None:
+            raise ConfigError("ppo.policy 'utility' needs the train split's utility_spec")
+        policy_class = UtilityPolicy
+        policy_kwargs["utility_spec"] = utility_spec
     model = MaskablePPO(
-        "MlpPolicy",
+        policy_class,
         vec_env,
         learning_rate=cfg.learning_rate,
         n_steps=cfg.n_steps,
@@ -103,11 +134,7 @@ def make_model(vec_env, cfg: PPOConfig, seed: int, tensorboard_log: str | None, 
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.max_grad_norm,
-        policy_kwargs={
-            "net_arch": list(cfg.net_arch),
-            "activation_fn": act,
-            "optimizer_kwargs": {"weight_decay": cfg.weight_decay} if cfg.weight_decay else {},
-        },
+        policy_kwargs=policy_kwargs,
         tensorboard_log=tensorboard_log,
         seed=seed,
         device="cpu",

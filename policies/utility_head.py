@@ -1,0 +1,229 @@
+"""A MaskablePPO actor whose logits are priced utilities: the reward's structure built into the policy.
+
+With ``ppo.policy: utility`` the actor does not learn how penalties move the choice; it is told. For a
+query ``q`` and penalties ``(λ_T, λ_L)`` decoded from the observation, the logit of action ``a`` is
+
+    β · (c̄_a + δ_a(q) − λ_T · T̄_a − λ_L · S̄_a) / (floor + λ_T · C_T + λ_L · C_L)
+
+- ``c̄_a``: action a's mean expected correctness on the train split (a fixed buffer), so the untrained
+  actor already prefers the best static config at every λ;
+- ``δ_a(q)``: what PPO learns, an MLP of the query part of the observation only (zero-initialised last
+  layer). It never sees λ: how much a query gains from more compute does not depend on its price, and
+  keeping λ out stops the network from learning price-specific quirks of a few hundred train queries;
+- ``T̄_a``, ``S̄_a``: action a's mean tokens and seconds on the train split (buffers), as the seed paper's
+  router prices configurations;
+- the denominator is the env's ``reward_norm: context`` scale (1 when ``reward_norm: none``): it keeps the
+  logit gaps, hence the policy's sharpness, comparable from "accuracy only" to "cost dominates";
+- ``β = exp(log_beta)``: a learned inverse temperature.
+
+The critic is SB3's usual MLP on the whole observation. The actor is still trained by PPO's clipped
+policy gradient from the env's rewards alone; the structure only fixes how λ enters. ``forward_actor``
+returns the logits, ``action_net`` is the identity, so ONNX export and ``predict`` need nothing special.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from torch import nn
+
+from env.allocate_env import ObsEncoder
+from env.outcomes import OutcomeTable
+
+
+def utility_spec(
+    table: OutcomeTable,
+    train_rows: np.ndarray,
+    encoder: ObsEncoder,
+    env_cfg: dict[str, Any],
+    beta: float,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """What the utility actor needs to know, from the train split only (stored in the checkpoint)."""
+    rows = np.asarray(train_rows)
+    m = table.mask[rows]
+    cnt = m.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prior = np.where(cnt > 0, (table.correct[rows] * m).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+    mt, ms = table.mean_costs(rows)
+    if env_cfg.get("reward_norm") == "context":
+        floor = float(env_cfg["reward_norm_floor"])
+        scale_t, scale_s = table.cost_scale(rows)
+    else:
+        floor, scale_t, scale_s = 1.0, 0.0, 0.0
+    return {
+        "base_dim": int(encoder.base_dim),
+        "sample_penalties": bool(encoder.sample_penalties),
+        "penalty_eps": [float(x) for x in encoder.eps],
+        "penalty_center": [float(x) for x in encoder.center],
+        "penalty_scale": [float(x) for x in encoder.scale],
+        "fixed_lambda": [float(env_cfg.get("lambda_tokens", 0.0)), float(env_cfg.get("lambda_seconds", 0.0))],
+        "prior_correct": [float(x) for x in prior],
+        "mean_tokens": [float(x) for x in np.nan_to_num(mt, nan=0.0)],
+        "mean_seconds": [float(x) for x in np.nan_to_num(ms, nan=0.0)],
+        "norm_floor": floor,
+        "norm_scale": [float(scale_t), float(scale_s)],
+        "beta": float(beta),
+        "rank": int(rank),
+    }
+
+
+def _mlp(in_dim: int, arch: list[int], activation_fn: type[nn.Module]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for width in arch:
+        layers += [nn.Linear(in_dim, width), activation_fn()]
+        in_dim = width
+    return nn.Sequential(*layers), in_dim
+
+
+class UtilityExtractor(nn.Module):
+    """SB3 ``mlp_extractor`` contract: ``latent_dim_pi`` / ``latent_dim_vf``, ``forward_actor/critic``."""
+
+    def __init__(
+        self, obs_dim: int, n_actions: int, spec: dict[str, Any], net_arch: list[int], activation_fn
+    ) -> None:
+        super().__init__()
+        self.base_dim = int(spec["base_dim"])
+        self.sample_penalties = bool(spec["sample_penalties"])
+        body, width = _mlp(self.base_dim, net_arch, activation_fn)
+        rank = int(spec.get("rank", 0))
+        if rank:
+            # low rank: a few learned query traits (e.g. difficulty) times each action's response to them
+            self.gain_net = nn.Sequential(body, nn.Linear(width, rank), nn.Linear(rank, n_actions))
+        else:
+            self.gain_net = nn.Sequential(body, nn.Linear(width, n_actions))
+        self.value_body, self.latent_dim_vf = _mlp(obs_dim, net_arch, activation_fn)
+        self.latent_dim_pi = n_actions
+        self.log_beta = nn.Parameter(torch.tensor(math.log(float(spec["beta"])), dtype=torch.float32))
+
+        def buf(name: str, values) -> None:
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
+
+        buf("prior_correct", spec["prior_correct"])
+        buf("mean_tokens", spec["mean_tokens"])
+        buf("mean_seconds", spec["mean_seconds"])
+        buf("penalty_eps", spec["penalty_eps"])
+        buf("penalty_center", spec["penalty_center"])
+        buf("penalty_scale", spec["penalty_scale"])
+        buf("fixed_lambda", spec["fixed_lambda"])
+        buf("norm_scale", spec["norm_scale"])
+        self.norm_floor = float(spec["norm_floor"])
+
+    def reset_gain(self) -> None:
+        """Zero the last layer: the untrained actor prices the train means, i.e. plays the best static."""
+        last = self.gain_net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def penalties(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, 2) raw (λ_T, λ_L): decoded from the observation, or the run's fixed values."""
+        if not self.sample_penalties:
+            return self.fixed_lambda.expand(obs.shape[0], 2)
+        enc = obs[:, self.base_dim : self.base_dim + 2]
+        lam = torch.pow(10.0, enc * self.penalty_scale + self.penalty_center) - self.penalty_eps
+        return torch.clamp(lam, min=0.0)
+
+    def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        lam = self.penalties(obs)
+        gain = self.gain_net(obs[:, : self.base_dim])
+        price = lam[:, :1] * self.mean_tokens + lam[:, 1:] * self.mean_seconds
+        norm = self.norm_floor + (lam * self.norm_scale).sum(dim=1, keepdim=True)
+        return torch.exp(self.log_beta) * (self.prior_correct + gain - price) / norm
+
+    def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_body(obs)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(obs), self.forward_critic(obs)
+
+
+class UtilityPolicy(MaskableActorCriticPolicy):
+    """MaskableActorCriticPolicy with :class:`UtilityExtractor` as actor/critic and an identity action head."""
+
+    def __init__(self, *args, utility_spec: dict[str, Any], **kwargs) -> None:
+        self.utility_spec = utility_spec
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        arch = self.net_arch if isinstance(self.net_arch, list) else list(self.net_arch.get("pi", [64, 64]))
+        self.mlp_extractor = UtilityExtractor(
+            self.features_dim, int(self.action_space.n), self.utility_spec, list(arch), self.activation_fn
+        )
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        # the extractor already ends in logits; SB3's Linear action head (and its optimizer slot) go
+        self.action_net = nn.Identity()
+        self.mlp_extractor.reset_gain()
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["utility_spec"] = self.utility_spec
+        return data
+
+
+def warm_start_gain(
+    policy: UtilityPolicy,
+    table: OutcomeTable,
+    encoder: ObsEncoder,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    epochs: int = 300,
+    lr: float = 1e-3,
+    patience: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fit the gain head to the train split's per-action correctness before PPO (supervised warm start).
+
+    The cache knows every action's expected correctness for a train query; PPO only ever sees the reward
+    of the action it drew. Regressing ``c̄_a + δ_a(q)`` on those values (masked MSE, Adam, early stopping
+    on the validation split's MSE) hands PPO an actor that already routes by predicted gain, as the seed
+    paper's probe does, and PPO refines it from rewards. Returns the MSEs for the run's log.
+    """
+    ext: UtilityExtractor = policy.mlp_extractor
+    net = ext.gain_net
+
+    def tensors(rows):
+        rows = np.asarray(rows)
+        x = torch.as_tensor(encoder.encode_base(table.features[rows], table.prompt_tokens[rows]))
+        y = torch.as_tensor(table.correct[rows], dtype=torch.float32) - ext.prior_correct
+        m = torch.as_tensor(table.mask[rows], dtype=torch.float32)
+        return x, y, m
+
+    def mse(x, y, m) -> torch.Tensor:
+        return (((net(x) - y) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+
+    xt, yt, mt = tensors(train_rows)
+    xv, yv, mv = tensors(val_rows)
+    with torch.no_grad():
+        val_prior = float(((yv**2) * mv).sum() / mv.sum().clamp(min=1.0))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, bad, ran = math.inf, None, 0, 0
+    for _ in range(epochs):
+        ran += 1
+        perm = torch.randperm(len(xt), generator=gen)
+        for lo in range(0, len(xt), 64):
+            idx = perm[lo : lo + 64]
+            opt.zero_grad()
+            mse(xt[idx], yt[idx], mt[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            vl = float(mse(xv, yv, mv))
+        if vl < best - 1e-6:
+            best, bad = vl, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    with torch.no_grad():
+        train_mse = float(mse(xt, yt, mt))
+    return {"epochs": ran, "train_mse": train_mse, "val_mse": best, "val_mse_prior_only": val_prior}
