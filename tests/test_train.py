@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,6 +22,16 @@ def test_run_folder_contents(tiny_run):
     assert cfg["seed"] == 0 and cfg["n_envs"] == 4 and cfg["name"] == "tiny"
     assert isinstance(cfg["env"]["lambda_tokens_range"], list)  # "auto" resolved and stored
     assert "train.py" in (tiny_run / "command.txt").read_text()
+    # the default actor is the warm-started utility head; its MSEs are kept with the run
+    assert cfg["ppo"]["policy"] == "utility" and cfg["ppo"]["utility_warm_start"] is True
+    ws = json.loads((tiny_run / "train_summary.json").read_text())[0]["warm_start"]
+    assert ws["val_mse"] < ws["val_mse_prior_only"]
+    # best.json: the best validation reward and the step it was reached (not the last evaluation's)
+    best = json.loads((tiny_run / "best.json").read_text())
+    ev = np.load(tiny_run / "eval" / "evaluations.npz")
+    means = ev["results"].mean(axis=1)
+    assert best["best_mean_reward"] == pytest.approx(float(means.max()))
+    assert best["timesteps"] == int(ev["timesteps"][int(np.argmax(means))])
     splits = json.loads((tiny_run / "splits.json").read_text())
     assert set(splits["train"]).isdisjoint(splits["test"])
     assert sorted(p.name for p in (tiny_run / "checkpoints").glob("*.zip")) == [
