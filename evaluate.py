@@ -9,7 +9,9 @@ and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test spl
 where some action was never measured are left out and counted in ``n_dropped_incomplete``). Policies:
 ``ppo`` (argmax over legal actions), ``probe_router`` (the seed paper's router, fitted on the train
 split and Platt-calibrated on the validation split), ``oracle`` (per-query hindsight best),
-``random`` and ``static:<action id>`` for every action of the menu. ``best_static`` is the static
+``random``, ``static:<action id>`` for every action of the menu and ``static_train_best`` (the static
+action with the best mean utility on the train split at that point: what one would deploy without
+routing). ``best_static`` is the static
 action with the highest utility on the evaluated split at that point (a hindsight choice, so the
 bar PPO must clear is the strictest one). Gap share = (U_policy − U_best_static) / (U_oracle −
 U_best_static) (null when the gap is below 1e-9).
@@ -28,9 +30,17 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
                 best_static (action id), oracle_gap (U_oracle − U_best_static),
                 ppo_gap_share, probe_router_gap_share,
-                ppo_ge_best_static (bool), ppo_ge_probe_router (bool) } ]
-    summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count),
-               ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean }
+                static_train_best (action id), ppo_ge_best_static (bool), ppo_ge_probe_router (bool),
+                ppo_ge_static_train_best (bool),
+                ppo_vs_best_static: {diff, ci90: [lo, hi], p_ge} } ]
+    summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
+               ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
+               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0), n_boot }
+
+``ppo_vs_best_static`` is a paired bootstrap over the evaluated queries (``--bootstrap`` resamples,
+default 1000) of U_PPO − U_best static with the best static re-picked in each resample: on a test
+split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a
+point where PPO is below it is a loss or noise.
 
 Errors (missing run, bad λ, other action menu, bad cache...) print one ``error: ...`` line and exit 2
 before anything is written.
@@ -92,19 +102,22 @@ def evaluate(
     json_path: str | None = None,
     seed: int = 0,
     plots: bool = True,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     import torch
 
     from env.allocate_env import EnvConfig
     from env.outcomes import OutcomeTable
     from policies.base import lambda_grid, score_choices
-    from policies.baselines import OraclePolicy, RandomPolicy, static_policies
+    from policies.baselines import OraclePolicy, RandomPolicy, TrainBestStaticPolicy, static_policies
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
     from policies.probe_router import ProbeConfig, ProbeRouter
 
     torch.set_num_threads(1)
     lt_axis = [validate_lambda("--lambda-tokens", v) for v in lambda_tokens] if lambda_tokens else None
     ls_axis = [validate_lambda("--lambda-seconds", v) for v in lambda_seconds] if lambda_seconds else None
+    if n_boot < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {n_boot}")
     if grid_n < 2:
         raise ConfigError(f"--grid must be >= 2, got {grid_n}")
     if split not in ("train", "val", "test"):
@@ -140,13 +153,18 @@ def evaluate(
     router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
     statics = static_policies(table)
     oracle = OraclePolicy()
+    train_static = TrainBestStaticPolicy(rows_of["train"])
     points = []
     for lt in lt_axis:
         for ls in ls_axis:
             pols: dict[str, Any] = {}
-            pols["ppo"] = score_choices(table, rows, ppo.choose(table, rows, lt, ls), lt, ls)
-            pols["probe_router"] = score_choices(table, rows, router.choose(table, rows, lt, ls), lt, ls)
+            a_ppo, a_router = ppo.choose(table, rows, lt, ls), router.choose(table, rows, lt, ls)
+            pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
+            pols["probe_router"] = score_choices(table, rows, a_router, lt, ls)
             pols["oracle"] = score_choices(table, rows, oracle.choose(table, rows, lt, ls), lt, ls)
+            pols["static_train_best"] = score_choices(
+                table, rows, train_static.choose(table, rows, lt, ls), lt, ls
+            )
             pols["random"] = score_choices(
                 table, rows, RandomPolicy(seed).choose(table, rows, lt, ls), lt, ls
             )
@@ -172,6 +190,13 @@ def evaluate(
                     "ppo_ge_probe_router": bool(
                         pols["ppo"]["utility"] >= pols["probe_router"]["utility"] - TOL
                     ),
+                    "static_train_best": table.action_ids[train_static.action(table, lt, ls)],
+                    "ppo_ge_static_train_best": bool(
+                        pols["ppo"]["utility"] >= pols["static_train_best"]["utility"] - TOL
+                    ),
+                    "ppo_vs_best_static": bootstrap_vs_best_static(
+                        table.utility(lt, ls)[rows], a_ppo, n_boot=n_boot, seed=seed
+                    ),
                 }
             )
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
@@ -190,9 +215,12 @@ def evaluate(
             "n_points": len(points),
             "ppo_ge_best_static": sum(p["ppo_ge_best_static"] for p in points),
             "ppo_ge_probe_router": sum(p["ppo_ge_probe_router"] for p in points),
+            "ppo_ge_static_train_best": sum(p["ppo_ge_static_train_best"] for p in points),
             "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
+            "ppo_below_best_static_ci": sum(p["ppo_vs_best_static"]["ci90"][1] < 0 for p in points),
+            "n_boot": n_boot,
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +233,30 @@ def evaluate(
         Path(json_path).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     result["out_dir"] = str(out_dir)
     return result
+
+
+def bootstrap_vs_best_static(
+    utility: np.ndarray, choice: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Paired bootstrap over queries of U_policy − U_best static, the best static re-picked in each
+    resample (so the hindsight pick's luck is part of the spread).
+
+    ``utility``: (R, A) per-query expected utility of every action; ``choice``: (R,) the policy's
+    actions. Returns the point estimate ``diff``, ``ci90`` (5th and 95th percentiles) and ``p_ge``,
+    the share of resamples where the policy is >= the best static.
+    """
+    n = len(choice)
+    u_pol = utility[np.arange(n), choice]
+    diff = float(u_pol.mean() - utility.mean(axis=0).max())
+    if n_boot <= 0:
+        return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
+    rng = np.random.default_rng(seed)
+    d = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        d[b] = u_pol[idx].mean() - utility[idx].mean(axis=0).max()
+    lo, hi = np.percentile(d, [5, 95])
+    return {"diff": diff, "ci90": [float(lo), float(hi)], "p_ge": float((d >= -TOL).mean())}
 
 
 def _json_default(o):
@@ -262,16 +314,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"PPO ≥ best static at {s['ppo_ge_best_static']}/{s['n_points']} points; PPO ≥ probe router at "
         f"{s['ppo_ge_probe_router']}/{s['n_points']}; mean gap share closed: PPO {_fmt(s['ppo_gap_share_mean'], 2)}, "
         f"router {_fmt(s['probe_router_gap_share_mean'], 2)} (min PPO {_fmt(s['ppo_gap_share_min'], 2)}).",
+        f"PPO ≥ the static config picked on the train split (no hindsight) at "
+        f"{s['ppo_ge_static_train_best']}/{s['n_points']} points. "
+        f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
+        f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
         "",
-        "| λ_T | λ_L | best static | U static | U oracle | U router | U PPO | PPO gap share | router gap share | PPO acc | PPO tokens | PPO s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| λ_T | λ_L | best static | U static | U oracle | U router | U PPO | PPO − static [90% CI] | P(PPO ≥ static) | PPO gap share | router gap share | PPO acc | PPO tokens | PPO s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         pol = p["policies"]
         bs = pol[f"static:{p['best_static']}"]
+        vs = p["ppo_vs_best_static"]
         lines.append(
             f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['best_static']} | {_fmt(bs['utility'])} | "
             f"{_fmt(pol['oracle']['utility'])} | {_fmt(pol['probe_router']['utility'])} | {_fmt(pol['ppo']['utility'])} | "
+            f"{vs['diff']:+.3f} [{vs['ci90'][0]:+.3f}, {vs['ci90'][1]:+.3f}] | {vs['p_ge']:.2f} | "
             f"{_fmt(p['ppo_gap_share'], 2)} | {_fmt(p['probe_router_gap_share'], 2)} | {_fmt(pol['ppo']['accuracy'])} | "
             f"{pol['ppo']['mean_tokens']:.1f} | {pol['ppo']['mean_seconds']:.3f} |"
         )
@@ -347,6 +405,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <run>/eval)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the numbers as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the router probe and the random policy")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for PPO − best static (0: none)"
+    )
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -367,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             json_path=args.json_path,
             seed=args.seed,
             plots=not args.no_plots,
+            n_boot=args.bootstrap,
         )
     except (AllocError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -306,7 +306,13 @@ def train(
             from policies.utility_head import utility_spec
 
             spec = utility_spec(
-                table, train_rows, encoder, cfg.env, ppo_cfg.utility_beta, ppo_cfg.utility_rank
+                table,
+                train_rows,
+                encoder,
+                cfg.env,
+                ppo_cfg.utility_beta,
+                ppo_cfg.utility_rank,
+                ppo_trains=ppo_cfg.utility_ppo_trains,
             )
         model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta, utility_spec=spec)
         if ppo_cfg.policy == "utility" and ppo_cfg.utility_warm_start:

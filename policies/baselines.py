@@ -50,3 +50,24 @@ class OraclePolicy(AllocationPolicy):
         tie = np.isclose(u, best, rtol=0, atol=1e-12) & table.mask[rows]
         cost = np.where(tie, table.tokens[rows], np.inf)
         return np.argmin(cost, axis=1)
+
+
+class TrainBestStaticPolicy(AllocationPolicy):
+    """At each (λ_T, λ_L), the one action with the highest mean utility on the train split: the static
+    config a practitioner would deploy without per-query routing (no hindsight on the evaluated queries)."""
+
+    name = "static_train_best"
+
+    def __init__(self, train_rows: np.ndarray):
+        self.train_rows = np.asarray(train_rows)
+
+    def action(self, table: OutcomeTable, lambda_tokens: float, lambda_seconds: float) -> int:
+        m = table.mask[self.train_rows]
+        u = table.utility(lambda_tokens, lambda_seconds)[self.train_rows]
+        mean = np.where(m, u, 0.0).sum(axis=0) / np.maximum(m.sum(axis=0), 1)
+        return int(np.argmax(np.where(m.any(axis=0), mean, -np.inf)))
+
+    def choose(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds):
+        rows = np.asarray(rows)
+        a = self.action(table, lambda_tokens, lambda_seconds)
+        return first_legal(table.mask[rows], np.full(len(rows), a))

@@ -58,6 +58,7 @@ class PPOConfig:
     policy: str = "mlp"
     utility_beta: float = 20.0  # initial inverse temperature of the utility actor (learned)
     utility_warm_start: bool = False  # fit the gain head on the train split's outcomes before PPO
+    utility_ppo_trains: str = "all"  # all | response (traits frozen after the warm start)
     utility_rank: int = 0  # >0: the per-query gain is rank-limited (query traits x action responses)
 
     @classmethod
@@ -67,6 +68,10 @@ class PPOConfig:
         cfg = cls(**d)
         if cfg.policy not in ("mlp", "utility"):
             raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {cfg.policy!r}")
+        if cfg.utility_ppo_trains not in ("all", "response"):
+            raise ConfigError(
+                f"ppo.utility_ppo_trains must be 'all' or 'response', got {cfg.utility_ppo_trains!r}"
+            )
         if cfg.activation not in ("tanh", "relu"):
             raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")
         for name in ("n_steps", "batch_size", "n_epochs"):

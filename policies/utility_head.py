@@ -42,6 +42,7 @@ def utility_spec(
     env_cfg: dict[str, Any],
     beta: float,
     rank: int = 0,
+    ppo_trains: str = "all",
 ) -> dict[str, Any]:
     """What the utility actor needs to know, from the train split only (stored in the checkpoint)."""
     rows = np.asarray(train_rows)
@@ -69,6 +70,7 @@ def utility_spec(
         "norm_scale": [float(scale_t), float(scale_s)],
         "beta": float(beta),
         "rank": int(rank),
+        "ppo_trains": ppo_trains,
     }
 
 
@@ -119,6 +121,12 @@ class UtilityExtractor(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
+    def set_trait_trainable(self, trainable: bool) -> None:
+        """Freeze (or free) everything of the gain head before its last layer: the query traits."""
+        for layer in list(self.gain_net)[:-1]:
+            for p in layer.parameters():
+                p.requires_grad_(trainable)
+
     def penalties(self, obs: torch.Tensor) -> torch.Tensor:
         """(batch, 2) raw (λ_T, λ_L): decoded from the observation, or the run's fixed values."""
         if not self.sample_penalties:
@@ -159,6 +167,9 @@ class UtilityPolicy(MaskableActorCriticPolicy):
         # the extractor already ends in logits; SB3's Linear action head (and its optimizer slot) go
         self.action_net = nn.Identity()
         self.mlp_extractor.reset_gain()
+        # "response": PPO moves each action's response to the (warm-started) query traits, the
+        # prior, β and the critic; the traits themselves stay as the supervised fit left them
+        self.mlp_extractor.set_trait_trainable(self.utility_spec.get("ppo_trains", "all") == "all")
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -198,6 +209,7 @@ def warm_start_gain(
     def mse(x, y, m) -> torch.Tensor:
         return (((net(x) - y) ** 2) * m).sum() / m.sum().clamp(min=1.0)
 
+    ext.set_trait_trainable(True)
     xt, yt, mt = tensors(train_rows)
     xv, yv, mv = tensors(val_rows)
     with torch.no_grad():
@@ -224,6 +236,7 @@ def warm_start_gain(
                 break
     if best_state is not None:
         net.load_state_dict(best_state)
+    ext.set_trait_trainable(policy.utility_spec.get("ppo_trains", "all") == "all")
     with torch.no_grad():
         train_mse = float(mse(xt, yt, mt))
     return {"epochs": ran, "train_mse": train_mse, "val_mse": best, "val_mse_prior_only": val_prior}

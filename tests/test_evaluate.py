@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 import evaluate
@@ -34,16 +35,30 @@ def test_outputs_and_json_keys(evaluated):
         "probe_router_gap_share",
         "ppo_ge_best_static",
         "ppo_ge_probe_router",
+        "static_train_best",
+        "ppo_ge_static_train_best",
+        "ppo_vs_best_static",
     ):
         assert k in p
-    for pol in ["ppo", "probe_router", "oracle", "random"] + [f"static:{a}" for a in res["menu"]]:
+    vs = p["ppo_vs_best_static"]
+    assert vs["ci90"][0] <= vs["ci90"][1] and 0.0 <= vs["p_ge"] <= 1.0
+    assert vs["diff"] == pytest.approx(
+        p["policies"]["ppo"]["utility"] - p["policies"][f"static:{p['best_static']}"]["utility"]
+    )
+    assert p["static_train_best"] in res["menu"]
+    assert p["policies"]["static_train_best"] == p["policies"][f"static:{p['static_train_best']}"]
+    for k in ("ppo_ge_static_train_best", "ppo_below_best_static_ci", "n_boot"):
+        assert k in res["summary"]
+    for pol in ["ppo", "probe_router", "oracle", "random", "static_train_best"] + [
+        f"static:{a}" for a in res["menu"]
+    ]:
         m = p["policies"][pol]
         assert set(m) >= {"accuracy", "mean_tokens", "mean_seconds", "utility", "share"}
     for q in res["points"]:
         pols = q["policies"]
         assert pols["oracle"]["utility"] >= max(v["utility"] for v in pols.values()) - 1e-12
     rows = list(csv.DictReader(open(evaluated / "results.csv")))
-    assert len(rows) == 9 * (4 + len(res["menu"]))
+    assert len(rows) == 9 * (5 + len(res["menu"]))
     assert sum(r["is_best_static"] == "True" for r in rows) == 9
 
 
@@ -109,3 +124,16 @@ def test_incomplete_queries_are_left_out(tmp_path):
     test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]
     assert res["n_dropped_incomplete"] == len(drop & set(test_ids))
     assert res["n_queries"] == len(set(test_ids) - drop)
+
+
+def test_bootstrap_vs_best_static():
+    rng = np.random.default_rng(0)
+    u = rng.random((200, 5))
+    u[:, 2] += 0.3  # action 2 is the best static by far
+    per_query_best = u.argmax(axis=1)
+    hi = evaluate.bootstrap_vs_best_static(u, per_query_best, n_boot=500, seed=1)
+    assert hi["diff"] > 0 and hi["ci90"][0] > 0 and hi["p_ge"] == 1.0
+    lo = evaluate.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), n_boot=500, seed=1)
+    assert lo["diff"] < 0 and lo["ci90"][1] < 0 and lo["p_ge"] == 0.0
+    same = evaluate.bootstrap_vs_best_static(u, np.full(200, 2), n_boot=500, seed=1)
+    assert same["diff"] == 0.0 and same["ci90"][0] <= 0.0 <= same["ci90"][1] + 1e-12
