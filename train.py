@@ -313,6 +313,7 @@ def train(
                 ppo_cfg.utility_beta,
                 ppo_cfg.utility_rank,
                 ppo_trains=ppo_cfg.utility_ppo_trains,
+                ensemble=ppo_cfg.utility_ensemble,
             )
         model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta, utility_spec=spec)
         if ppo_cfg.policy == "utility" and ppo_cfg.utility_warm_start:

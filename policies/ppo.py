@@ -59,6 +59,7 @@ class PPOConfig:
     utility_beta: float = 20.0  # initial inverse temperature of the utility actor (learned)
     utility_warm_start: bool = False  # fit the gain head on the train split's outcomes before PPO
     utility_ppo_trains: str = "all"  # all | response (traits frozen after the warm start)
+    utility_ensemble: int = 1  # gain = mean of this many independently warm-started members
     utility_rank: int = 0  # >0: the per-query gain is rank-limited (query traits x action responses)
 
     @classmethod
@@ -74,7 +75,7 @@ class PPOConfig:
             )
         if cfg.activation not in ("tanh", "relu"):
             raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")
-        for name in ("n_steps", "batch_size", "n_epochs"):
+        for name in ("n_steps", "batch_size", "n_epochs", "utility_ensemble"):
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ppo.{name} must be an integer >= 1, got {v!r}")

@@ -43,6 +43,7 @@ def utility_spec(
     beta: float,
     rank: int = 0,
     ppo_trains: str = "all",
+    ensemble: int = 1,
 ) -> dict[str, Any]:
     """What the utility actor needs to know, from the train split only (stored in the checkpoint)."""
     rows = np.asarray(train_rows)
@@ -71,6 +72,7 @@ def utility_spec(
         "beta": float(beta),
         "rank": int(rank),
         "ppo_trains": ppo_trains,
+        "ensemble": int(ensemble),
     }
 
 
@@ -82,6 +84,27 @@ def _mlp(in_dim: int, arch: list[int], activation_fn: type[nn.Module]) -> tuple[
     return nn.Sequential(*layers), in_dim
 
 
+class GainEnsemble(nn.Module):
+    """The per-query gain δ(q): the mean of ``k`` independently initialised (and warm-started) members,
+    each ``MLP -> [rank traits ->] n_actions``. Averaging members fitted from different starts cuts the
+    variance of the gains, which the argmax over many near-equal actions otherwise turns into losses."""
+
+    def __init__(self, in_dim: int, n_actions: int, net_arch: list[int], activation_fn, rank: int, k: int):
+        super().__init__()
+        members = []
+        for _ in range(max(int(k), 1)):
+            body, width = _mlp(in_dim, net_arch, activation_fn)
+            if rank:
+                # low rank: a few learned query traits (e.g. difficulty) x each action's response to them
+                members.append(nn.Sequential(body, nn.Linear(width, rank), nn.Linear(rank, n_actions)))
+            else:
+                members.append(nn.Sequential(body, nn.Linear(width, n_actions)))
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
 class UtilityExtractor(nn.Module):
     """SB3 ``mlp_extractor`` contract: ``latent_dim_pi`` / ``latent_dim_vf``, ``forward_actor/critic``."""
 
@@ -91,13 +114,14 @@ class UtilityExtractor(nn.Module):
         super().__init__()
         self.base_dim = int(spec["base_dim"])
         self.sample_penalties = bool(spec["sample_penalties"])
-        body, width = _mlp(self.base_dim, net_arch, activation_fn)
-        rank = int(spec.get("rank", 0))
-        if rank:
-            # low rank: a few learned query traits (e.g. difficulty) times each action's response to them
-            self.gain_net = nn.Sequential(body, nn.Linear(width, rank), nn.Linear(rank, n_actions))
-        else:
-            self.gain_net = nn.Sequential(body, nn.Linear(width, n_actions))
+        self.gain_net = GainEnsemble(
+            self.base_dim,
+            n_actions,
+            net_arch,
+            activation_fn,
+            int(spec.get("rank", 0)),
+            int(spec.get("ensemble", 1)),
+        )
         self.value_body, self.latent_dim_vf = _mlp(obs_dim, net_arch, activation_fn)
         self.latent_dim_pi = n_actions
         self.log_beta = nn.Parameter(torch.tensor(math.log(float(spec["beta"])), dtype=torch.float32))
@@ -116,16 +140,17 @@ class UtilityExtractor(nn.Module):
         self.norm_floor = float(spec["norm_floor"])
 
     def reset_gain(self) -> None:
-        """Zero the last layer: the untrained actor prices the train means, i.e. plays the best static."""
-        last = self.gain_net[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        """Zero the last layers: the untrained actor prices the train means, i.e. plays the best static."""
+        for member in self.gain_net.members:
+            nn.init.zeros_(member[-1].weight)
+            nn.init.zeros_(member[-1].bias)
 
     def set_trait_trainable(self, trainable: bool) -> None:
-        """Freeze (or free) everything of the gain head before its last layer: the query traits."""
-        for layer in list(self.gain_net)[:-1]:
-            for p in layer.parameters():
-                p.requires_grad_(trainable)
+        """Freeze (or free) everything of the gain head before its last layers: the query traits."""
+        for member in self.gain_net.members:
+            for layer in list(member)[:-1]:
+                for p in layer.parameters():
+                    p.requires_grad_(trainable)
 
     def penalties(self, obs: torch.Tensor) -> torch.Tensor:
         """(batch, 2) raw (λ_T, λ_L): decoded from the observation, or the run's fixed values."""
@@ -206,37 +231,45 @@ def warm_start_gain(
         m = torch.as_tensor(table.mask[rows], dtype=torch.float32)
         return x, y, m
 
-    def mse(x, y, m) -> torch.Tensor:
-        return (((net(x) - y) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+    def mse(f, x, y, m) -> torch.Tensor:
+        return (((f(x) - y) ** 2) * m).sum() / m.sum().clamp(min=1.0)
 
     ext.set_trait_trainable(True)
     xt, yt, mt = tensors(train_rows)
     xv, yv, mv = tensors(val_rows)
     with torch.no_grad():
         val_prior = float(((yv**2) * mv).sum() / mv.sum().clamp(min=1.0))
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    best, best_state, bad, ran = math.inf, None, 0, 0
-    for _ in range(epochs):
-        ran += 1
-        perm = torch.randperm(len(xt), generator=gen)
-        for lo in range(0, len(xt), 64):
-            idx = perm[lo : lo + 64]
-            opt.zero_grad()
-            mse(xt[idx], yt[idx], mt[idx]).backward()
-            opt.step()
-        with torch.no_grad():
-            vl = float(mse(xv, yv, mv))
-        if vl < best - 1e-6:
-            best, bad = vl, 0
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    epochs_run = []
+    for member in net.members:  # each member on its own: different starts and batch orders
+        opt = torch.optim.Adam(member.parameters(), lr=lr)
+        best, best_state, bad, ran = math.inf, None, 0, 0
+        for _ in range(epochs):
+            ran += 1
+            perm = torch.randperm(len(xt), generator=gen)
+            for lo in range(0, len(xt), 64):
+                idx = perm[lo : lo + 64]
+                opt.zero_grad()
+                mse(member, xt[idx], yt[idx], mt[idx]).backward()
+                opt.step()
+            with torch.no_grad():
+                vl = float(mse(member, xv, yv, mv))
+            if vl < best - 1e-6:
+                best, bad = vl, 0
+                best_state = {k: v.clone() for k, v in member.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        if best_state is not None:
+            member.load_state_dict(best_state)
+        epochs_run.append(ran)
     ext.set_trait_trainable(policy.utility_spec.get("ppo_trains", "all") == "all")
     with torch.no_grad():
-        train_mse = float(mse(xt, yt, mt))
-    return {"epochs": ran, "train_mse": train_mse, "val_mse": best, "val_mse_prior_only": val_prior}
+        train_mse, val_mse = float(mse(net, xt, yt, mt)), float(mse(net, xv, yv, mv))
+    return {
+        "epochs": epochs_run,
+        "train_mse": train_mse,
+        "val_mse": val_mse,
+        "val_mse_prior_only": val_prior,
+    }

@@ -22,7 +22,7 @@ def table(synthetic_cache):
     return OutcomeTable(synthetic_cache)
 
 
-def _utility_model(table, rank=0, **env_kw):
+def _utility_model(table, rank=0, ensemble=1, **env_kw):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     env_kw.setdefault("reward_norm", "context")
@@ -30,7 +30,9 @@ def _utility_model(table, rank=0, **env_kw):
     venv = DummyVecEnv([lambda: e])
     splits = make_splits(table.query_ids, e.config.split_seed, e.config.split_fractions)
     train_rows = table.indices(splits["train"])
-    spec = utility_spec(table, train_rows, e.encoder, e.config.to_dict(), beta=20.0, rank=rank)
+    spec = utility_spec(
+        table, train_rows, e.encoder, e.config.to_dict(), beta=20.0, rank=rank, ensemble=ensemble
+    )
     cfg = PPOConfig(policy="utility", n_steps=32, batch_size=32, utility_rank=rank)
     model = make_model(venv, cfg, 0, None, make_meta(table, e.encoder, e.config.to_dict()), utility_spec=spec)
     return model, e, splits
@@ -88,8 +90,9 @@ def test_warm_start_fits_real_signal(table, rank):
     assert rep["train_mse"] < rep["val_mse_prior_only"]
 
 
-def test_save_load_and_onnx_parity(table, tmp_path):
-    model, e, splits = _utility_model(table, rank=1)
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_save_load_and_onnx_parity(table, tmp_path, ensemble):
+    model, e, splits = _utility_model(table, rank=1, ensemble=ensemble)
     warm_start_gain(
         model.policy, table, e.encoder, table.indices(splits["train"]), table.indices(splits["val"])
     )
@@ -143,3 +146,33 @@ def test_ppo_alone_learns_oracle_choice_on_easy_split(table):
     got = PPOPolicy(model).choose(table, rows, lt, ls)
     assert (before == oracle).mean() < 0.8  # the train means alone do not already get there
     assert (got == oracle).mean() >= 0.8
+
+
+def test_ensemble_members_fitted_apart_and_averaged(table):
+    import torch
+
+    model, e, splits = _utility_model(table, rank=1, ensemble=3)
+    tr, va = (table.indices(splits[s]) for s in ("train", "val"))
+    rep = warm_start_gain(model.policy, table, e.encoder, tr, va, seed=0)
+    assert len(rep["epochs"]) == 3 and rep["val_mse"] < rep["val_mse_prior_only"]
+    gain = model.policy.mlp_extractor.gain_net
+    x = torch.as_tensor(e.encoder.encode_base(table.features[:5], table.prompt_tokens[:5]))
+    with torch.no_grad():
+        outs = [m(x) for m in gain.members]
+        assert not torch.allclose(outs[0], outs[1])  # different starts, different fits
+        assert torch.allclose(gain(x), torch.stack(outs).mean(dim=0))
+
+
+def test_ppo_trains_response_keeps_the_traits(table):
+    model, e, splits = _utility_model(table, rank=1)
+    model.policy.utility_spec["ppo_trains"] = "response"
+    tr, va = (table.indices(splits[s]) for s in ("train", "val"))
+    warm_start_gain(model.policy, table, e.encoder, tr, va, seed=0)
+    member = model.policy.mlp_extractor.gain_net.members[0]
+    traits = [p.detach().clone() for layer in list(member)[:-1] for p in layer.parameters()]
+    response = member[-1].weight.detach().clone()
+    assert not any(p.requires_grad for layer in list(member)[:-1] for p in layer.parameters())
+    model.learn(256)
+    after = [p.detach() for layer in list(member)[:-1] for p in layer.parameters()]
+    assert all((a == b).all() for a, b in zip(traits, after, strict=True))
+    assert not (member[-1].weight.detach() == response).all()
