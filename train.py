@@ -17,7 +17,8 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
     splits.json        train/val/test query ids (hash split; features are standardised on train only)
     tb/PPO_1/          TensorBoard events: SB3's rollout/, train/, eval/, time/ plus ttc/ scalars
     checkpoints/       ppo_<steps>_steps.zip every checkpoint_freq steps
-    best_model.zip     best validation utility (MaskableEvalCallback on the val split x a λ grid)
+    best_model.zip     best validation utility (MaskableEvalCallback on the val split x a λ grid; the
+                       first evaluation is at step 0, before any PPO update)
     best.json          the best validation reward so far and the step it was reached (kept across --resume)
     final_model.zip    the model after the last step
     export/            policy.onnx + policy.json (ONNX parity-checked against SB3)
@@ -366,7 +367,20 @@ def train(
         save_path=str(run_dir / "checkpoints"),
         name_prefix="ppo",
     )
-    callbacks = CallbackList([make_metrics_callback(table.action_ids, hparams), eval_cb, ckpt_cb])
+    class _EvalAtStart(BaseCallback):
+        """One validation pass before the first PPO update of a fresh run, so the starting policy (the
+        warm-started utility actor) is a candidate for best_model.zip: PPO is kept only if it helps."""
+
+        def _on_training_start(self) -> None:
+            if not resume:
+                eval_cb._on_step()  # n_calls == 0: EvalCallback evaluates, logs at step 0, saves if best
+
+        def _on_step(self) -> bool:
+            return True
+
+    callbacks = CallbackList(
+        [make_metrics_callback(table.action_ids, hparams), eval_cb, _EvalAtStart(), ckpt_cb]
+    )
     remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
     t0 = time.time()
     start_steps = model.num_timesteps
