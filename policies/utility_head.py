@@ -7,8 +7,9 @@ query ``q`` and penalties ``(λ_T, λ_L)`` decoded from the observation, the log
 
 - ``c̄_a``: action a's mean expected correctness on the train split (a fixed buffer), so the untrained
   actor already prefers the best static config at every λ;
-- ``δ_a(q)``: what PPO learns, an MLP of the query part of the observation only (zero-initialised last
-  layer). It never sees λ: how much a query gains from more compute does not depend on its price, and
+- ``δ_a(q)``: the learned per-query gain, an MLP of the query part of the observation only
+  (zero-initialised last layer; optionally rank-limited and an ensemble mean, :class:`GainEnsemble`).
+  It never sees λ: how much a query gains from more compute does not depend on its price, and
   keeping λ out stops the network from learning price-specific quirks of a few hundred train queries;
 - ``T̄_a``, ``S̄_a``: action a's mean tokens and seconds on the train split (buffers), as the seed paper's
   router prices configurations;
@@ -16,9 +17,11 @@ query ``q`` and penalties ``(λ_T, λ_L)`` decoded from the observation, the log
   logit gaps, hence the policy's sharpness, comparable from "accuracy only" to "cost dominates";
 - ``β = exp(log_beta)``: a learned inverse temperature.
 
-The critic is SB3's usual MLP on the whole observation. The actor is still trained by PPO's clipped
-policy gradient from the env's rewards alone; the structure only fixes how λ enters. ``forward_actor``
-returns the logits, ``action_net`` is the identity, so ONNX export and ``predict`` need nothing special.
+The critic is SB3's usual MLP on the whole observation. ``δ`` can be warm-started by regression on the
+train split's per-action correctness (:func:`warm_start_gain`); after that (or from zero) PPO's clipped
+policy gradient trains the actor from the env's rewards; the structure only fixes how λ enters.
+``forward_actor`` returns the logits and ``action_net`` is the identity, so ONNX export and
+``predict`` need nothing special.
 """
 
 from __future__ import annotations
@@ -192,8 +195,8 @@ class UtilityPolicy(MaskableActorCriticPolicy):
         # the extractor already ends in logits; SB3's Linear action head (and its optimizer slot) go
         self.action_net = nn.Identity()
         self.mlp_extractor.reset_gain()
-        # "response": PPO moves each action's response to the (warm-started) query traits, the
-        # prior, β and the critic; the traits themselves stay as the supervised fit left them
+        # "response": PPO moves each action's response to the (warm-started) query traits (weights and
+        # bias), β and the critic; the traits themselves stay as the supervised fit left them
         self.mlp_extractor.set_trait_trainable(self.utility_spec.get("ppo_trains", "all") == "all")
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
