@@ -11,9 +11,8 @@ where some action was never measured are left out and counted in ``n_dropped_inc
 split and Platt-calibrated on the validation split), ``oracle`` (per-query hindsight best),
 ``random``, ``static:<action id>`` for every action of the menu and ``static_train_best`` (the static
 action with the best mean utility on the train split at that point: what one would deploy without
-routing). ``best_static`` is the static
-action with the highest utility on the evaluated split at that point (a hindsight choice, so the
-bar PPO must clear is the strictest one). Gap share = (U_policy − U_best_static) / (U_oracle −
+routing). ``best_static`` is the static action with the highest utility on the evaluated split at
+that point (a hindsight choice, so the bar PPO must clear is the strictest one). Gap share = (U_policy − U_best_static) / (U_oracle −
 U_best_static) (null when the gap is below 1e-9).
 
 The default grid is 5 x 5: per axis 0 and 4 log-spaced values (0.032, 0.1, 0.32, 1) x λ_max, with
