@@ -372,6 +372,9 @@ def train(
         warm-started utility actor) is a candidate for best_model.zip: PPO is kept only if it helps."""
 
         def _on_training_start(self) -> None:
+            if warm_start is not None:
+                for k in ("train_mse", "val_mse", "val_mse_prior_only"):
+                    self.logger.record(f"ttc/warm_start/{k}", warm_start[k])
             if not resume:
                 eval_cb._on_step()  # n_calls == 0: EvalCallback evaluates, logs at step 0, saves if best
 

@@ -38,7 +38,8 @@ def test_run_folder_contents(tiny_run):
         "ppo_1024_steps.zip", "ppo_2048_steps.zip", "ppo_3072_steps.zip"]  # fmt: skip
     tags = _tb_tags(tiny_run)
     for t in ("ttc/accuracy", "ttc/mean_tokens", "ttc/mean_seconds", "ttc/utility", "ttc/share/pool_n=8/sample@1",
-              "eval/mean_reward", "rollout/ep_rew_mean", "train/entropy_loss", "ttc/val/utility"):  # fmt: skip
+              "eval/mean_reward", "rollout/ep_rew_mean", "train/entropy_loss", "ttc/val/utility",
+              "ttc/warm_start/val_mse"):  # fmt: skip
         assert t in tags, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
