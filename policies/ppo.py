@@ -69,6 +69,9 @@ class PPOConfig:
         cfg = cls(**d)
         if cfg.policy not in ("mlp", "utility"):
             raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {cfg.policy!r}")
+        if cfg.policy != "utility" and cfg.utility_warm_start:
+            # the warm start fits the utility actor's gain head; an MlpPolicy has none
+            raise ConfigError("ppo.utility_warm_start needs ppo.policy: utility (or set it to false)")
         if cfg.utility_ppo_trains not in ("all", "response"):
             raise ConfigError(
                 f"ppo.utility_ppo_trains must be 'all' or 'response', got {cfg.utility_ppo_trains!r}"

@@ -108,6 +108,9 @@ def _snapshot(folder: Path):
     "extra, message",
     [
         (["--hyperparams", "ppo.learnin_rate:0.1"], "unknown config key 'ppo.learnin_rate'"),
+        (["--hyperparams", "ppo.policy:lstm"], "ppo.policy must be 'mlp' or 'utility'"),
+        (["--hyperparams", "ppo.policy:mlp"], "ppo.utility_warm_start needs ppo.policy: utility"),
+        (["--hyperparams", "ppo.utility_ensemble:0"], "ppo.utility_ensemble must be an integer >= 1"),
         (["--hyperparams", "bogus:1"], "unknown config key 'bogus'"),
         (
             ["--hyperparams", "env.lambda_tokens:-1", "env.penalty_mode:fixed"],
