@@ -161,14 +161,14 @@ def evaluate(
             pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
             pols["probe_router"] = score_choices(table, rows, a_router, lt, ls)
             pols["oracle"] = score_choices(table, rows, oracle.choose(table, rows, lt, ls), lt, ls)
-            pols["static_train_best"] = score_choices(
-                table, rows, train_static.choose(table, rows, lt, ls), lt, ls
-            )
             pols["random"] = score_choices(
                 table, rows, RandomPolicy(seed).choose(table, rows, lt, ls), lt, ls
             )
             for sp in statics:
                 pols[sp.name] = score_choices(table, rows, sp.choose(table, rows, lt, ls), lt, ls)
+            # every evaluated row has every action, so the train-picked static is one of the statics
+            a_train = table.action_ids[train_static.action(table, lt, ls)]
+            pols["static_train_best"] = pols[f"static:{a_train}"]
             best = max((sp.name for sp in statics), key=lambda n: pols[n]["utility"])
             u_bs, u_or = pols[best]["utility"], pols["oracle"]["utility"]
             gap = u_or - u_bs
@@ -189,7 +189,7 @@ def evaluate(
                     "ppo_ge_probe_router": bool(
                         pols["ppo"]["utility"] >= pols["probe_router"]["utility"] - TOL
                     ),
-                    "static_train_best": table.action_ids[train_static.action(table, lt, ls)],
+                    "static_train_best": a_train,
                     "ppo_ge_static_train_best": bool(
                         pols["ppo"]["utility"] >= pols["static_train_best"]["utility"] - TOL
                     ),

@@ -465,14 +465,25 @@ class OutcomeTable:
         ms = (self.seconds[rows] * m).sum(axis=0) / cnt
         return float(mt.max()), float(ms.max())
 
-    def mean_costs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-action mean tokens and seconds over ``rows`` where available (NaN if never)."""
+    def _mean_over(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per-action mean of ``values`` (Q, A) over ``rows`` where available (NaN if never)."""
         m = self.mask[rows]
         cnt = m.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mt = np.where(cnt > 0, (self.tokens[rows] * m).sum(axis=0) / np.maximum(cnt, 1), np.nan)
-            ms = np.where(cnt > 0, (self.seconds[rows] * m).sum(axis=0) / np.maximum(cnt, 1), np.nan)
-        return mt, ms
+            return np.where(cnt > 0, (values[rows] * m).sum(axis=0) / np.maximum(cnt, 1), np.nan)
+
+    def mean_costs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-action mean tokens and seconds over ``rows`` where available (NaN if never)."""
+        return self._mean_over(self.tokens, rows), self._mean_over(self.seconds, rows)
+
+    def mean_correct(self, rows: np.ndarray) -> np.ndarray:
+        """Per-action mean expected correctness over ``rows`` where available (NaN if never)."""
+        return self._mean_over(self.correct, rows)
+
+    def mean_utility(self, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
+        """Per-action mean expected utility over ``rows`` where available (NaN if never)."""
+        mt, ms = self.mean_costs(rows)
+        return self.mean_correct(rows) - lambda_tokens * mt - lambda_seconds * ms
 
 
 _TABLES: dict[tuple[str, int, int], OutcomeTable] = {}

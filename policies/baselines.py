@@ -62,10 +62,8 @@ class TrainBestStaticPolicy(AllocationPolicy):
         self.train_rows = np.asarray(train_rows)
 
     def action(self, table: OutcomeTable, lambda_tokens: float, lambda_seconds: float) -> int:
-        m = table.mask[self.train_rows]
-        u = table.utility(lambda_tokens, lambda_seconds)[self.train_rows]
-        mean = np.where(m, u, 0.0).sum(axis=0) / np.maximum(m.sum(axis=0), 1)
-        return int(np.argmax(np.where(m.any(axis=0), mean, -np.inf)))
+        mean = table.mean_utility(self.train_rows, lambda_tokens, lambda_seconds)
+        return int(np.argmax(np.nan_to_num(mean, nan=-np.inf)))
 
     def choose(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds):
         rows = np.asarray(rows)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.torch_layers import create_mlp
 from torch import nn
 
 from env.allocate_env import ObsEncoder
@@ -50,10 +51,7 @@ def utility_spec(
 ) -> dict[str, Any]:
     """What the utility actor needs to know, from the train split only (stored in the checkpoint)."""
     rows = np.asarray(train_rows)
-    m = table.mask[rows]
-    cnt = m.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prior = np.where(cnt > 0, (table.correct[rows] * m).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+    prior = np.nan_to_num(table.mean_correct(rows), nan=0.0)
     mt, ms = table.mean_costs(rows)
     if env_cfg.get("reward_norm") == "context":
         floor = float(env_cfg["reward_norm_floor"])
@@ -80,11 +78,8 @@ def utility_spec(
 
 
 def _mlp(in_dim: int, arch: list[int], activation_fn: type[nn.Module]) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for width in arch:
-        layers += [nn.Linear(in_dim, width), activation_fn()]
-        in_dim = width
-    return nn.Sequential(*layers), in_dim
+    """SB3's hidden layers (``create_mlp`` without an output layer) and their output width."""
+    return nn.Sequential(*create_mlp(in_dim, -1, arch, activation_fn)), (arch[-1] if arch else in_dim)
 
 
 class GainEnsemble(nn.Module):
@@ -117,6 +112,7 @@ class UtilityExtractor(nn.Module):
         super().__init__()
         self.base_dim = int(spec["base_dim"])
         self.sample_penalties = bool(spec["sample_penalties"])
+        self.ppo_trains = str(spec.get("ppo_trains", "all"))
         self.gain_net = GainEnsemble(
             self.base_dim,
             n_actions,
@@ -147,6 +143,10 @@ class UtilityExtractor(nn.Module):
         for member in self.gain_net.members:
             nn.init.zeros_(member[-1].weight)
             nn.init.zeros_(member[-1].bias)
+
+    def restore_trainable(self) -> None:
+        """The trainable set PPO works on: everything, or all but the traits (``ppo_trains: response``)."""
+        self.set_trait_trainable(self.ppo_trains == "all")
 
     def set_trait_trainable(self, trainable: bool) -> None:
         """Freeze (or free) everything of the gain head before its last layers: the query traits."""
@@ -197,7 +197,7 @@ class UtilityPolicy(MaskableActorCriticPolicy):
         self.mlp_extractor.reset_gain()
         # "response": PPO moves each action's response to the (warm-started) query traits (weights and
         # bias), β and the critic; the traits themselves stay as the supervised fit left them
-        self.mlp_extractor.set_trait_trainable(self.utility_spec.get("ppo_trains", "all") == "all")
+        self.mlp_extractor.restore_trainable()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -267,7 +267,7 @@ def warm_start_gain(
         if best_state is not None:
             member.load_state_dict(best_state)
         epochs_run.append(ran)
-    ext.set_trait_trainable(policy.utility_spec.get("ppo_trains", "all") == "all")
+    ext.restore_trainable()
     with torch.no_grad():
         train_mse, val_mse = float(mse(net, xt, yt, mt)), float(mse(net, xv, yv, mv))
     return {

@@ -22,7 +22,7 @@ def table(synthetic_cache):
     return OutcomeTable(synthetic_cache)
 
 
-def _utility_model(table, rank=0, ensemble=1, **env_kw):
+def _utility_model(table, rank=0, ensemble=1, ppo_trains="all", **env_kw):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     env_kw.setdefault("reward_norm", "context")
@@ -31,7 +31,14 @@ def _utility_model(table, rank=0, ensemble=1, **env_kw):
     splits = make_splits(table.query_ids, e.config.split_seed, e.config.split_fractions)
     train_rows = table.indices(splits["train"])
     spec = utility_spec(
-        table, train_rows, e.encoder, e.config.to_dict(), beta=20.0, rank=rank, ensemble=ensemble
+        table,
+        train_rows,
+        e.encoder,
+        e.config.to_dict(),
+        beta=20.0,
+        rank=rank,
+        ensemble=ensemble,
+        ppo_trains=ppo_trains,
     )
     cfg = PPOConfig(policy="utility", n_steps=32, batch_size=32, utility_rank=rank)
     model = make_model(venv, cfg, 0, None, make_meta(table, e.encoder, e.config.to_dict()), utility_spec=spec)
@@ -164,8 +171,7 @@ def test_ensemble_members_fitted_apart_and_averaged(table):
 
 
 def test_ppo_trains_response_keeps_the_traits(table):
-    model, e, splits = _utility_model(table, rank=1)
-    model.policy.utility_spec["ppo_trains"] = "response"
+    model, e, splits = _utility_model(table, rank=1, ppo_trains="response")
     tr, va = (table.indices(splits[s]) for s in ("train", "val"))
     warm_start_gain(model.policy, table, e.encoder, tr, va, seed=0)
     member = model.policy.mlp_extractor.gain_net.members[0]
