@@ -30,9 +30,10 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
                 best_static (action id), oracle_gap (U_oracle − U_best_static),
                 ppo_gap_share, probe_router_gap_share,
                 static_train_best (action id), ppo_ge_best_static (bool), ppo_ge_probe_router (bool),
-                ppo_ge_static_train_best (bool),
+                ppo_ge_static_train_best (bool), static_train_best_ge_best_static (bool),
                 ppo_vs_best_static: {diff, ci90: [lo, hi], p_ge} } ]
     summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
+               static_train_best_ge_best_static (count: the no-routing reference for ppo_ge_best_static),
                ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
                ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0), n_boot }
 
@@ -193,6 +194,9 @@ def evaluate(
                     "ppo_ge_static_train_best": bool(
                         pols["ppo"]["utility"] >= pols["static_train_best"]["utility"] - TOL
                     ),
+                    "static_train_best_ge_best_static": bool(
+                        pols["static_train_best"]["utility"] >= u_bs - TOL
+                    ),
                     "ppo_vs_best_static": bootstrap_vs_best_static(
                         table.utility(lt, ls)[rows], a_ppo, n_boot=n_boot, seed=seed
                     ),
@@ -215,6 +219,7 @@ def evaluate(
             "ppo_ge_best_static": sum(p["ppo_ge_best_static"] for p in points),
             "ppo_ge_probe_router": sum(p["ppo_ge_probe_router"] for p in points),
             "ppo_ge_static_train_best": sum(p["ppo_ge_static_train_best"] for p in points),
+            "static_train_best_ge_best_static": sum(p["static_train_best_ge_best_static"] for p in points),
             "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
@@ -314,7 +319,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['ppo_ge_probe_router']}/{s['n_points']}; mean gap share closed: PPO {_fmt(s['ppo_gap_share_mean'], 2)}, "
         f"router {_fmt(s['probe_router_gap_share_mean'], 2)} (min PPO {_fmt(s['ppo_gap_share_min'], 2)}).",
         f"PPO ≥ the static config picked on the train split (no hindsight) at "
-        f"{s['ppo_ge_static_train_best']}/{s['n_points']} points. "
+        f"{s['ppo_ge_static_train_best']}/{s['n_points']} points; that static itself is ≥ the hindsight best "
+        f"static at {s['static_train_best_ge_best_static']}/{s['n_points']} (what no routing at all scores). "
         f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
         f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
         "",

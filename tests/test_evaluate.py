@@ -49,6 +49,16 @@ def test_outputs_and_json_keys(evaluated):
     assert p["policies"]["static_train_best"] == p["policies"][f"static:{p['static_train_best']}"]
     for k in ("ppo_ge_static_train_best", "ppo_below_best_static_ci", "n_boot"):
         assert k in res["summary"]
+    # the no-routing reference: the train-picked static is never above the hindsight best static
+    for q in res["points"]:
+        hindsight = q["policies"][f"static:{q['best_static']}"]["utility"]
+        assert q["static_train_best_ge_best_static"] == (
+            q["policies"]["static_train_best"]["utility"] >= hindsight - 1e-12
+        )
+        assert q["policies"]["static_train_best"]["utility"] <= hindsight + 1e-12
+    assert res["summary"]["static_train_best_ge_best_static"] == sum(
+        q["static_train_best_ge_best_static"] for q in res["points"]
+    )
     for pol in ["ppo", "probe_router", "oracle", "random", "static_train_best"] + [
         f"static:{a}" for a in res["menu"]
     ]:
