@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--arith-seed", type=int, default=0, help="the cache's arith:<seed> dataset")
     args = p.parse_args(argv)
+    if args.run and args.split_seeds != 1:
+        print(
+            "error: --split-seeds repeats over fresh splits; a --run has its own (give one or the other)",
+            file=sys.stderr,
+        )
+        return 2
     table = OutcomeTable(args.cache)
     tier_of = {q.query_id: q.extra["tier"] for q in generate(args.arith_seed, len(table.query_ids))}
     missing = [q for q in table.query_ids if q not in tier_of]

@@ -33,3 +33,8 @@ def test_headroom_over_split_seeds(capsys):
 def test_headroom_rejects_a_cache_from_another_generator(capsys):
     assert _script().main(["--cache", str(CACHE), "--arith-seed", "1"]) == 2
     assert "are not from arith:1" in capsys.readouterr().err
+
+
+def test_headroom_refuses_run_and_split_seeds_together(tmp_path, capsys):
+    assert _script().main(["--run", str(tmp_path), "--split-seeds", "3"]) == 2
+    assert "--split-seeds" in capsys.readouterr().err
