@@ -26,30 +26,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from env.allocate_env import make_splits  # noqa: E402
 from env.outcomes import OutcomeTable  # noqa: E402
 from policies.base import lambda_grid  # noqa: E402
+from policies.baselines import TrainBestStaticPolicy  # noqa: E402
 from rollouts.arithmetic import generate  # noqa: E402
 
 
-def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, list[str]]:
-    """(tier-policy wins, train-picked static wins, per-λ_T lines of the tier policy's gap share)."""
+def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, list[str]]:
+    """(grid points, tier-policy wins, train-picked static wins, per-λ_T lines of the tier policy's gap share)."""
     rows = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")}
     fit, te = np.concatenate([rows["train"], rows["val"]]), rows["test"]
     grid = lambda_grid(table, rows["train"], 5)
+    # "best static on these rows" is TrainBestStaticPolicy's pick: per tier, and over all of train + val
+    per_tier = [(tier[te] == t, TrainBestStaticPolicy(fit[tier[fit] == t])) for t in np.unique(tier)]
+    overall = TrainBestStaticPolicy(fit)
     tier_wins, static_wins, lines = 0, 0, []
     for lt in grid["lambda_tokens"]:
         cells = []
         for ls in grid["lambda_seconds"]:
-            u = table.utility(lt, ls)
-            best_static = u[te].mean(axis=0).max()
-            oracle = u[te].max(axis=1).mean()
+            u = table.utility(lt, ls)[te]
+            best_static = u.mean(axis=0).max()
+            oracle = u.max(axis=1).mean()
             acts = np.zeros(len(te), dtype=int)
-            for t in np.unique(tier):
-                acts[tier[te] == t] = int(np.argmax(u[fit][tier[fit] == t].mean(axis=0)))
-            got = u[te, acts].mean()
+            for in_tier, pick in per_tier:
+                acts[in_tier] = pick.action(table, lt, ls)
+            got = u[np.arange(len(te)), acts].mean()
             tier_wins += got >= best_static - 1e-12
-            static_wins += u[te, int(np.argmax(u[fit].mean(axis=0)))].mean() >= best_static - 1e-12
+            static_wins += u[:, overall.action(table, lt, ls)].mean() >= best_static - 1e-12
             cells.append(f"{(got - best_static) / max(oracle - best_static, 1e-9):+.2f}")
         lines.append(f"λ_T={lt:.3g}: " + " ".join(cells))
-    return tier_wins, static_wins, lines
+    return len(grid["points"]), tier_wins, static_wins, lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         all_splits = [
             make_splits(table.query_ids, s, (0.7, 0.15, 0.15)) for s in range(max(args.split_seeds, 1))
         ]
-    n_points = 25
     for k, splits in enumerate(all_splits):
-        tier_wins, static_wins, lines = headroom(table, tier, splits)
+        n_points, tier_wins, static_wins, lines = headroom(table, tier, splits)
         if k == 0:
             print("tier policy's gap share per point (rows λ_T, columns λ_L), first split:")
             print("\n".join(lines))
