@@ -35,7 +35,10 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
     summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
                static_train_best_ge_best_static (count: the no-routing reference for ppo_ge_best_static),
                ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
-               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0), n_boot }
+               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0),
+               all_points_ge_best_static_p: {ppo, probe_router, static_train_best} (share of bootstrap
+               resamples in which that policy is >= the re-picked best static at every point; null
+               when --bootstrap 0), n_boot }
 
 ``ppo_vs_best_static`` is a paired bootstrap over the evaluated queries (``--bootstrap`` resamples,
 default 1000) of U_PPO − U_best static with the best static re-picked in each resample: on a test
@@ -154,6 +157,10 @@ def evaluate(
     statics = static_policies(table)
     oracle = OraclePolicy()
     train_static = TrainBestStaticPolicy(rows_of["train"])
+    # the same resampled test sets at every λ point: the share of resamples in which a policy clears
+    # the hindsight best static at *all* points is how likely the grid criterion is on a fresh split
+    weights = resample_weights(len(rows), n_boot, seed) if n_boot > 0 else None
+    all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in ("ppo", "probe_router", "static_train_best")}
     points = []
     for lt in lt_axis:
         for ls in ls_axis:
@@ -168,9 +175,19 @@ def evaluate(
             for sp in statics:
                 pols[sp.name] = score_choices(table, rows, sp.choose(table, rows, lt, ls), lt, ls)
             # every evaluated row has every action, so the train-picked static is one of the statics
-            a_train = table.action_ids[train_static.action(table, lt, ls)]
+            a_train_idx = train_static.action(table, lt, ls)
+            a_train = table.action_ids[a_train_idx]
             pols["static_train_best"] = pols[f"static:{a_train}"]
             best = max((sp.name for sp in statics), key=lambda n: pols[n]["utility"])
+            u_rows = table.utility(lt, ls)[rows]
+            if weights is not None:
+                picks = {
+                    "ppo": a_ppo,
+                    "probe_router": a_router,
+                    "static_train_best": np.full(len(rows), a_train_idx),
+                }
+                for k, a in picks.items():
+                    all_points_ge[k] &= resampled_diff_to_best_static(u_rows, a, weights) >= -TOL
             u_bs, u_or = pols[best]["utility"], pols["oracle"]["utility"]
             gap = u_or - u_bs
 
@@ -198,7 +215,7 @@ def evaluate(
                         pols["static_train_best"]["utility"] >= u_bs - TOL
                     ),
                     "ppo_vs_best_static": bootstrap_vs_best_static(
-                        table.utility(lt, ls)[rows], a_ppo, n_boot=n_boot, seed=seed
+                        u_rows, a_ppo, n_boot=n_boot, seed=seed, weights=weights
                     ),
                 }
             )
@@ -224,6 +241,9 @@ def evaluate(
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
             "ppo_below_best_static_ci": sum(p["ppo_vs_best_static"]["ci90"][1] < 0 for p in points),
+            "all_points_ge_best_static_p": (
+                {k: float(v.mean()) for k, v in all_points_ge.items()} if weights is not None else None
+            ),
             "n_boot": n_boot,
         },
     }
@@ -239,24 +259,41 @@ def evaluate(
     return result
 
 
+def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) bootstrap resamples of n queries, each row the draw counts / n: a resample's mean of
+    any per-query quantity is then one matrix product. The same seed gives the same resamples, so
+    every λ point of one evaluation is judged on the same resampled query sets."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+
+
+def resampled_diff_to_best_static(utility: np.ndarray, choice: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_boot,) U_policy − U_best static in each resample, the best static re-picked per resample."""
+    u_pol = utility[np.arange(len(choice)), choice]
+    return weights @ u_pol - (weights @ utility).max(axis=1)
+
+
 def bootstrap_vs_best_static(
-    utility: np.ndarray, choice: np.ndarray, n_boot: int = 1000, seed: int = 0
+    utility: np.ndarray,
+    choice: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Paired bootstrap over queries of U_policy − U_best static, the best static re-picked in each
     resample (so the hindsight pick's luck is part of the spread).
 
     ``utility``: (R, A) per-query expected utility of every action; ``choice``: (R,) the policy's
-    actions. Returns the point estimate ``diff``, ``ci90`` (5th and 95th percentiles) and ``p_ge``,
-    the share of resamples where the policy is >= the best static.
+    actions; ``weights``: resamples from :func:`resample_weights` (made from ``n_boot`` and ``seed``
+    when not given). Returns the point estimate ``diff``, ``ci90`` (5th and 95th percentiles) and
+    ``p_ge``, the share of resamples where the policy is >= the best static.
     """
     n = len(choice)
-    u_pol = utility[np.arange(n), choice]
-    diff = float(u_pol.mean() - utility.mean(axis=0).max())
-    if n_boot <= 0:
-        return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
-    # each resample as a row of draw counts: all resamples' means in one matrix product
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
-    d = counts @ u_pol - (counts @ utility).max(axis=1)
+    diff = float(utility[np.arange(n), choice].mean() - utility.mean(axis=0).max())
+    if weights is None:
+        if n_boot <= 0:
+            return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
+        weights = resample_weights(n, n_boot, seed)
+    d = resampled_diff_to_best_static(utility, choice, weights)
     lo, hi = np.percentile(d, [5, 95])
     return {"diff": diff, "ci90": [float(lo), float(hi)], "p_ge": float((d >= -TOL).mean())}
 
@@ -321,6 +358,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"static at {s['static_train_best_ge_best_static']}/{s['n_points']} (what no routing at all scores). "
         f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
         f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
+    ]
+    joint = s.get("all_points_ge_best_static_p")
+    if joint:
+        lines.append(
+            f"Share of those resamples in which a policy is ≥ the best static at every point: PPO "
+            f"{joint['ppo']:.2f}, router {joint['probe_router']:.2f}, train-picked static {joint['static_train_best']:.2f}."
+        )
+    lines += [
         "",
         "| λ_T | λ_L | best static | U static | U oracle | U router | U PPO | PPO − static [90% CI] | P(PPO ≥ static) | PPO gap share | router gap share | PPO acc | PPO tokens | PPO s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -49,6 +49,10 @@ def test_outputs_and_json_keys(evaluated):
     assert p["policies"]["static_train_best"] == p["policies"][f"static:{p['static_train_best']}"]
     for k in ("ppo_ge_static_train_best", "ppo_below_best_static_ci", "n_boot"):
         assert k in res["summary"]
+    joint = res["summary"]["all_points_ge_best_static_p"]
+    assert set(joint) == {"ppo", "probe_router", "static_train_best"}
+    # clearing every point in a resample implies clearing each one: never above any point's p_ge
+    assert joint["ppo"] <= min(q["ppo_vs_best_static"]["p_ge"] for q in res["points"]) + 1e-12
     # the no-routing reference: the train-picked static is never above the hindsight best static
     for q in res["points"]:
         hindsight = q["policies"][f"static:{q['best_static']}"]["utility"]
@@ -145,5 +149,11 @@ def test_bootstrap_vs_best_static():
     assert hi["diff"] > 0 and hi["ci90"][0] > 0 and hi["p_ge"] == 1.0
     lo = evaluate.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), n_boot=500, seed=1)
     assert lo["diff"] < 0 and lo["ci90"][1] < 0 and lo["p_ge"] == 0.0
+    # the share of resamples clearing every point: dominated choices never do, the best one always
+    w = evaluate.resample_weights(200, 500, seed=1)
+    assert (evaluate.resampled_diff_to_best_static(u, per_query_best, w) >= 0).all()
+    assert (evaluate.resampled_diff_to_best_static(u, np.zeros(200, dtype=int), w) < 0).all()
+    again = evaluate.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), weights=w)
+    assert again == lo  # passing the resamples equals drawing them from the same seed
     same = evaluate.bootstrap_vs_best_static(u, np.full(200, 2), n_boot=500, seed=1)
     assert same["diff"] == 0.0 and same["ci90"][0] <= 0.0 <= same["ci90"][1] + 1e-12
