@@ -30,15 +30,16 @@ from policies.baselines import TrainBestStaticPolicy  # noqa: E402
 from rollouts.arithmetic import generate  # noqa: E402
 
 
-def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, list[str]]:
-    """(grid points, tier-policy wins, train-picked static wins, per-λ_T lines of the tier policy's gap share)."""
+def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, float, list[str]]:
+    """(grid points, tier-policy wins, train-picked static wins, the tier policy's mean gap share,
+    per-λ_T lines of its gap share)."""
     rows = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")}
     fit, te = np.concatenate([rows["train"], rows["val"]]), rows["test"]
     grid = lambda_grid(table, rows["train"], 5)
     # "best static on these rows" is TrainBestStaticPolicy's pick: per tier, and over all of train + val
     per_tier = [(tier[te] == t, TrainBestStaticPolicy(fit[tier[fit] == t])) for t in np.unique(tier)]
     overall = TrainBestStaticPolicy(fit)
-    tier_wins, static_wins, lines = 0, 0, []
+    tier_wins, static_wins, lines, shares = 0, 0, [], []
     for lt in grid["lambda_tokens"]:
         cells = []
         for ls in grid["lambda_seconds"]:
@@ -51,9 +52,10 @@ def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, 
             got = u[np.arange(len(te)), acts].mean()
             tier_wins += got >= best_static - 1e-12
             static_wins += u[:, overall.action(table, lt, ls)].mean() >= best_static - 1e-12
-            cells.append(f"{(got - best_static) / max(oracle - best_static, 1e-9):+.2f}")
+            shares.append((got - best_static) / max(oracle - best_static, 1e-9))
+            cells.append(f"{shares[-1]:+.2f}")
         lines.append(f"λ_T={lt:.3g}: " + " ".join(cells))
-    return len(grid["points"]), tier_wins, static_wins, lines
+    return len(grid["points"]), tier_wins, static_wins, float(np.mean(shares)), lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             make_splits(table.query_ids, s, (0.7, 0.15, 0.15)) for s in range(max(args.split_seeds, 1))
         ]
     for k, splits in enumerate(all_splits):
-        n_points, tier_wins, static_wins, lines = headroom(table, tier, splits)
+        n_points, tier_wins, static_wins, mean_share, lines = headroom(table, tier, splits)
         if k == 0:
             print("tier policy's gap share per point (rows λ_T, columns λ_L), first split:")
             print("\n".join(lines))
         print(
             f"split seed {splits['seed']}: >= best static (hindsight, {len(splits['test'])} test queries) at "
             f"{tier_wins}/{n_points} points for the tier policy, {static_wins}/{n_points} for the static "
-            "config picked on train+val"
+            f"config picked on train+val; the tier policy's mean gap share {mean_share:+.3f}"
         )
     return 0
 

@@ -26,6 +26,8 @@ def test_headroom_over_split_seeds(capsys):
     counts = re.findall(r"split seed (\d+): .* at (\d+)/25 points for the tier policy, (\d+)/25", out)
     assert [c[0] for c in counts] == ["0", "1"]
     assert all(0 <= int(a) <= 25 and 0 <= int(b) <= 25 for _, a, b in counts)
+    shares = [float(x) for x in re.findall(r"mean gap share ([+-][0-9.]+)$", out, flags=re.M)]
+    assert len(shares) == 2 and all(-1.0 <= x <= 1.0 for x in shares)
     assert len(re.findall(r"^λ_T=", out, flags=re.M)) == 5
 
 
