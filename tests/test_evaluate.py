@@ -107,6 +107,15 @@ def test_checkpoint_evaluation(tiny_run, tmp_path):
     assert res["model"] == str(ck) and res["summary"]["n_points"] == 4
 
 
+def test_no_bootstrap(tiny_run, tmp_path):
+    res = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "o"), grid_n=2, plots=False, n_boot=0)
+    assert res["summary"]["all_points_ge_best_static_p"] is None
+    for p in res["points"]:
+        vs = p["ppo_vs_best_static"]
+        assert vs["ci90"] == [vs["diff"], vs["diff"]] and vs["p_ge"] == float(p["ppo_ge_best_static"])
+    assert "every point" not in (tmp_path / "o" / "results.md").read_text()
+
+
 def test_incomplete_queries_are_left_out(tmp_path):
     from rollouts.cache import CacheWriter, load_cache
 
