@@ -21,7 +21,8 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
                        first evaluation is at step 0, before any PPO update)
     best.json          the best validation reward so far and the step it was reached (kept across --resume)
     final_model.zip    the model after the last step
-    export/            policy.onnx + policy.json (ONNX parity-checked against SB3)
+    export/            policy.onnx + policy.json of best_model.zip (ONNX parity-checked against SB3);
+                       ``python -m policies.export`` exports any other checkpoint
     train_summary.json wall time, steps/s, timesteps (and the warm start's MSEs, ``ppo.policy: utility``)
 
 ``--resume`` continues from the latest checkpoint with ``reset_num_timesteps=False`` into the same
@@ -367,6 +368,7 @@ def train(
         save_path=str(run_dir / "checkpoints"),
         name_prefix="ppo",
     )
+
     class _EvalAtStart(BaseCallback):
         """One validation pass before the first PPO update of a fresh run, so the starting policy (the
         warm-started utility actor) is a candidate for best_model.zip: PPO is kept only if it helps."""
@@ -409,11 +411,22 @@ def train(
         summary["warm_start"] = warm_start
     if cfg.export:
         from policies.export import export_policy
+        from policies.ppo import load_model
 
+        # ship the policy evaluate.py reports by default: the validation-best checkpoint, not the last
+        best_path = run_dir / "best_model.zip"
+        best_meta = (
+            json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        )
         summary["onnx_parity"] = export_policy(
-            model,
+            load_model(best_path, table),
             run_dir / "export",
-            source={"model": "final_model.zip", "cache": cfg.cache, "run": str(run_dir)},
+            source={
+                "model": best_path.name,
+                "timesteps": best_meta.get("timesteps", int(model.num_timesteps)),
+                "cache": cfg.cache,
+                "run": str(run_dir),
+            },
         )
     summary_path = run_dir / "train_summary.json"
     history = json.loads(summary_path.read_text()) if summary_path.exists() else []

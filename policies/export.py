@@ -5,11 +5,17 @@ report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`e
 and ``mask`` (bool [batch, n_actions]) and returns ``logits`` (float32, masked entries -1e8, as
 sb3-contrib's masked distribution does) and ``action`` (int64 argmax: the deterministic choice).
 ``policy.json`` holds what an SB3-free caller needs to build ``obs`` (see :mod:`policies.onnx_policy`).
+
+``train.py`` exports the run's ``best_model.zip`` to ``<run>/export/``. Any other checkpoint::
+
+    python -m policies.export runs/<name>/final_model.zip runs/<name>/export_final
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -156,3 +162,30 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Export a ttc-alloc checkpoint to ONNX (parity-checked).")
+    p.add_argument("checkpoint", help="a .zip saved by train.py (best_model, final_model or checkpoints/...)")
+    p.add_argument("out", help="output folder for policy.onnx + policy.json (must not hold an export yet)")
+    args = p.parse_args(argv)
+    from policies.ppo import load_model
+
+    ck, out = Path(args.checkpoint), Path(args.out)
+    if (out / "policy.json").exists() or (out / "policy.onnx").exists():
+        print(f"error: {out} already holds an export; choose another folder", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(ck)  # a missing file or a non-ttc-alloc zip raises CheckpointError
+        parity = export_policy(model, out, source={"model": str(ck), "timesteps": int(model.num_timesteps)})
+    except (AllocError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {ck} -> {out}/policy.onnx (parity: {parity['actions_equal']}/{parity['n']} actions equal)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

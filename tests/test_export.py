@@ -18,9 +18,33 @@ def test_run_export_written_and_parity(tiny_run):
     doc = json.loads((tiny_run / "export" / "policy.json").read_text())
     assert doc["parity"]["ok"] and doc["parity"]["actions_equal"] == doc["parity"]["n"]
     assert (tiny_run / "export" / "policy.onnx").is_file()
-    model = load_model(tiny_run / "final_model.zip")
+    # the shipped policy is the validation-best checkpoint, the one evaluate.py reports by default
+    assert doc["source"]["model"] == "best_model.zip"
+    assert doc["source"]["timesteps"] == json.loads((tiny_run / "best.json").read_text())["timesteps"]
+    model = load_model(tiny_run / "best_model.zip")
     rep = parity_check(model, tiny_run / "export" / "policy.onnx", n_check=256, seed=5)
     assert rep["ok"] and rep["max_abs_prob_diff"] < 1e-4
+
+
+def test_export_cli(tiny_run, synthetic_cache, tmp_path, capsys):
+    from policies import export
+
+    out = tmp_path / "final"
+    assert export.main([str(tiny_run / "final_model.zip"), str(out)]) == 0
+    doc = json.loads((out / "policy.json").read_text())
+    assert doc["parity"]["ok"] and doc["source"]["model"].endswith("final_model.zip")
+    table = OutcomeTable(synthetic_cache)
+    rows = np.arange(len(table.query_ids))
+    want = PPOPolicy(load_model(tiny_run / "final_model.zip", table)).choose(table, rows, 1e-3, 0.05)
+    got = OnnxPolicy(out).act_index(table.features, table.prompt_tokens, 1e-3, 0.05, table.mask)
+    assert (got == want).all()
+    before = (out / "policy.onnx").read_bytes()
+    assert export.main([str(tiny_run / "best_model.zip"), str(out)]) == 2
+    assert "already holds an export" in capsys.readouterr().err
+    assert (out / "policy.onnx").read_bytes() == before  # nothing overwritten
+    assert export.main([str(tmp_path / "nope.zip"), str(tmp_path / "x")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_onnx_loader_matches_sb3_policy(tiny_run, synthetic_cache, tmp_path):
