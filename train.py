@@ -410,7 +410,7 @@ def train(
     if warm_start is not None:
         summary["warm_start"] = warm_start
     if cfg.export:
-        from policies.export import export_policy
+        from policies.export import export_policy, serving_spec
         from policies.ppo import load_model
 
         # ship the policy evaluate.py reports by default: the validation-best checkpoint, not the last
@@ -427,6 +427,7 @@ def train(
                 "cache": cfg.cache,
                 "run": str(run_dir),
             },
+            serving=serving_spec(table),
         )
     summary_path = run_dir / "train_summary.json"
     history = json.loads(summary_path.read_text()) if summary_path.exists() else []

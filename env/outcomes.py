@@ -49,10 +49,9 @@ import numpy as np
 
 from rollouts.cache import CacheError, RolloutCache, load_cache
 from rollouts.latency import LatencyModel, Round
-from rollouts.strategies.selectors import SELECTORS, answer_key, select
+from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, answer_key, select
 
 SEARCH_STRATEGIES = ("beam_search", "search_result")
-SCORE_SELECTORS = ("best_score", "weighted")
 
 
 class AllocError(ValueError):

@@ -53,8 +53,50 @@ def _actor(model):
     return Actor().eval()
 
 
+def serving_spec(table) -> dict[str, Any] | None:
+    """What live routing (``route.py``) must reproduce from the collection, read from the cache meta:
+    model, sampling, scorer, seed, featurizer, and per action id the strategy run that realises it.
+    None when the cache cannot be served live (an import without a featurizer or sampling record)."""
+    meta = table.meta
+    if not all(k in meta for k in ("model", "sampling", "scorer", "featurizer")):
+        return None
+    beams = {
+        f"beam:N={m['n']},M={m['m']},K={m['max_iterations']}": m
+        for m in meta.get("menu", [])
+        if m.get("strategy") == "beam_search"
+    }
+    actions: dict[str, Any] = {}
+    for a in table.menu:
+        if a.strategy == "sample_pool":
+            actions[a.id] = {"strategy": "sample_pool", "n": a.n, "selector": a.selector}
+        elif a.config_id in beams:
+            b = beams[a.config_id]
+            actions[a.id] = {
+                "strategy": "beam_search",
+                "n": b["n"],
+                "m": b["m"],
+                "max_iterations": b["max_iterations"],
+            }
+        else:  # imported search results: nothing here can re-run them
+            actions[a.id] = {"strategy": a.strategy, "live": False}
+    return {
+        "model": meta["model"],
+        "backend": (meta.get("backend") or {}).get("backend", "vllm"),
+        "sampling": meta["sampling"],
+        "scorer": meta["scorer"],
+        "seed": meta.get("seed", 0),
+        "featurizer": meta["featurizer"],
+        "actions": actions,
+    }
+
+
 def export_policy(
-    model, out_dir: str | Path, source: dict[str, Any] | None = None, n_check: int = 512, seed: int = 0
+    model,
+    out_dir: str | Path,
+    source: dict[str, Any] | None = None,
+    n_check: int = 512,
+    seed: int = 0,
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -114,6 +156,7 @@ def export_policy(
         },
         "parity": parity,
         "source": source or {},
+        "serving": serving,
     }
     (out / "policy.json").write_text(json.dumps(doc, indent=1) + "\n")
     return parity
@@ -177,7 +220,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         model = load_model(ck)  # a missing file or a non-ttc-alloc zip raises CheckpointError
-        parity = export_policy(model, out, source={"model": str(ck), "timesteps": int(model.num_timesteps)})
+        serving = None
+        cache = model.ttc_meta.get("cache")
+        if cache and Path(cache).is_dir():
+            from env.outcomes import OutcomeTable
+            from policies.ppo import check_menu
+
+            table = OutcomeTable(cache)
+            check_menu(model.ttc_meta, table, str(ck))
+            serving = serving_spec(table)
+        else:
+            print(f"warning: the training cache {cache!r} is not here; the export has no serving spec")
+        parity = export_policy(
+            model, out, source={"model": str(ck), "timesteps": int(model.num_timesteps)}, serving=serving
+        )
     except (AllocError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,9 +30,11 @@ def _extracted_text(parsed: list) -> str | None:
     return str(parsed[-1]) if len(parsed) > 1 else str(parsed[0])
 
 
-def _grade_now(gold: str, completion: str, timeout_s: int | None) -> tuple[str | None, bool]:
+def _grade_now(gold: str | None, completion: str, timeout_s: int | None) -> tuple[str | None, bool]:
     from math_verify import parse, verify
 
+    if gold is None:  # nothing to compare with: extraction only
+        return _extracted_text(parse(completion, parsing_timeout=timeout_s)), False
     gold_parsed = parse(gold, parsing_timeout=timeout_s)
     if not gold_parsed:
         # Plain numbers/strings that the LaTeX extractor misses: wrap them so they parse.
@@ -66,8 +68,10 @@ def _reset_pool() -> None:
             _pool = None
 
 
-def grade(gold: str, completion: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Grade:
-    """Extract the final answer from ``completion`` and check it against ``gold`` with math-verify."""
+def grade(gold: str | None, completion: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Grade:
+    """Extract the final answer from ``completion`` and check it against ``gold`` with math-verify.
+
+    ``gold`` None (a live query without a reference): extraction only, ``correct`` is False."""
     if threading.current_thread() is threading.main_thread():
         try:
             answer, ok = _grade_now(gold, completion, timeout_s)

@@ -74,3 +74,12 @@ def make_scorer(kind: str, **options: Any) -> StepScorer:
 
         return PRMScorer(**options)
     raise ValueError(f"unknown scorer {kind!r} (known: logprob, prm)")
+
+
+def scorer_from_description(desc: dict[str, Any], **overrides: Any) -> StepScorer:
+    """The scorer a cache meta's ``scorer`` entry (``describe()``) names, for live routing to score
+    as the collection did; ``overrides`` (e.g. engine settings) go to the constructor."""
+    if desc.get("kind") == "prm":
+        keep = ("model", "step_tag", "system", "aggregation")
+        return make_scorer("prm", **{k: desc[k] for k in keep if k in desc}, **overrides)
+    return make_scorer(str(desc.get("kind")), **overrides)

