@@ -135,6 +135,7 @@ class LiveRouter:
         results: list[dict[str, Any] | None] = [None] * len(prompted)
         grade_fn = lambda gold, text: grade(gold, text)  # noqa: E731
         seed = int(self.serving.get("seed", 0))
+        backend = self.backend  # started here, so no query's seconds include the engine start
         for action in dict.fromkeys(actions):  # one batched engine call per chosen action
             idx = [i for i, a in enumerate(actions) if a == action]
             group = [prompted[i] for i in idx]
@@ -142,12 +143,12 @@ class LiveRouter:
             t0 = time.perf_counter()
             if run.get("strategy") == "sample_pool":
                 outs = best_of_n(
-                    self.backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade_fn, seed
+                    backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade_fn, seed
                 )
                 done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
             elif run.get("strategy") == "beam_search":
                 cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-                outs = run_beam_search(self.backend, group, cfg, self.sampling, self.scorer, grade_fn, seed)
+                outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade_fn, seed)
                 done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
             else:  # unreachable: live_mask keeps the policy off such actions
                 raise RouteError(f"the policy chose {action!r}, which cannot be run live")
