@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -60,8 +61,10 @@ def serving_spec(table) -> dict[str, Any] | None:
     meta = table.meta
     if not all(k in meta for k in ("model", "sampling", "scorer", "featurizer")):
         return None
+    from rollouts.strategies.beam_search import BeamConfig
+
     beams = {
-        f"beam:N={m['n']},M={m['m']},K={m['max_iterations']}": m
+        BeamConfig(m["n"], m["m"], m["max_iterations"]).config_id: m
         for m in meta.get("menu", [])
         if m.get("strategy") == "beam_search"
     }
@@ -215,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     from policies.ppo import load_model
 
     ck, out = Path(args.checkpoint), Path(args.out)
-    if (out / "policy.json").exists() or (out / "policy.onnx").exists():
-        print(f"error: {out} already holds an export; choose another folder", file=sys.stderr)
+    if out.exists() and any(out.iterdir()):
+        print(f"error: {out} exists and is not empty; choose another folder", file=sys.stderr)
         return 2
+    partial = out.parent / f".{out.name}.partial"  # renamed into place only once the parity check passed
+    shutil.rmtree(partial, ignore_errors=True)
     try:
         model = load_model(ck)  # a missing file or a non-ttc-alloc zip raises CheckpointError
         serving = None
@@ -230,11 +235,19 @@ def main(argv: list[str] | None = None) -> int:
             check_menu(model.ttc_meta, table, str(ck))
             serving = serving_spec(table)
         else:
-            print(f"warning: the training cache {cache!r} is not here; the export has no serving spec")
+            print(
+                f"warning: the training cache {cache!r} is not here; the export has no serving spec "
+                "(route.py needs one)",
+                file=sys.stderr,
+            )
         parity = export_policy(
-            model, out, source={"model": str(ck), "timesteps": int(model.num_timesteps)}, serving=serving
+            model, partial, source={"model": str(ck), "timesteps": int(model.num_timesteps)}, serving=serving
         )
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        partial.rename(out)
     except (AllocError, ValueError, OSError) as e:
+        shutil.rmtree(partial, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(

@@ -40,11 +40,11 @@ def test_export_cli(tiny_run, synthetic_cache, tmp_path, capsys):
     assert (got == want).all()
     before = (out / "policy.onnx").read_bytes()
     assert export.main([str(tiny_run / "best_model.zip"), str(out)]) == 2
-    assert "already holds an export" in capsys.readouterr().err
+    assert "exists and is not empty" in capsys.readouterr().err
     assert (out / "policy.onnx").read_bytes() == before  # nothing overwritten
     assert export.main([str(tmp_path / "nope.zip"), str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / ".x.partial").exists()
 
 
 def test_onnx_loader_matches_sb3_policy(tiny_run, synthetic_cache, tmp_path):
