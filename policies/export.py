@@ -57,9 +57,12 @@ def _actor(model):
 def serving_spec(table) -> dict[str, Any] | None:
     """What live routing (``route.py``) must reproduce from the collection, read from the cache meta:
     model, sampling, scorer, seed, featurizer, and per action id the strategy run that realises it.
-    None when the cache cannot be served live (an import without a featurizer or sampling record)."""
+    None when the cache was not made by this collector (an import: its rollouts came from another
+    pipeline, which nothing here can reproduce) or lacks one of those records."""
     meta = table.meta
-    if not all(k in meta for k in ("model", "sampling", "scorer", "featurizer")):
+    if meta.get("source") == "import" or not all(
+        k in meta for k in ("model", "sampling", "scorer", "featurizer")
+    ):
         return None
     from rollouts.strategies.beam_search import BeamConfig
 

@@ -72,6 +72,8 @@ def test_import_then_train_and_evaluate(tmp_path):
           "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2"], ROOT)
     run = runs / "imported"
     assert (run / "best_model.zip").exists()
+    # rollouts from another pipeline cannot be reproduced live: the export has no serving spec
+    assert json.loads((run / "export" / "policy.json").read_text())["serving"] is None
 
     out = tmp_path / "eval"
     _run([str(ROOT / "evaluate.py"), "--run", str(run), "--out", str(out), "--json", str(out / "r.json"),
