@@ -3,7 +3,7 @@ that choice run on the engine, with the prompt, featurizer, sampling, scorer and
 collection the policy was trained on (``policy.json``'s ``serving`` spec, written at export).
 
     python route.py --export runs/<name>/export --lambda-tokens 1e-4 --lambda-seconds 0.05 "What is 17 + 25?"
-    python route.py --export runs/<name>/export --questions queries.jsonl      # {"question": ..., "answer": ...}
+    python route.py --export runs/<name>/export --dataset jsonl:queries.jsonl --limit 20   # with references
     python route.py --export ... --backend openai --backend-options "{base_url: 'http://127.0.0.1:8000/v1'}"
 
 One JSON line per query on stdout: ``question``, ``action`` (menu id), ``params`` (the strategy run),
@@ -11,7 +11,7 @@ One JSON line per query on stdout: ``question``, ``action`` (menu id), ``params`
 generated tokens, plus the scorer's for score-based selectors), ``seconds`` (wall time of the engine
 call that ran the query; queries routed to the same action share one batched call, ``batch`` says
 how many) and ``lambda_tokens`` / ``lambda_seconds``. Errors (no export, an export without a serving
-spec, a missing model, an engine that does not start, a bad λ or input line) print one
+spec, a missing model, an engine that does not start, a bad λ or dataset) print one
 ``error: ...`` line and exit 2.
 """
 
@@ -169,34 +169,22 @@ class LiveRouter:
         return [r for r in results if r is not None]
 
 
-def read_questions(path: str) -> tuple[list[str], list[str | None]]:
-    questions, answers = [], []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RouteError(f"{path}:{n}: not JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-            raise RouteError(f"{path}:{n}: each line needs a string 'question'")
-        a = row.get("answer")
-        questions.append(row["question"])
-        answers.append(None if a is None else str(a))
-    return questions, answers
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("questions", nargs="*", help="questions to route (or --questions FILE)")
+    p.add_argument("questions", nargs="*", help="questions to route (no reference answer)")
     p.add_argument(
         "--export",
         required=True,
         help="an export folder (policy.json + policy.onnx), e.g. runs/<name>/export",
     )
-    p.add_argument("--questions", dest="questions_file", help="JSONL with 'question' and optional 'answer'")
+    p.add_argument(
+        "--dataset",
+        help="also route a dataset, as collect.py names them: jsonl:<path>, hf:<id>[:split], arith:<seed>",
+    )
+    p.add_argument("--limit", type=int, help="at most this many dataset queries")
+    p.add_argument("--offset", type=int, default=0, help="skip this many dataset queries first")
     p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token")
     p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
     p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
@@ -209,17 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     from env.outcomes import AllocError, validate_lambda
     from policies.onnx_policy import OnnxPolicyError
     from rollouts.backends.base import BackendError
+    from rollouts.datasets import DatasetError, load_queries
     from rollouts.models import ModelNotFound
 
     try:
         lt = validate_lambda("--lambda-tokens", args.lambda_tokens)
         ls = validate_lambda("--lambda-seconds", args.lambda_seconds)
-        questions, answers = list(args.questions), [None] * len(args.questions)
-        if args.questions_file:
-            more_q, more_a = read_questions(args.questions_file)
-            questions, answers = questions + more_q, answers + more_a
+        questions: list[str] = list(args.questions)
+        answers: list[str | None] = [None] * len(questions)
+        if args.dataset:
+            queries = load_queries(args.dataset, args.limit, args.offset)
+            questions += [q.question for q in queries]
+            answers += [q.answer for q in queries]
         if not questions:
-            raise RouteError("no questions: give them as arguments or with --questions FILE")
+            raise RouteError("no questions: give them as arguments or with --dataset SOURCE")
         options = yaml.safe_load(args.backend_options) or {}
         if not isinstance(options, dict):
             raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
@@ -228,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
     except (
         RouteError,
+        DatasetError,
         OnnxPolicyError,
         AllocError,
         BackendError,

@@ -46,11 +46,13 @@ def test_bad_input(argv, message, capsys):
     assert err.startswith("error: ") and message in err
 
 
-def test_bad_questions_file(tmp_path, capsys):
+def test_bad_dataset(tmp_path, capsys):
     f = tmp_path / "q.jsonl"
-    f.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"answer": 3}\n')
-    assert route.main(["--export", "nowhere", "--questions", str(f)]) == 2
-    assert f"{f}:2: each line needs a string 'question'" in capsys.readouterr().err
+    f.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is\n')
+    assert route.main(["--export", "nowhere", "--dataset", f"jsonl:{f}"]) == 2
+    assert f"{f}:2: malformed JSON" in capsys.readouterr().err
+    assert route.main(["--export", "nowhere", "--dataset", f"jsonl:{tmp_path / 'none.jsonl'}"]) == 2
+    assert "not found" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +121,8 @@ def test_route_runs_the_chosen_strategy_on_vllm(bundled_run, tmp_path):
     qfile.write_text(
         "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
     )
-    cmd = [sys.executable, str(ROOT / "route.py"), "--export", str(bundled_run / "export"), "--questions",
-           str(qfile), "What is 2 + 3?", "--lambda-tokens", "1e-4", "--lambda-seconds", "0.02"]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "route.py"), "--export", str(bundled_run / "export"), "--dataset",
+           f"jsonl:{qfile}", "What is 2 + 3?", "--lambda-tokens", "1e-4", "--lambda-seconds", "0.02"]  # fmt: skip
     out = subprocess.run(
         cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900
     )
