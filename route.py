@@ -52,8 +52,9 @@ class LiveRouter:
         spec = self.policy.doc.get("serving")
         if not spec:
             raise RouteError(
-                f"{export_dir}: the export has no serving spec; re-export it where its training cache is "
-                "(python -m policies.export CHECKPOINT DIR)"
+                f"{export_dir}: the export has no serving spec, so nothing says how to reproduce its rollouts "
+                "live (it was trained on an imported cache, or exported without its cache at hand: "
+                "python -m policies.export CHECKPOINT DIR where the cache is)"
             )
         self.serving = spec
         fz = spec["featurizer"]
@@ -76,7 +77,7 @@ class LiveRouter:
 
     @property
     def live_mask(self) -> list[bool]:
-        """Per menu entry: can it be re-run live? (Imported search results cannot: masked out.)"""
+        """Per menu entry: can this code re-run it live? (Guards menus with other strategy kinds.)"""
         runnable = ("sample_pool", "beam_search")
         mask = [self.serving["actions"].get(a, {}).get("strategy") in runnable for a in self.policy.menu]
         if not any(mask):
