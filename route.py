@@ -76,15 +76,6 @@ class LiveRouter:
         self.suffix, self.system = s["prompt_suffix"], s.get("system_prompt")
 
     @property
-    def live_mask(self) -> list[bool]:
-        """Per menu entry: can this code re-run it live? (Guards menus with other strategy kinds.)"""
-        runnable = ("sample_pool", "beam_search")
-        mask = [self.serving["actions"].get(a, {}).get("strategy") in runnable for a in self.policy.menu]
-        if not any(mask):
-            raise RouteError("no action of this policy's menu can be run live (all are imported results)")
-        return mask
-
-    @property
     def backend(self) -> Any:
         """The engine, started on first use (choosing an action needs only the featurizer)."""
         if self._backend is None:
@@ -116,7 +107,7 @@ class LiveRouter:
         ]
         feats = self.featurizer.features([p.prompt_ids for p in prompted], progress=False)
         chosen = self.policy.act_index(
-            feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds, mask=self.live_mask
+            feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )
         return prompted, [self.policy.menu[int(i)] for i in chosen]
 
@@ -133,26 +124,23 @@ class LiveRouter:
         from rollouts.strategies.best_of_n import best_of_n
 
         prompted, actions = self.choose(questions, answers, lambda_tokens, lambda_seconds)
-        results: list[dict[str, Any] | None] = [None] * len(prompted)
-        grade_fn = lambda gold, text: grade(gold, text)  # noqa: E731
+        results: dict[int, dict[str, Any]] = {}
         seed = int(self.serving.get("seed", 0))
         backend = self.backend  # started here, so no query's seconds include the engine start
         for action in dict.fromkeys(actions):  # one batched engine call per chosen action
             idx = [i for i, a in enumerate(actions) if a == action]
             group = [prompted[i] for i in idx]
-            run = self.serving["actions"].get(action, {})
+            run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
             t0 = time.perf_counter()
-            if run.get("strategy") == "sample_pool":
+            if run["strategy"] == "sample_pool":
                 outs = best_of_n(
-                    backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade_fn, seed
+                    backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
                 )
                 done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
-            elif run.get("strategy") == "beam_search":
+            else:
                 cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-                outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade_fn, seed)
+                outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade, seed)
                 done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
-            else:  # unreachable: live_mask keeps the policy off such actions
-                raise RouteError(f"the policy chose {action!r}, which cannot be run live")
             seconds = time.perf_counter() - t0
             for i, (answer, correct, tokens) in zip(idx, done):
                 results[i] = {
@@ -167,7 +155,7 @@ class LiveRouter:
                     "lambda_tokens": lambda_tokens,
                     "lambda_seconds": lambda_seconds,
                 }
-        return [r for r in results if r is not None]
+        return [results[i] for i in range(len(prompted))]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -414,16 +414,13 @@ def train(
         from policies.ppo import load_model
 
         # ship the policy evaluate.py reports by default: the validation-best checkpoint, not the last
-        best_path = run_dir / "best_model.zip"
-        best_meta = (
-            json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
-        )
+        best = load_model(run_dir / "best_model.zip", table)
         summary["onnx_parity"] = export_policy(
-            load_model(best_path, table),
+            best,
             run_dir / "export",
             source={
-                "model": best_path.name,
-                "timesteps": best_meta.get("timesteps", int(model.num_timesteps)),
+                "model": "best_model.zip",
+                "timesteps": int(best.num_timesteps),
                 "cache": cfg.cache,
                 "run": str(run_dir),
             },

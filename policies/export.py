@@ -58,7 +58,8 @@ def serving_spec(table) -> dict[str, Any] | None:
     """What live routing (``route.py``) must reproduce from the collection, read from the cache meta:
     model, sampling, scorer, seed, featurizer, and per action id the strategy run that realises it.
     None when the cache was not made by this collector (an import: its rollouts came from another
-    pipeline, which nothing here can reproduce) or lacks one of those records."""
+    pipeline, which nothing here can reproduce), lacks one of those records, or has an action that
+    is neither a pool budget nor one of its beam configs."""
     meta = table.meta
     if meta.get("source") == "import" or not all(
         k in meta for k in ("model", "sampling", "scorer", "featurizer")
@@ -83,8 +84,8 @@ def serving_spec(table) -> dict[str, Any] | None:
                 "m": b["m"],
                 "max_iterations": b["max_iterations"],
             }
-        else:  # imported search results: nothing here can re-run them
-            actions[a.id] = {"strategy": a.strategy, "live": False}
+        else:
+            return None
     return {
         "model": meta["model"],
         "backend": (meta.get("backend") or {}).get("backend", "vllm"),
