@@ -63,6 +63,7 @@ import numpy as np
 import yaml
 
 from env.outcomes import AllocError, ConfigError, validate_lambda
+from policies.budget import BudgetError
 from rollouts.cache import CacheError
 
 TOL = 1e-9
@@ -106,6 +107,9 @@ def evaluate(
     seed: int = 0,
     plots: bool = True,
     n_boot: int = 1000,
+    target_tokens: list[float] | None = None,
+    target_seconds: list[float] | None = None,
+    latency_load: int | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -133,7 +137,11 @@ def evaluate(
     run_cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
     env_cfg = EnvConfig.from_dict(meta["env"])
-    table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
+    load = env_cfg.latency_load if latency_load is None else latency_load  # price seconds at this load
+    table = OutcomeTable(
+        cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed,
+        latency_load=load, latency_load_models=env_cfg.latency_load_models,
+    )  # fmt: skip
     check_menu(meta, table, str(model_path))
     splits = json.loads(splits_path.read_text())
     rows_of = {
@@ -219,6 +227,15 @@ def evaluate(
                     ),
                 }
             )
+    budgets = None
+    if target_tokens or target_seconds:
+        from policies.budget import budget_report
+
+        val = rows_of["val"][table.mask[rows_of["val"]].all(axis=1)]
+        budgets = budget_report(
+            table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), val, rows,
+            {k: v for k, v in (("tokens", target_tokens), ("seconds", target_seconds)) if v},
+        )  # fmt: skip
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
     rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
     result = {
@@ -230,7 +247,9 @@ def evaluate(
         "n_dropped_incomplete": n_dropped,
         "menu": list(table.action_ids),
         "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
+        "latency_load": load,
         "points": points,
+        "budgets": budgets,
         "summary": {
             "n_points": len(points),
             "ppo_ge_best_static": sum(p["ppo_ge_best_static"] for p in points),
@@ -457,6 +476,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for PPO − best static (0: none)"
     )
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--target-tokens", type=float, nargs="+", metavar="T",
+                   help="mean tokens per query to meet: λ_T solved by bisection on the val split (policies/budget.py)")
+    p.add_argument("--target-seconds", type=float, nargs="+", metavar="S",
+                   help="mean seconds per query to meet: λ_L solved the same way")
+    p.add_argument("--latency-load", type=int, metavar="K",
+                   help="price seconds with K queries in flight (default: the run's env.latency_load)")
     return p
 
 
@@ -477,11 +502,18 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             plots=not args.no_plots,
             n_boot=args.bootstrap,
+            target_tokens=args.target_tokens,
+            target_seconds=args.target_seconds,
+            latency_load=args.latency_load,
         )
-    except (AllocError, CacheError) as exc:
+    except (AllocError, CacheError, BudgetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown(res))
+    if res["budgets"]:
+        from policies.budget import budget_markdown
+
+        print(budget_markdown(res["budgets"]))
     print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
     return 0
 

@@ -111,6 +111,34 @@ class LiveRouter:
         )
         return prompted, [self.policy.menu[int(i)] for i in chosen]
 
+    def run_action(self, group: list[Any], action: str) -> list[dict[str, Any]]:
+        """Run one menu action for these prompted queries in one batched engine call (the strategy code
+        of the collection). Per query: ``answer``, ``text`` (the selected completion), ``correct`` (None
+        without a reference), ``tokens`` (charged as the cache charges them), ``generated_tokens`` (every
+        token the engine generated for it) and ``rounds`` (its engine calls)."""
+        from rollouts.grading import grade
+        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
+        from rollouts.strategies.best_of_n import best_of_n
+
+        run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
+        seed = int(self.serving.get("seed", 0))
+        if run["strategy"] == "sample_pool":
+            outs = best_of_n(
+                self.backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
+            )
+            return [
+                {"answer": o["choice"]["answer"], "text": o["choice"]["text"], "correct": o["choice"]["correct"],
+                 "tokens": int(o["tokens"]), "generated_tokens": int(o["pool"].tokens), "rounds": o["pool"].rounds}
+                for o in outs
+            ]  # fmt: skip
+        cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
+        outs = run_beam_search(self.backend, group, cfg, self.sampling, self.scorer, grade, seed)
+        return [
+            {"answer": o.result["answer"], "text": o.result["text"], "correct": o.result["correct"],
+             "tokens": int(o.tokens + o.scorer_tokens), "generated_tokens": int(o.tokens), "rounds": o.rounds}
+            for o in outs
+        ]  # fmt: skip
+
     def route(
         self,
         questions: list[str],
@@ -119,37 +147,22 @@ class LiveRouter:
         lambda_seconds: float = 0.0,
     ) -> list[dict[str, Any]]:
         """Choose and run an action for each question; one result dict per question, in order."""
-        from rollouts.grading import grade
-        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
-        from rollouts.strategies.best_of_n import best_of_n
-
         prompted, actions = self.choose(questions, answers, lambda_tokens, lambda_seconds)
         results: dict[int, dict[str, Any]] = {}
-        seed = int(self.serving.get("seed", 0))
-        backend = self.backend  # started here, so no query's seconds include the engine start
+        _ = self.backend  # started here, so no query's seconds include the engine start
         for action in dict.fromkeys(actions):  # one batched engine call per chosen action
             idx = [i for i, a in enumerate(actions) if a == action]
-            group = [prompted[i] for i in idx]
-            run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
             t0 = time.perf_counter()
-            if run["strategy"] == "sample_pool":
-                outs = best_of_n(
-                    backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
-                )
-                done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
-            else:
-                cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-                outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade, seed)
-                done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
+            done = self.run_action([prompted[i] for i in idx], action)
             seconds = time.perf_counter() - t0
-            for i, (answer, correct, tokens) in zip(idx, done):
+            for i, out in zip(idx, done):
                 results[i] = {
                     "question": prompted[i].question,
                     "action": action,
-                    "params": run,
-                    "answer": answer,
-                    **({"correct": bool(correct)} if prompted[i].answer is not None else {}),
-                    "tokens": int(tokens),
+                    "params": self.serving["actions"][action],
+                    "answer": out["answer"],
+                    **({"correct": bool(out["correct"])} if prompted[i].answer is not None else {}),
+                    "tokens": out["tokens"],
                     "seconds": round(seconds, 3),
                     "batch": len(idx),
                     "lambda_tokens": lambda_tokens,

@@ -237,7 +237,10 @@ def train(
 
     env_cfg = EnvConfig.from_dict(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
-    table = OutcomeTable(cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
+    table = OutcomeTable(
+        cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed,
+        latency_load=env_cfg.latency_load, latency_load_models=env_cfg.latency_load_models,
+    )  # fmt: skip
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
     else:

@@ -105,6 +105,9 @@ class EnvConfig:
     reward_norm_floor: float = 1.0
     mc_subsets: int = 128
     outcome_seed: int = 0
+    # price seconds with k queries in flight (rollouts/latency_load.py; None: the query alone, as cached)
+    latency_load: int | None = None
+    latency_load_models: str | None = None  # a bench/load_latency.py JSON (None: the shipped one)
     feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
     obs_noise: float = 0.0  # std of Gaussian noise added to the (standardised) query part of training obs
     split_seed: int = 0
@@ -161,6 +164,10 @@ class EnvConfig:
             raise ConfigError(f"env.obs_noise must be a finite number >= 0, got {self.obs_noise!r}")
         if not isinstance(self.mc_subsets, int) or self.mc_subsets < 1:
             raise ConfigError(f"env.mc_subsets must be an integer >= 1, got {self.mc_subsets!r}")
+        if self.latency_load is not None and (
+            not isinstance(self.latency_load, int) or isinstance(self.latency_load, bool) or self.latency_load < 1
+        ):
+            raise ConfigError(f"env.latency_load must be null or an integer >= 1, got {self.latency_load!r}")
         make_splits([], self.split_seed, self.split_fractions)  # validates fractions
 
     def resolve_ranges(self, table: OutcomeTable, train_rows: np.ndarray) -> None:
@@ -325,7 +332,9 @@ class AllocateEnv(gym.Env):
         if table is None:
             if cache is None:
                 raise ConfigError("AllocateEnv needs a cache path or a table")
-            table = get_table(cache, cfg.mc_subsets, cfg.outcome_seed)
+            table = get_table(
+                cache, cfg.mc_subsets, cfg.outcome_seed, cfg.latency_load, cfg.latency_load_models
+            )
         self.table = table
         self.splits = (
             splits

