@@ -23,8 +23,10 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 ``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
 ``--json PATH`` the same numbers as JSON. JSON keys::
 
-    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids)
+    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids), latency_load
     grid: {lambda_tokens: [...], lambda_seconds: [...]}
+    budgets: null, or per target {cost, target, lambda_tokens, lambda_seconds, solved_on_mean, eval_mean,
+              eval_rel_error, eval_accuracy, static_within_budget, static_closest_cost, ...}
     points: [ { lambda_tokens, lambda_seconds,
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
                 best_static (action id), oracle_gap (U_oracle − U_best_static),
@@ -45,8 +47,15 @@ default 1000) of U_PPO − U_best static with the best static re-picked in each 
 split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a
 point where PPO is below it is a loss or noise.
 
-Errors (missing run, bad λ, other action menu, bad cache...) print one ``error: ...`` line and exit 2
-before anything is written.
+Budgets instead of prices: ``--target-tokens T [T ...]`` / ``--target-seconds S [S ...]`` find, per
+target, the λ_T (λ_L) at which PPO's mean cost on the validation split meets the target (bisection,
+``policies/budget.py``; the other λ stays 0), then report PPO on the evaluated split at that λ (mean
+cost, its miss of the target, accuracy) beside the most accurate static config within the target
+and the static config of the closest mean cost (JSON ``budgets``). ``--latency-load K`` prices
+seconds with K queries in flight (``env.latency_load``; default: the run's).
+
+Errors (missing run, bad λ, bad target, other action menu, bad cache...) print one ``error: ...`` line
+and exit 2 before anything is written.
 """
 
 from __future__ import annotations

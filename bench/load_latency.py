@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the fitted per-load models (JSON) here")
     ap.add_argument("--md", help="also write the markdown tables here")
     ap.add_argument("--server-log", default="/tmp/load_latency_server.log", help="the started server's log")
+    ap.add_argument("--resume-raw", help="a raw measurements JSON of an interrupted run: its (load, strategy) jobs are kept")
     args = ap.parse_args(argv)
     if any(k < 1 for k in args.loads):
         print("error: --loads must be >= 1", file=sys.stderr)
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         run_one(backend, prompted[:2], sampling, scorer)  # warm-up: first requests compile/allocate
         results: dict[int, list[dict[str, Any]]] = {}
+        if args.resume_raw:
+            kept = {int(k): v for k, v in json.loads(Path(args.resume_raw).read_text()).items()}
+            results = {k: v for k, v in kept.items() if k in args.loads}
+        done = {(k, m["label"]) for k, ms in results.items() for m in ms}
         offset = 0
         jobs = [(k, m, lab, strat, params) for k, m in zip(args.loads, measured) for lab, strat, params in MENU]
         wall: dict[int, float] = {}
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             chunk = prompted[offset : offset + m + k]
             offset += m + k  # fresh questions per job: no job reuses another's prefix cache
+            if (k, lab) in done:
+                continue
             ms = measure(backend, chunk, strat, params, k, m, sampling, scorer, int(meta.get("seed", 0)))
             for x in ms:
                 x["label"] = lab

@@ -1,0 +1,279 @@
+"""serve.py: the OpenAI-compatible routing server.
+
+Fast: request validation (400 naming the field) without a server. Slow: one real vLLM OpenAI server
+and serve.py on 127.0.0.1, shared by the module (the upstream start is about a minute here), called
+with the official ``openai`` client: answers and the ``ttc`` block at two λ, ``usage`` against the
+upstream's own generated-token counter, bad requests and the API key over HTTP, a bounded load test,
+the upstream killed and restarted, and a graceful shutdown with a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import serve
+from serve import RequestError, ServeConfig, parse_chat_request
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "data" / "default_cache"
+KEY = "test-key-15"
+CFG = ServeConfig(export="x", lambda_tokens=1e-4, max_question_chars=100)
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_request_defaults_and_prices():
+    r = parse_chat_request({"model": "m", "messages": _user("What is 2 + 2?")}, CFG)
+    assert (r.question, r.lambda_tokens, r.lambda_seconds, r.target) == ("What is 2 + 2?", 1e-4, 0.0, None)
+    r = parse_chat_request({"messages": [{"role": "system", "content": "be brief"}, *_user("a"),
+                                         {"role": "assistant", "content": "b"}, *_user("c")],
+                            "ttc": {"lambda_seconds": 0.5}}, CFG)  # fmt: skip
+    assert (r.question, r.lambda_tokens, r.lambda_seconds) == ("c", 1e-4, 0.5)  # the last user message
+    r = parse_chat_request({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                            "ttc": {"target_tokens": 300}}, CFG)  # fmt: skip
+    assert r.question == "hi" and r.target == ("tokens", 300.0)
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "  "}]}, "messages[0].content"),
+        ({"messages": _user("x" * 101)}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        ({"messages": _user("q"), "ttc": {"lambda_token": 1}}, "ttc.lambda_token"),
+        ({"messages": _user("q"), "ttc": {"lambda_tokens": -1}}, "ttc.lambda_tokens"),
+        ({"messages": _user("q"), "ttc": {"lambda_seconds": float("nan")}}, "ttc.lambda_seconds"),
+        ({"messages": _user("q"), "ttc": {"lambda_seconds": "1"}}, "ttc.lambda_seconds"),
+        ({"messages": _user("q"), "ttc": {"target_tokens": 0}}, "ttc.target_tokens"),
+        ({"messages": _user("q"), "ttc": {"target_tokens": 9, "lambda_tokens": 1}}, "ttc.target_tokens"),
+        ({"messages": _user("q"), "ttc": {"target_tokens": 9, "target_seconds": 1}}, "ttc.target_seconds"),
+        ({"messages": _user("q"), "ttc": [1]}, "ttc"),
+        ({"messages": _user("q"), "n": 2}, "n"),
+        ({"messages": _user("q"), "stream": True}, "stream"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_requests_name_the_field(body, param):
+    with pytest.raises(RequestError) as e:
+        parse_chat_request(body, CFG)
+    assert e.value.param == param and e.value.status == 400
+
+
+def test_bad_command_line(capsys):
+    assert serve.main(["--export", "nowhere"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert serve.main(["--export", "nowhere", "--max-concurrency", "0"]) == 2
+    assert "--max-concurrency must be >= 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: real servers on 127.0.0.1
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not come up in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """(upstream VLLMServer, serve.py process, serve base URL, run folder): started once per module."""
+    if not (CACHE / "meta.json").exists():
+        pytest.skip("bundled cache missing")
+    import train
+    from rollouts.backends.vllm_server import VLLMServer, free_port
+    from rollouts.models import resolve_model
+
+    tmp = tmp_path_factory.mktemp("serve")
+    upstream = VLLMServer(resolve_model("smollm2-135m-instruct"), log_path=tmp / "upstream.log").launch()
+    try:
+        runs = tmp / "runs"  # trains while the upstream loads
+        rc = train.main(["--runs-dir", str(runs), "--name", "srv", "--total-timesteps", "1024", "--no-progress",
+                         "--hyperparams", "n_envs:2", "eval_freq:512", "checkpoint_freq:512", "val_grid:2"])  # fmt: skip
+        assert rc == 0
+        port = free_port()
+        log = tmp / "serve.log"
+        cmd = [sys.executable, str(ROOT / "serve.py"), "--export", str(runs / "srv" / "export"),
+               "--upstream", upstream.url, "--port", str(port), "--api-key", KEY, "--max-concurrency", "4",
+               "--max-queue", "8", "--upstream-retries", "1", "--upstream-timeout-s", "120"]  # fmt: skip
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        try:
+            _wait(f"http://127.0.0.1:{port}/health", proc, log)
+            upstream.wait_ready()
+            yield upstream, proc, f"http://127.0.0.1:{port}", runs / "srv"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        upstream.stop()
+
+
+def _client(base: str, key: str = KEY):
+    import openai
+
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=300)
+
+
+def _generated_upstream(upstream) -> float:
+    text = requests.get(upstream.url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:generation_tokens_total"))
+
+
+def _metric(base: str, name: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _test_questions(run: Path, n: int) -> list[dict]:
+    test = json.loads((run / "splits.json").read_text())["test"][:n]
+    rows = {json.loads(line)["query_id"]: json.loads(line) for line in gzip.open(CACHE / "queries.jsonl.gz", "rt")}
+    return [rows[q] for q in test]
+
+
+@pytest.mark.slow
+def test_openai_client_two_lambdas(stack):
+    from policies.onnx_policy import OnnxPolicy
+
+    upstream, _, base, run = stack
+    client = _client(base)
+    assert [m.id for m in client.models.list().data] == ["ttc-alloc"]
+    policy = OnnxPolicy(run / "export")
+    spent = {}
+    for lt, ls in [(0.0, 0.0), (2e-3, 0.25)]:
+        spent[lt] = 0
+        for row in _test_questions(run, 3):
+            before = _generated_upstream(upstream)
+            r = client.chat.completions.create(
+                model="ttc-alloc", messages=[{"role": "user", "content": row["question"]}],
+                extra_body={"ttc": {"lambda_tokens": lt, "lambda_seconds": ls}},
+            )  # fmt: skip
+            ttc = r.model_extra["ttc"]
+            for _ in range(30):  # the upstream's counter may lag its reply by an engine step
+                delta = _generated_upstream(upstream) - before
+                if delta == ttc["generated_tokens"]:
+                    break
+                time.sleep(0.1)
+            # usage = every token the strategy had the upstream generate (its own counter agrees)
+            assert r.usage.completion_tokens == ttc["generated_tokens"] == delta > 0
+            assert r.usage.prompt_tokens == row["prompt_tokens"]
+            # the policy's choice from the cached features of the same question
+            assert ttc["action"] == policy.act(row["features"], row["prompt_tokens"], lt, ls)
+            assert (ttc["lambda_tokens"], ttc["lambda_seconds"], ttc["policy"]) == (lt, ls, "one_shot")
+            assert ttc["strategy"] in ("sample_pool", "beam_search") and ttc["rounds"] >= 1 and ttc["seconds"] > 0
+            assert ttc["tokens"] >= ttc["generated_tokens"]
+            assert isinstance(r.choices[0].message.content, str) and r.choices[0].message.role == "assistant"
+            if ttc["strategy"] == "sample_pool":
+                assert ttc["rounds"] == 1
+            spent[lt] += ttc["tokens"]
+    assert spent[2e-3] < spent[0.0]  # a high price buys less compute
+    assert _metric(base, 'ttc_requests_total{status="200"}') >= 6
+
+
+@pytest.mark.slow
+def test_bad_requests_and_api_key_over_http(stack):
+    import openai
+
+    _, _, base, _ = stack
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, "wrong").models.list()
+    r = requests.post(f"{base}/v1/chat/completions", json={"messages": _user("q")}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+    with pytest.raises(openai.BadRequestError) as e:
+        _client(base).chat.completions.create(model="ttc-alloc", messages=_user("q"),
+                                              extra_body={"ttc": {"lambda_tokens": -1}})  # fmt: skip
+    assert e.value.status_code == 400 and e.value.body["param"] == "ttc.lambda_tokens"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    big = {"messages": _user("x" * 70_000)}
+    r = requests.post(f"{base}/v1/chat/completions", json=big, headers=auth, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+    r = requests.post(f"{base}/v1/chat/completions", json={"model": "m"}, headers=auth, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = requests.post(f"{base}/v1/chat/completions", data=b"{not json", headers=auth, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+
+
+@pytest.mark.slow
+def test_bounded_load_none_lost_or_duplicated(stack):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from serve_load import run_load
+
+    from rollouts.datasets import load_queries
+
+    _, _, base, _ = stack
+    before = _metric(base, "ttc_requests_total")
+    qs = [q.question for q in load_queries("arith:0", limit=64, offset=5000)]
+    # 16 in flight against 4 slots + 8 queue places: some are refused with 429, the rest answered
+    res = asyncio.run(run_load(f"{base}/v1", qs, 16, {"lambda_tokens": 2e-3, "lambda_seconds": 0.25}, KEY, 240))
+    assert res["finished"] == res["unique_requests"] == 64
+    assert set(res["statuses"]) <= {"200", "429"}, res["statuses"]
+    assert res["statuses"].get("200", 0) >= 16 and res["unique_reply_ids"] == res["statuses"]["200"]
+    assert _metric(base, "ttc_requests_total") - before == 64  # the server counted each request once
+    assert _metric(base, "ttc_in_flight") == 0 and _metric(base, "ttc_queued") == 0
+    print(json.dumps({k: v for k, v in res.items() if k != "results"}))
+
+
+@pytest.mark.slow
+def test_upstream_killed_then_back(stack):
+    import openai
+
+    upstream, proc, base, _ = stack
+    upstream.kill()
+    client = _client(base)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
+    assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+    h = requests.get(f"{base}/health", timeout=10)
+    assert h.ok and h.json()["upstream"] == "down" and proc.poll() is None  # still up
+    upstream.start()  # same port
+    r = client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
+    assert r.usage.completion_tokens > 0 and requests.get(f"{base}/health", timeout=10).json()["upstream"] == "ok"
+
+
+@pytest.mark.slow
+def test_graceful_shutdown_finishes_in_flight(stack):
+    _, proc, base, _ = stack
+    out = {}
+
+    def call() -> None:
+        r = requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
+                          json={"messages": _user("What is 12 + 30?"), "ttc": {"lambda_tokens": 0}})  # fmt: skip
+        out["status"], out["body"] = r.status_code, r.json()
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 60
+    while _metric(base, "ttc_in_flight") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t.join(300)
+    assert out["status"] == 200 and out["body"]["usage"]["completion_tokens"] > 0
+    assert proc.wait(60) == 0
