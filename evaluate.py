@@ -48,8 +48,9 @@ split of ~100 queries the hindsight best static is itself lucky, and the interva
 point where PPO is below it is a loss or noise.
 
 Budgets instead of prices: ``--target-tokens T [T ...]`` / ``--target-seconds S [S ...]`` find, per
-target, the λ_T (λ_L) at which PPO's mean cost on the validation split meets the target (bisection,
-``policies/budget.py``; the other λ stays 0), then report PPO on the evaluated split at that λ (mean
+target, the λ_T (λ_L) at which PPO's mean cost meets the target on the non-test queries
+(``--budget-split``: ``train+val`` by default, or ``val``; bisection, ``policies/budget.py``; the other λ
+stays 0), then report PPO on the evaluated split at that λ (mean
 cost, its miss of the target, accuracy) beside the most accurate static config within the target
 and the static config of the closest mean cost (JSON ``budgets``). ``--latency-load K`` prices
 seconds with K queries in flight (``env.latency_load``; default: the run's).
@@ -72,7 +73,7 @@ import numpy as np
 import yaml
 
 from env.outcomes import AllocError, ConfigError, validate_lambda
-from policies.budget import BudgetError
+from policies.budget import BUDGET_SPLITS, BudgetError, budget_rows
 from rollouts.cache import CacheError
 
 TOL = 1e-9
@@ -119,6 +120,7 @@ def evaluate(
     target_tokens: list[float] | None = None,
     target_seconds: list[float] | None = None,
     latency_load: int | None = None,
+    budget_split: str = "train+val",
 ) -> dict[str, Any]:
     import torch
 
@@ -138,6 +140,8 @@ def evaluate(
         raise ConfigError(f"--grid must be >= 2, got {grid_n}")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    if budget_split not in BUDGET_SPLITS:
+        raise ConfigError(f"--budget-split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
     run_dir, model_path = resolve_model(run, checkpoint, which)
     meta = read_meta(model_path)
     cfg_path, splits_path = run_dir / "config.yml", run_dir / "splits.json"
@@ -240,9 +244,9 @@ def evaluate(
     if target_tokens or target_seconds:
         from policies.budget import budget_report
 
-        val = rows_of["val"][table.mask[rows_of["val"]].all(axis=1)]
+        solve = budget_rows(rows_of, budget_split)
         budgets = budget_report(
-            table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), val, rows,
+            table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), solve[table.mask[solve].all(axis=1)], rows,
             {k: v for k, v in (("tokens", target_tokens), ("seconds", target_seconds)) if v},
         )  # fmt: skip
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
@@ -489,6 +493,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="mean tokens per query to meet: λ_T solved by bisection on the val split (policies/budget.py)")
     p.add_argument("--target-seconds", type=float, nargs="+", metavar="S",
                    help="mean seconds per query to meet: λ_L solved the same way")
+    p.add_argument("--budget-split", default="train+val", choices=BUDGET_SPLITS,
+                   help="queries the targets are solved on (default train+val: never the test split)")
     p.add_argument("--latency-load", type=int, metavar="K",
                    help="price seconds with K queries in flight (default: the run's env.latency_load)")
     return p
@@ -514,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             target_tokens=args.target_tokens,
             target_seconds=args.target_seconds,
             latency_load=args.latency_load,
+            budget_split=args.budget_split,
         )
     except (AllocError, CacheError, BudgetError) as exc:
         print(f"error: {exc}", file=sys.stderr)

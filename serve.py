@@ -11,7 +11,7 @@ collection did (``route.LiveRouter``: the serving spec of the export), the expor
 action at the request's prices, and the action runs through the project's strategy code against the
 upstream (``rollouts/backends/openai_http.py``: timeouts, bounded retries). Prices come from the
 extra body field ``ttc`` (``lambda_tokens``, ``lambda_seconds``, or a budget ``target_tokens`` /
-``target_seconds`` whose price is found by bisection on the run's validation split,
+``target_seconds`` whose price is found by bisection on the run's non-test queries,
 ``policies/budget.py``), defaulting to the server's ``--lambda-*``. The reply is the selected
 completion as the assistant message, ``usage.completion_tokens`` = every token the strategy made the
 engine generate, and a ``ttc`` block (action, strategy, selector, n, rounds, tokens, seconds, ...).
@@ -77,6 +77,7 @@ class ServeConfig:
     max_question_chars: int = 4000
     api_key: str | None = None
     run: str | None = None  # run folder (splits.json, config.yml) for budget targets; default: export's parent
+    budget_split: str = "train+val"  # policies/budget.py BUDGET_SPLITS
     graceful_timeout_s: float = 60.0
 
 
@@ -172,24 +173,23 @@ POLICY_KINDS: dict[str, Callable[..., dict[str, Any]]] = {"one_shot": serve_one_
 
 
 class Budgets:
-    """Budget targets -> prices, solved on the run's validation split (loaded on first use, memoized)."""
+    """Budget targets -> prices, solved on the run's non-test queries (loaded on first use, memoized)."""
 
-    def __init__(self, router: Any, run_dir: Path | None) -> None:
-        self.router, self.run_dir = router, run_dir
+    def __init__(self, router: Any, run_dir: Path | None, split: str = "train+val") -> None:
+        self.router, self.run_dir, self.split = router, run_dir, split
         self._lock = threading.Lock()
         self._table: Any = None
         self._rows: Any = None
         self._memo: dict[tuple[str, float, float], Any] = {}
 
     def _load(self) -> None:
-        import numpy as np
         import yaml
 
         from env.outcomes import OutcomeTable
 
         run = self.run_dir
         if run is None or not (run / "splits.json").is_file():
-            raise RequestError("ttc", f"budget targets need the run's validation split; {run}/splits.json not found "
+            raise RequestError("ttc", f"budget targets need the run's splits; {run}/splits.json not found "
                                       "(start serve.py with --run RUN_FOLDER)")  # fmt: skip
         cfg = yaml.safe_load((run / "config.yml").read_text()) if (run / "config.yml").is_file() else {}
         cache = cfg.get("cache")
@@ -202,10 +202,12 @@ class Budgets:
         )  # fmt: skip
         if list(table.action_ids) != list(self.router.policy.menu):
             raise RequestError("ttc", "the run's cache has another action menu than the export")
-        val = json.loads((run / "splits.json").read_text())["val"]
-        rows = table.indices([q for q in val if q in table.qindex])
+        from policies.budget import budget_rows
+
+        splits = json.loads((run / "splits.json").read_text())
+        rows_of = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val")}
+        rows = budget_rows(rows_of, self.split)
         self._table, self._rows = table, rows[table.mask[rows].all(axis=1)]
-        self._np = np
 
     def solve(self, cost: str, target: float, other: float) -> Any:
         from policies.budget import BudgetError, solve_on_table
@@ -279,7 +281,7 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
         raise ValueError(f"{cfg.export}: policy kind {kind!r} cannot be served (known: {', '.join(POLICY_KINDS)})")
     serve_fn = POLICY_KINDS[kind]
     run_dir = Path(cfg.run) if cfg.run else Path(cfg.export).resolve().parent
-    budgets = Budgets(router, run_dir)
+    budgets = Budgets(router, run_dir, cfg.budget_split)
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="ttc-request")
     slots = asyncio.Semaphore(cfg.max_concurrency)
@@ -392,7 +394,7 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
                 "rounds": len(out["rounds"]), "tokens": out["tokens"], "generated_tokens": out["generated_tokens"],
                 "seconds": round(out["seconds"], 4), "answer": out["answer"],
                 "lambda_tokens": out["lambda_tokens"], "lambda_seconds": out["lambda_seconds"],
-                "budget": None if b is None else {"cost": b.cost, "target": b.target, "val_mean": b.achieved,
+                "budget": None if b is None else {"cost": b.cost, "target": b.target, "solved_mean": b.achieved,
                                                   "binding": b.binding},
                 "policy": kind,
             },
@@ -445,6 +447,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("TTC_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $TTC_SERVE_API_KEY; none: open)")
     p.add_argument("--run", help="run folder for budget targets (splits.json, config.yml; default: the export's parent)")
+    p.add_argument("--budget-split", default=d.budget_split, choices=("train+val", "val"),
+                   help="queries budget targets are solved on (default: train+val)")
     p.add_argument("--graceful-timeout-s", type=float, default=d.graceful_timeout_s,
                    help="on SIGTERM, how long in-flight requests may take to finish")
     return p
@@ -468,7 +472,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
         upstream_timeout_s=args.upstream_timeout_s, upstream_retries=args.upstream_retries,
         max_body_bytes=args.max_body_bytes, max_question_chars=args.max_question_chars, api_key=args.api_key or None,
-        run=args.run, graceful_timeout_s=args.graceful_timeout_s,
+        run=args.run, graceful_timeout_s=args.graceful_timeout_s, budget_split=args.budget_split,
     )  # fmt: skip
 
 
@@ -485,9 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     except (RouteError, OnnxPolicyError, AllocError, ModelNotFound, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import signal
+
     import uvicorn
 
-    # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, then run the lifespan end
+    # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the lifespan end,
+    # then re-raise the signal to the previous handler: this one makes that a clean exit (status 0)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=cfg.graceful_timeout_s)  # fmt: skip
     return 0

@@ -195,6 +195,12 @@ def test_openai_client_two_lambdas(stack):
                 assert ttc["rounds"] == 1
             spent[lt] += ttc["tokens"]
     assert spent[2e-3] < spent[0.0]  # a high price buys less compute
+    # a budget instead of a price: λ_T solved on the run's non-test queries, then served with
+    r = client.chat.completions.create(model="ttc-alloc", messages=_user("What is 7 + 8?"),
+                                       extra_body={"ttc": {"target_tokens": 100}})  # fmt: skip
+    b = r.model_extra["ttc"]["budget"]
+    assert b["cost"] == "tokens" and b["binding"] and b["solved_mean"] <= 100
+    assert r.model_extra["ttc"]["lambda_tokens"] > 0
     assert _metric(base, 'ttc_requests_total{status="200"}') >= 6
 
 
