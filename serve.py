@@ -43,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# module level: FastAPI resolves the handlers' (postponed) annotations in this module's globals
+from fastapi import FastAPI, Request
+
 OPENAI_KEYS = {  # accepted and ignored: the strategy samples as the collection did
     "model", "messages", "ttc", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
     "stream", "user", "stop", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
@@ -261,7 +264,6 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
     """The FastAPI app; ``router`` defaults to a ``route.LiveRouter`` on the export and the upstream."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
