@@ -35,7 +35,7 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
     summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
                static_train_best_ge_best_static (count: the no-routing reference for ppo_ge_best_static),
                ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
-               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0),
+               ppo_below_best_static_ci (count of points whose 90% CI upper end is < −1e-9),
                all_points_ge_best_static_p: {ppo, probe_router, static_train_best} (share of bootstrap
                resamples in which that policy is >= the re-picked best static at every point; null
                when --bootstrap 0), n_boot }
@@ -65,7 +65,12 @@ import yaml
 from env.outcomes import AllocError, ConfigError, validate_lambda
 from rollouts.cache import CacheError
 
-TOL = 1e-9
+TOL = 1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
+
+
+def below(x: float) -> bool:
+    """x < 0 beyond the tie tolerance (an upper CI end of −1e-15 is a tie, not a loss)."""
+    return bool(x < -TOL)
 
 
 def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[Path, Path]:
@@ -240,7 +245,7 @@ def evaluate(
             "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
-            "ppo_below_best_static_ci": sum(p["ppo_vs_best_static"]["ci90"][1] < 0 for p in points),
+            "ppo_below_best_static_ci": sum(below(p["ppo_vs_best_static"]["ci90"][1]) for p in points),
             "all_points_ge_best_static_p": (
                 {k: float(v.mean()) for k, v in all_points_ge.items()} if weights is not None else None
             ),

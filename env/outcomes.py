@@ -18,9 +18,11 @@ mask (the config has records for that query with enough samples):
   replacement, in pool order) of the selected sample's correctness. Exact for N = 1 and N = K, exact
   enumeration when C(K, N) <= ``mc_subsets``, else a Monte-Carlo mean over ``mc_subsets`` seeded
   random subsets (the seed is ``outcome_seed``; the table is deterministic). Selection follows
-  :func:`rollouts.strategies.selectors.select` (vectorised here; tests check it against ``select``):
-  ties go to the earliest sample and ``None`` answers never win unless all are ``None``. Ungraded
-  samples (``correct`` is ``None``) count as wrong;
+  :func:`rollouts.strategies.selectors.select` (vectorised here; tests check it against ``select``),
+  with ties broken uniformly at random among the tied answers (``best_score``: tied samples), taken
+  in expectation (:func:`expected_selected_correct`), so a budget's correctness does not depend on
+  the order of the samples in the pool; ``None`` answers never win unless all are ``None``.
+  Ungraded samples (``correct`` is ``None``) count as wrong;
 - tokens: generated tokens of the N samples (expected value N/K of the pool's total), plus the
   samples' ``scorer_tokens`` for the selectors that use scores (``best_score``, ``weighted``). A
   sample with ``tokens`` ``None`` gets an equal share of what the record's total leaves unexplained.
@@ -34,7 +36,7 @@ mask (the config has records for that query with enough samples):
 
 ``OutcomeTable.sample`` draws one outcome instead (the env's ``outcome="sampled"`` mode): a seed
 record uniformly, then a uniform subset of N samples, with the caller's generator, and applies the
-real ``select``.
+real ``select`` with the caller's generator breaking ties.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import numpy as np
 
 from rollouts.cache import CacheError, RolloutCache, load_cache
 from rollouts.latency import LatencyModel, Round
-from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, answer_key, select
+from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, TIE_TOL, answer_key, select
 
 SEARCH_STRATEGIES = ("beam_search", "search_result")
 
@@ -199,6 +201,44 @@ def select_many(selector: str, answers: np.ndarray, scores: np.ndarray | None) -
         weight = np.einsum("...ij,...j->...i", eq.astype(np.float64), scores.astype(np.float64))
     weight = np.where(valid, weight, -np.inf)
     return np.argmax(weight, axis=-1)
+
+
+def expected_selected_correct(
+    selector: str, answers: np.ndarray, scores: np.ndarray | None, correct: np.ndarray
+) -> np.ndarray:
+    """Vectorised expected correctness of :func:`select` with a uniformly random tie-break.
+
+    ``answers``/``scores``/``correct``: (..., N) (``correct`` 0/1 floats). Among the tied best answers
+    (``majority``, ``weighted``: each answer once, at its first sample) or the tied best samples
+    (``best_score``), each is chosen with equal probability: the result is the mean of their
+    correctness, the exact expectation of ``select(..., rng=...)`` over its draws.
+    """
+    valid = answers >= 0
+    any_valid = valid.any(axis=-1, keepdims=True)
+    eligible = valid | ~any_valid  # None never wins unless all are None
+    if selector == "best_score":
+        if scores is None:
+            raise ValueError("best_score needs scores")
+        weight = np.where(eligible, scores.astype(np.float64), -np.inf)
+        candidate = eligible
+    elif selector in ("majority", "weighted"):
+        eq = answers[..., :, None] == answers[..., None, :]
+        if selector == "majority":
+            weight = (eq & eligible[..., None, :]).sum(axis=-1).astype(np.float64)
+        else:
+            if scores is None:
+                raise ValueError("weighted needs scores")
+            weight = np.einsum("...ij,...j->...i", (eq & eligible[..., None, :]).astype(np.float64),
+                               scores.astype(np.float64))
+        weight = np.where(eligible, weight, -np.inf)
+        n = answers.shape[-1]
+        earlier = np.tril(np.ones((n, n), dtype=bool), k=-1)  # [i, j]: j < i
+        candidate = eligible & ~(eq & earlier).any(axis=-1)  # first sample of each answer
+    else:
+        raise ValueError(f"unknown selector {selector!r}")
+    top = np.max(np.where(candidate, weight, -np.inf), axis=-1, keepdims=True)
+    tied = candidate & (weight >= top - TIE_TOL)
+    return (tied * correct).sum(axis=-1) / tied.sum(axis=-1)
 
 
 def subsets_for(k: int, n: int, mc_subsets: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -394,9 +434,9 @@ class OutcomeTable:
                         sl = slice(lo, lo + 64)
                         ans = answers[sl][:, subsets]
                         sc = scores[sl][:, subsets] if scores is not None else None
-                        pos = select_many(a.selector or "majority", ans, sc)  # (r, S)
-                        chosen = np.take_along_axis(subsets[None, :, :], pos[..., None], axis=2)[..., 0]
-                        exp_correct[sl] = np.take_along_axis(correct[sl], chosen, axis=1).mean(axis=1)
+                        cor = correct[sl][:, subsets]
+                        exp = expected_selected_correct(a.selector or "majority", ans, sc, cor)  # (r, S)
+                        exp_correct[sl] = exp.mean(axis=1)
                 per_sample = gen + (scorer if a.selector in SCORE_SELECTORS else 0.0)
                 exp_tokens = per_sample.mean(axis=1) * a.n
                 mean_max = gen[:, subsets].max(axis=2).mean(axis=1)
@@ -447,7 +487,7 @@ class OutcomeTable:
             pick = int(idx[0])
         else:
             sc = None if p.scores is None else [float(p.scores[i]) for i in idx]
-            pick = int(idx[select(a.selector or "majority", [p.keys[i] for i in idx], sc)])
+            pick = int(idx[select(a.selector or "majority", [p.keys[i] for i in idx], sc, rng=rng)])
         tokens = float(p.gen_tokens[idx].sum())
         if a.selector in SCORE_SELECTORS:
             tokens += float(p.scorer_tokens[idx].sum())
