@@ -23,7 +23,8 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 ``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
 ``--json PATH`` the same numbers as JSON. JSON keys::
 
-    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids)
+    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids),
+    latency ("seconds from the cache", or why λ_L is fixed at 0: the λ_L axis is then [0])
     grid: {lambda_tokens: [...], lambda_seconds: [...]}
     points: [ { lambda_tokens, lambda_seconds,
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
@@ -140,6 +141,8 @@ def evaluate(
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     check_menu(meta, table, str(model_path))
+    if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
+        raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
     splits = json.loads(splits_path.read_text())
     rows_of = {
         s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
@@ -234,6 +237,7 @@ def evaluate(
         "n_queries": int(len(rows)),
         "n_dropped_incomplete": n_dropped,
         "menu": list(table.action_ids),
+        "latency": table.latency_note or "seconds from the cache",
         "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
         "points": points,
         "summary": {
@@ -364,6 +368,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
         f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
     ]
+    if result.get("latency", "seconds from the cache") != "seconds from the cache":
+        lines.append(f"Latency: {result['latency']}; the λ_L axis is [0].")
     joint = s.get("all_points_ge_best_static_p")
     if joint:
         lines.append(

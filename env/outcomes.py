@@ -34,6 +34,16 @@ mask (the config has records for that query with enough samples):
   Anything else is a :class:`CacheError`;
 - records of the same (query, config) with several seeds are averaged.
 
+Without latency: a cache with no seconds anywhere (no record has ``seconds`` or ``seconds_by_n``,
+and meta.json has no latency model, e.g. an import of API rollouts without timings and with
+``--no-latency-model``) gets seconds 0 everywhere and ``latency_available = False``: the env then
+fixes λ_L at 0 and says so, and ``evaluate.py`` grids only λ_T. A cache where only some seconds are
+missing is an error (it names a record), never a silent mix.
+
+Ragged pools: records of one pool config may hold fewer samples than the config's largest pool K;
+budgets N are offered up to K and masked for a query whose pool is smaller than N
+(``short_pools`` lists them).
+
 ``OutcomeTable.sample`` draws one outcome instead (the env's ``outcome="sampled"`` mode): a seed
 record uniformly, then a uniform subset of N samples, with the caller's generator, and applies the
 real ``select`` with the caller's generator breaking ties.
@@ -335,6 +345,14 @@ class OutcomeTable:
             self.latency = LatencyModel.from_dict(lm) if lm else None
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{cache.path}/meta.json: unusable latency_model ({exc})") from exc
+        self.latency_available = self.latency is not None or any(
+            r.get("seconds") is not None or r.get("seconds_by_n") for r in cache.records
+        )
+        self.latency_note = (
+            None if self.latency_available else
+            f"{cache.path}: no record has seconds and meta.json has no latency model: λ_L is fixed at 0 "
+            "(token costs only)"
+        )
         q_n, a_n = len(self.query_ids), len(self.menu)
         self.correct = np.zeros((q_n, a_n))
         self.tokens = np.zeros((q_n, a_n))
@@ -344,6 +362,8 @@ class OutcomeTable:
         # sampled-mode material: (qi, config) -> prepared records
         self._pools: dict[tuple[int, str], list[_Pool]] = {}
         self._search: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+        # pool records smaller than their config's largest pool: {query_id, config_id, k, masked_budgets}
+        self.short_pools: list[dict[str, Any]] = []
         self._build(cache)
 
     # -- construction --------------------------------------------------------------------------
@@ -373,6 +393,8 @@ class OutcomeTable:
                         raise CacheError(
                             f"{cache.path}: record ({q!r}, {cfg!r}): malformed 'rounds' ({exc})"
                         ) from exc
+                if secs is None and not self.latency_available:
+                    secs = 0.0
                 if secs is None:
                     raise CacheError(
                         f"{cache.path}: record ({q!r}, {cfg!r}, seed {r['seed']}) has no seconds "
@@ -388,6 +410,8 @@ class OutcomeTable:
     def _pool_seconds(
         self, pool: _Pool, n: int, mean_max_tokens: float, prompt_tokens: int, where: str
     ) -> float:
+        if not self.latency_available:
+            return 0.0
         if str(n) in pool.seconds_by_n:
             return pool.seconds_by_n[str(n)]
         if self.latency is not None:
@@ -396,7 +420,9 @@ class OutcomeTable:
             return float(pool.seconds)
         raise CacheError(
             f"{self.cache_path}: no latency for {where} at budget {n}: the record has no "
-            f"seconds_by_n[{str(n)!r}] and meta.json has no latency_model"
+            f"seconds_by_n[{str(n)!r}] and meta.json has no latency_model (give every record its seconds, "
+            "import with a latency model, e.g. --latency-model api:a=..,b=..,c=.., or with none at all: "
+            "λ_L then stays 0)"
         )
 
     def _build_pool(self, cache: RolloutCache, cfg: str, ais: list[int]) -> None:
@@ -447,6 +473,15 @@ class OutcomeTable:
                     acc[1] += exp_tokens[j]
                     acc[2] += secs
                     acc[3] += 1
+        k_max = max(groups) if groups else 0
+        for k, items in groups.items():
+            if k < k_max:
+                masked = [self.menu[ai].n for ai in ais if self.menu[ai].n > k]
+                for qi, _, _ in items:
+                    self.short_pools.append(
+                        {"query_id": self.query_ids[qi], "config_id": cfg, "k": k,
+                         "masked_budgets": sorted(set(masked))}
+                    )
         for ai, per_q in sums.items():
             for qi, (c, t, s, cnt) in per_q.items():
                 self.correct[qi, ai], self.tokens[qi, ai], self.seconds[qi, ai] = c / cnt, t / cnt, s / cnt
