@@ -161,6 +161,19 @@ def load_tokenizer(name: str, allow_download: bool = False) -> Any:
             return PreTrainedTokenizerFast(tokenizer_file=str(p / "tokenizer.json"))
     if name.startswith((".", "/", "~")):
         raise ModelNotFound(f"tokenizer path {name!r} does not exist")
+    if not allow_download:
+        # look in the local HF cache before importing transformers (seconds): a miss fails at once
+        from huggingface_hub import try_to_load_from_cache
+
+        def cached(f: str) -> bool:
+            try:
+                return isinstance(try_to_load_from_cache(name, f), str)
+            except ValueError:  # not even a valid repo id
+                return False
+
+        if not any(cached(f) for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise ModelNotFound(f"tokenizer {name!r}: not a bundled name, local folder or tokenizer.json file, and not "
+                                "in the local HF cache (no download without --tokenizer-download)")
     from transformers import AutoTokenizer
 
     try:
