@@ -412,6 +412,9 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
         xs = np.array([p0[s][cost] for s in statics])
         ys = np.array([p0[s]["accuracy"] for s in statics])
         ax.scatter(xs, ys, c="grey", s=18, label="static configs")
+        for x, y, name in zip(xs, ys, statics, strict=True):  # label each static config
+            ax.annotate(name.removeprefix("static:").split("/")[-1], (x, y), fontsize=6, color="dimgrey",
+                        xytext=(3, 2), textcoords="offset points")
         order = np.argsort(xs)
         fx, fy, best = [], [], -np.inf
         for i in order:
@@ -428,8 +431,9 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
             allx = [p["policies"][name][cost] for p in points]
             ally = [p["policies"][name]["accuracy"] for p in points]
             ax.scatter(allx, ally, c=color, marker=marker, s=14, alpha=0.35)
+            # the sweep's points in order of cost (in λ order a sweep can double back)
             line = [p for p in points if p[other] == 0.0]
-            line.sort(key=lambda p: p[axis_lam])
+            line.sort(key=lambda p: (p["policies"][name][cost], p[axis_lam]))
             ax.plot(
                 [p["policies"][name][cost] for p in line],
                 [p["policies"][name]["accuracy"] for p in line],
