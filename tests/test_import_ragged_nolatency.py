@@ -168,3 +168,48 @@ def test_api_import_without_timings_ragged_trains_and_evaluates(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--run", str(runs / "api"), "--out", str(out),
                         "--lambda-seconds", "0.1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.startswith("error: --lambda-seconds > 0")
+
+
+class _CrashAfter:
+    """The real featurizer, with a crash injected after ``n`` batches (fault injection, not a stand-in)."""
+
+    def __init__(self, real, n: int):
+        self.real, self.n = real, n
+        self.tokenizer = real.tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def iter_features(self, prompts, bar=None):
+        for i, item in enumerate(self.real.iter_features(prompts, bar)):
+            if i == self.n:
+                raise KeyboardInterrupt("injected crash")
+            yield item
+
+
+def test_featurization_writes_batch_by_batch_and_resumes(tmp_path):
+    from rollouts.feature_store import FeatureStore
+
+    src = write_input(tmp_path / "in.jsonl", n_queries=10)
+    out, store = tmp_path / "c", tmp_path / "fs"
+    real = load_featurizer()
+    old = real.batch_size
+    real.batch_size = 3  # several batches for 10 questions
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Importer(out, featurizer=_CrashAfter(real, 2), progress=False,
+                     feature_store=FeatureStore(store)).run(GenericReader(src))
+        done = load_cache(out)
+        assert len(done.query_ids) == 6 and len(done.records) == 12  # two batches of 3, with their records
+        s = Importer(out, featurizer=real, progress=False, feature_store=FeatureStore(store)).run(GenericReader(src))
+    finally:
+        real.batch_size = old
+    assert (s.already_present, s.imported, s.queries_new, s.features_reused) == (12, 8, 4, 0)
+    cache = load_cache(out)
+    assert len(cache.query_ids) == 10 and len(cache.records) == 20
+    # the resumed cache's features equal one uninterrupted import's (other batches: padding differs)
+    again = Importer(tmp_path / "fresh", featurizer=real, progress=False).run(GenericReader(src))
+    assert again.queries_new == 10
+    fresh = load_cache(tmp_path / "fresh")
+    for qid in cache.query_ids:
+        assert np.allclose(cache.queries[qid]["features"], fresh.queries[qid]["features"], atol=1e-4), qid
