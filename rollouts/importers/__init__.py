@@ -132,15 +132,13 @@ def load_tokenizer(name: str, allow_download: bool = False) -> Any:
     ``tokenizer.json`` file (transformers' fast tokenizer loads it alone), or an HF id already in the
     local HF cache. Anything else raises ``ModelNotFound`` at once, naming it.
     """
-    from pathlib import Path as _P
-
     from rollouts.models import BUNDLED, ModelNotFound, resolve_model
 
     if name in BUNDLED:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(resolve_model(name))
-    p = _P(name).expanduser()
+    p = Path(name).expanduser()
     if p.is_file():
         if p.suffix != ".json":
             raise ModelNotFound(f"tokenizer file {p} is not a tokenizer.json")
