@@ -42,8 +42,8 @@ def write_generic(path: Path) -> dict[str, float]:
                               "samples": [{"text": ft["solution"], "correct": ft["is_correct"]}]})
                 lines.append({**q, "strategy": "search_result", "params": {"model": f"gpt3-{size}", "verifier": 100},
                               "result": {"text": ver["solution"], "correct": ver["is_correct"]}})
-                acc.setdefault(f"pool:n=1,model=\"gpt3-{size}\"", []).append(ft["is_correct"])
-                acc.setdefault(f"search_result:model=\"gpt3-{size}\",verifier=100", []).append(ver["is_correct"])
+                acc.setdefault(f"pool:n=1,model=gpt3-{size}", []).append(ft["is_correct"])
+                acc.setdefault(f"search_result:model=gpt3-{size},verifier=100", []).append(ver["is_correct"])
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
