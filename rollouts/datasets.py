@@ -70,8 +70,14 @@ def load_queries(
     question_field: str | None = None,
     answer_field: str | None = None,
     name: str | None = None,
+    invalid_utf8: str = "error",
 ) -> list[Query]:
-    """Load queries from a source string (see module docstring)."""
+    """Load queries from a source string (see module docstring).
+
+    A JSONL line that is not UTF-8 is a DatasetError naming file and line, or with
+    ``invalid_utf8="keep"`` is decoded with lone surrogates, for a caller that refuses such questions
+    one by one (route.py, rollouts/questions.py).
+    """
     kind, _, rest = source.partition(":")
     if kind == "arith":
         from rollouts.arithmetic import generate
@@ -84,8 +90,16 @@ def load_queries(
         if not path.exists():
             raise DatasetError(f"dataset file {path} not found")
         rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    if invalid_utf8 != "keep":
+                        raise DatasetError(
+                            f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                        ) from exc
+                    line = raw.decode("utf-8", "surrogateescape")
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
