@@ -34,6 +34,10 @@ def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def _intact(path: Path) -> None:
     """Raise if the zip is truncated or a member's CRC is wrong (a write cut short by a kill)."""
     with zipfile.ZipFile(path) as zf:
+        # a cut-short SB3 zip can still open as the torch archive nested in it: check the members too
+        missing = {"data", "policy.pth"} - set(zf.namelist())
+        if missing:
+            raise zipfile.BadZipFile(f"truncated: no {', '.join(sorted(missing))}")
         bad = zf.testzip()
     if bad is not None:
         raise zipfile.BadZipFile(f"member {bad} is corrupt")
@@ -42,8 +46,11 @@ def _intact(path: Path) -> None:
 def load_latest_good(run_dir: str | Path, load: Callable[[Path], T]) -> tuple[Path, T]:
     """Load the newest checkpoint that is intact; each skipped one gets a warning on stderr.
 
-    ``load`` raising a project error (other menu, other env) is not a torn file and propagates.
+    ``load`` raising a project error other than CheckpointError (other menu, other env) is not a
+    torn file and propagates.
     """
+    from policies.ppo import CheckpointError
+
     cps = checkpoints(run_dir)
     if not cps:
         raise ConfigError(f"{run_dir}: no checkpoint to resume from in {Path(run_dir) / 'checkpoints'}")
@@ -52,7 +59,7 @@ def load_latest_good(run_dir: str | Path, load: Callable[[Path], T]) -> tuple[Pa
         try:
             _intact(path)
             return path, load(path)
-        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, CheckpointError) as exc:
             problems.append(f"{path.name} ({exc})")
             print(f"warning: {path}: unreadable checkpoint ({exc}); trying the previous one", file=sys.stderr)
     raise ConfigError(f"{run_dir}: no readable checkpoint to resume from: {'; '.join(problems)}")
