@@ -137,7 +137,8 @@ def test_route_runs_the_chosen_strategy_on_vllm(bundled_run, tmp_path):
     assert sorted(errors) == [1, 2, 3, 7], lines
     assert errors[1] == "empty question"
     assert "3500 characters exceeds the limit of 3000" in errors[2]
-    assert "tokens exceeds the 928" in errors[3]  # 1024 context - 96 generated tokens
+    budget = json.loads((bundled_run / "export" / "policy.json").read_text())["serving"]["sampling"]["max_tokens"]
+    assert f"tokens exceeds the {1024 - budget} the engine's context" in errors[3]  # vLLM backend: 1024 tokens
     assert "not valid UTF-8" in errors[7]
     answered = [r for r in lines if "error" not in r]
     menu = json.loads((bundled_run / "export" / "policy.json").read_text())["menu"]
