@@ -8,6 +8,8 @@
 
 Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
 one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
+One writer per cache: a second collector, import, recalibration or pack into the same cache exits 2
+at once naming the holder's pid (an OS lock on ``<parent>/.<cache>.lock``, rollouts/locks.py).
 """
 
 from __future__ import annotations
