@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -56,6 +56,9 @@ from env.outcomes import AllocError, ConfigError
 from rollouts.cache import CacheError
 from rollouts.config import check_types, load_yaml_text
 from rollouts.errors import report, user_errors
+
+if TYPE_CHECKING:
+    from rollouts.locks import FolderLock
 
 ENV_NAME = "ttc-Allocate-v0"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train_default.yaml"
@@ -111,9 +114,6 @@ class TrainConfig:
         for name in ("cache", "exp", "runs_dir"):
             if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(cfg, name)!r}")
-        for name in ("progress_bar", "export"):
-            if not isinstance(getattr(cfg, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def _train(
     args_dict: dict | None,
     name: str,
     run_dir: Path,
-    lock: Any,
+    lock: FolderLock,
 ) -> Path:
     """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run)."""
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
