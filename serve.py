@@ -165,6 +165,9 @@ _CHOOSE_LOCK = threading.Lock()  # one featurizer forward at a time (HF fast tok
 def serve_one_shot(router: Any, question: str, lambda_tokens: float, lambda_seconds: float) -> dict[str, Any]:
     """One-shot policy (``policies/onnx_policy.py``): pick one action for the query, run it once."""
     with _CHOOSE_LOCK:
+        problem = router.check(question)  # the limits of rollouts/questions.py (empty, too long...)
+        if problem is not None:
+            raise RequestError("messages", f"the question is refused: {problem}")
         prompted, actions = router.choose([question], None, lambda_tokens, lambda_seconds)
     out = router.run_action(prompted, actions[0])[0]
     return {"action": actions[0], "prompt_tokens": len(prompted[0].prompt_ids), **out}
