@@ -106,21 +106,29 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     env_cfg = yaml.safe_load((ROOT / "configs" / "train_default.yaml").read_text())["env"]
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    own_ray = not ray.is_initialized()  # a caller's cluster (e.g. the tests') is left running
+    if own_ray:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    training = []
     try:
         algo = build_ppo(args.cache, env_cfg, seed=args.seed, batch=args.batch, minibatch=min(128, args.batch))
         for it in range(1, args.iterations + 1):
             t0 = time.perf_counter()
             res = algo.train()
-            ret = res.get("env_runners", {}).get("episode_return_mean", float("nan"))
-            print(f"iteration {it}: episode_return_mean {ret:.4f} ({time.perf_counter() - t0:.1f} s)")
-        encoder = AllocateEnv(args.cache, split="train", **env_cfg).encoder  # what the env runner observed
-        table_menu = AllocateEnv(args.cache, split="train", **env_cfg).table.action_ids
-        policy = RLlibPolicy(algo.get_module(), encoder, table_menu)
+            runners = res.get("env_runners", {})
+            training.append({"iteration": it, "seconds": round(time.perf_counter() - t0, 2),
+                             "episode_return_mean": runners.get("episode_return_mean"),
+                             "env_steps": runners.get("num_env_steps_sampled_lifetime")})
+            print(f"iteration {it}: episode_return_mean {training[-1]['episode_return_mean']:.4f} "
+                  f"({training[-1]['seconds']:.1f} s, {training[-1]['env_steps']} env steps so far)")
+        train_env = AllocateEnv(args.cache, split="train", **env_cfg)  # what the env runner observed
+        policy = RLlibPolicy(algo.get_module(), train_env.encoder, train_env.table.action_ids)
         result = evaluate_policy(policy, args.cache, env_cfg, grid_n=args.grid)
+        result["training"] = training
         algo.stop()
     finally:
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
     print(f"test split, {result['n_queries']} queries, {len(result['points'])} λ points; mean utility:")
     for name, u in result["mean_utility"].items():
         print(f"  {name:18s} {u:.4f}")

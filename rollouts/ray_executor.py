@@ -182,6 +182,15 @@ class RayCollector(Collector):
         self.writer.update_meta(backend={**backend, "executor": "ray", "replicas": c.replicas})
         return self.actors
 
+    def _get(self, ref: Any) -> Any:
+        """``ray.get``, re-raising a replica's own exception as itself (a BackendError stays one line)."""
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as exc:
+            if exc.cause is None:
+                raise
+            raise exc.cause from None
+
     def _stream(self, units: list[Any], submit: Callable[[Any, Any], Any]) -> Iterator[tuple[Any, Any]]:
         """Run ``units`` over the replicas (``submit(actor, unit) -> ref``), at most IN_FLIGHT queued per
         replica; yield ``(unit, result)`` as results arrive. A replica out of restarts is dropped and its
@@ -201,7 +210,7 @@ class RayCollector(Collector):
             i, u = inflight.pop(ref)
             load[i] -= 1
             try:
-                out = ray.get(ref)
+                out = self._get(ref)
             except ray.exceptions.RayActorError as exc:  # out of restarts: never use it again
                 self._dead.add(i)
                 queue.appendleft(u)
@@ -239,11 +248,11 @@ class RayCollector(Collector):
         return live[0]
 
     def _run(self, item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
-        return self._ray.get(self._live().run.remote(item, queries, n))[0]
+        return self._get(self._live().run.remote(item, queries, n))[0]
 
     def _timed_run(self, item: dict[str, Any], q: PromptedQuery, n: int | None) -> tuple[StrategyResult, float]:
         # Calibration runs on one replica while the others idle: a query alone on its engine.
-        return self._ray.get(self._live().timed_run.remote(item, q, n))
+        return self._get(self._live().timed_run.remote(item, q, n))
 
     def collect(self) -> dict[str, Any]:
         self.featurize()
