@@ -147,7 +147,11 @@ class RayCollector(Collector):
                 kw["include_dashboard"] = False  # a local cluster for this run only
                 # Ray starts workers at nice 15; on a shared machine the engines would then starve.
                 os.environ.setdefault("RAY_worker_niceness", "0")
-            self._ray.init(**kw)
+            try:
+                self._ray.init(**kw)
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
+                raise BackendError(f"cannot start or join the Ray cluster (ray_address={cfg.ray_address!r}): "
+                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
             self._owns_ray = True
         else:
             self._owns_ray = False
