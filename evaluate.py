@@ -3,6 +3,10 @@
     python evaluate.py --run runs/<name>                       # best_model.zip, test split, 5x5 grid
     python evaluate.py --checkpoint runs/<name>/checkpoints/ppo_20000_steps.zip --json results.json
     python evaluate.py --run runs/<name> --lambda-tokens 0 1e-4 --lambda-seconds 0 0.1
+    python evaluate.py --export runs/<name>/export               # the ONNX export: never unpickles
+
+A ``.zip`` checkpoint is a pickle and runs code when loaded: ``--checkpoint`` of a file outside the
+run folder needs ``--trust-checkpoint``; share and evaluate exports (``--export``) instead.
 
 For each (λ_T, λ_L) point and each policy: accuracy (expected correctness), mean tokens, mean seconds
 and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``; queries
@@ -23,7 +27,8 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 ``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
 ``--json PATH`` the same numbers as JSON. JSON keys::
 
-    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids)
+    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids),
+    latency ("seconds from the cache", or why λ_L is fixed at 0: the λ_L axis is then [0])
     grid: {lambda_tokens: [...], lambda_seconds: [...]}
     points: [ { lambda_tokens, lambda_seconds,
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
@@ -35,7 +40,7 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
     summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
                static_train_best_ge_best_static (count: the no-routing reference for ppo_ge_best_static),
                ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
-               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0),
+               ppo_below_best_static_ci (count of points whose 90% CI upper end is < −1e-9),
                all_points_ge_best_static_p: {ppo, probe_router, static_train_best} (share of bootstrap
                resamples in which that policy is >= the re-picked best static at every point; null
                when --bootstrap 0), n_boot }
@@ -60,16 +65,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from env.outcomes import AllocError, ConfigError, validate_lambda
 from rollouts.cache import CacheError
+from rollouts.config import load_yaml_text
+from rollouts.errors import report, user_errors
 
-TOL = 1e-9
+TOL = 1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
 
 
-def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[Path, Path]:
-    """(run folder, model zip)."""
+def below(x: float) -> bool:
+    """x < 0 beyond the tie tolerance (an upper CI end of −1e-15 is a tie, not a loss)."""
+    return bool(x < -TOL)
+
+
+def resolve_model(
+    run: str | None, checkpoint: str | None, which: str, trust_checkpoint: bool = False
+) -> tuple[Path, Path]:
+    """(run folder, model zip). A ``.zip`` is unpickled on loading, so one that is not inside the run
+    folder (``--run``, or the train.py run folder it sits in) needs ``trust_checkpoint``."""
     if checkpoint:
         ck = Path(checkpoint)
         if not ck.is_file():
@@ -78,6 +92,12 @@ def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[
             run_dir = Path(run)
         else:
             run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+        inside = ck.resolve().is_relative_to(run_dir.resolve()) and (run_dir / "command.txt").is_file()
+        if not (inside or trust_checkpoint):
+            raise ConfigError(
+                f"{ck}: checkpoint outside the run folder {run_dir}; a .zip checkpoint runs code when loaded, "
+                "so pass --trust-checkpoint if you made it yourself, or evaluate its ONNX export with --export DIR"
+            )
         return run_dir, ck
     if not run:
         raise ConfigError("give --run RUN_FOLDER or --checkpoint PATH")
@@ -106,8 +126,12 @@ def evaluate(
     seed: int = 0,
     plots: bool = True,
     n_boot: int = 1000,
+    export: str | None = None,
+    trust_checkpoint: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     import torch
+    from tqdm.auto import tqdm
 
     from env.allocate_env import EnvConfig
     from env.outcomes import OutcomeTable
@@ -125,16 +149,33 @@ def evaluate(
         raise ConfigError(f"--grid must be >= 2, got {grid_n}")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    run_dir, model_path = resolve_model(run, checkpoint, which)
-    meta = read_meta(model_path)
+    onnx = None
+    if export:  # the ONNX export: plain numbers and a graph, nothing is unpickled
+        from policies.onnx_policy import OnnxPolicy
+
+        if checkpoint:
+            raise ConfigError("give --export or --checkpoint, not both")
+        onnx = OnnxPolicy(export)
+        source = onnx.doc.get("source") or {}
+        run_dir, model_path = Path(run or source.get("run") or Path(export).resolve().parent), Path(export)
+        cfg_path = run_dir / "config.yml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{run_dir}: config.yml not found (pass --run with the export's run folder)")
+        meta = {"env": load_yaml_text(cfg_path.read_text()).get("env") or {}, "menu": onnx.menu,
+                "cache": source.get("cache")}  # fmt: skip
+    else:
+        run_dir, model_path = resolve_model(run, checkpoint, which, trust_checkpoint)
+        meta = read_meta(model_path)
     cfg_path, splits_path = run_dir / "config.yml", run_dir / "splits.json"
     if not splits_path.is_file():
         raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
-    run_cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    run_cfg = load_yaml_text(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     check_menu(meta, table, str(model_path))
+    if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
+        raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
     splits = json.loads(splits_path.read_text())
     rows_of = {
         s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
@@ -152,7 +193,13 @@ def evaluate(
     ls_axis = ls_axis or grid["lambda_seconds"]
     out_dir = Path(out) if out else run_dir / "eval"
 
-    ppo = PPOPolicy(load_model(model_path, table))
+    dim = onnx.feature_dim if onnx is not None else len(meta["encoder"]["feature_mean"])
+    if dim != table.features.shape[1]:
+        raise ConfigError(
+            f"{model_path}: the policy was trained on {dim} features per query, {cache} has "
+            f"{table.features.shape[1]} (another featurizer)"
+        )
+    ppo = ExportedPolicy(onnx) if onnx is not None else PPOPolicy(load_model(model_path, table))
     router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
     statics = static_policies(table)
     oracle = OraclePolicy()
@@ -162,8 +209,10 @@ def evaluate(
     weights = resample_weights(len(rows), n_boot, seed) if n_boot > 0 else None
     all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in ("ppo", "probe_router", "static_train_best")}
     points = []
+    bar = tqdm(total=len(lt_axis) * len(ls_axis), desc="evaluate", unit="λ point", disable=not progress)
     for lt in lt_axis:
         for ls in ls_axis:
+            bar.update(1)
             pols: dict[str, Any] = {}
             a_ppo, a_router = ppo.choose(table, rows, lt, ls), router.choose(table, rows, lt, ls)
             pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
@@ -219,6 +268,7 @@ def evaluate(
                     ),
                 }
             )
+    bar.close()
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
     rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
     result = {
@@ -229,6 +279,7 @@ def evaluate(
         "n_queries": int(len(rows)),
         "n_dropped_incomplete": n_dropped,
         "menu": list(table.action_ids),
+        "latency": table.latency_note or "seconds from the cache",
         "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
         "points": points,
         "summary": {
@@ -240,7 +291,7 @@ def evaluate(
             "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
-            "ppo_below_best_static_ci": sum(p["ppo_vs_best_static"]["ci90"][1] < 0 for p in points),
+            "ppo_below_best_static_ci": sum(below(p["ppo_vs_best_static"]["ci90"][1]) for p in points),
             "all_points_ge_best_static_p": (
                 {k: float(v.mean()) for k, v in all_points_ge.items()} if weights is not None else None
             ),
@@ -257,6 +308,22 @@ def evaluate(
         Path(json_path).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     result["out_dir"] = str(out_dir)
     return result
+
+
+class ExportedPolicy:
+    """The ONNX export (policies/onnx_policy.py) behind the policies' ``choose`` call, on cache rows."""
+
+    name = "ppo"
+
+    def __init__(self, onnx: Any):
+        self.onnx = onnx
+
+    def choose(self, table: Any, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
+        rows = np.asarray(rows)
+        a = self.onnx.act_index(
+            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds, mask=table.mask[rows]
+        )
+        return np.asarray(a, dtype=np.int64).reshape(len(rows))
 
 
 def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -359,6 +426,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
         f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
     ]
+    if result.get("latency", "seconds from the cache") != "seconds from the cache":
+        lines.append(f"Latency: {result['latency']}; the λ_L axis is [0].")
     joint = s.get("all_points_ge_best_static_p")
     if joint:
         lines.append(
@@ -401,6 +470,9 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
         xs = np.array([p0[s][cost] for s in statics])
         ys = np.array([p0[s]["accuracy"] for s in statics])
         ax.scatter(xs, ys, c="grey", s=18, label="static configs")
+        for x, y, name in zip(xs, ys, statics, strict=True):  # label each static config
+            ax.annotate(name.removeprefix("static:").split("/")[-1], (x, y), fontsize=6, color="dimgrey",
+                        xytext=(3, 2), textcoords="offset points")
         order = np.argsort(xs)
         fx, fy, best = [], [], -np.inf
         for i in order:
@@ -417,8 +489,9 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
             allx = [p["policies"][name][cost] for p in points]
             ally = [p["policies"][name]["accuracy"] for p in points]
             ax.scatter(allx, ally, c=color, marker=marker, s=14, alpha=0.35)
+            # the sweep's points in order of cost (in λ order a sweep can double back)
             line = [p for p in points if p[other] == 0.0]
-            line.sort(key=lambda p: p[axis_lam])
+            line.sort(key=lambda p: (p["policies"][name][cost], p[axis_lam]))
             ax.plot(
                 [p["policies"][name][cost] for p in line],
                 [p["policies"][name]["accuracy"] for p in line],
@@ -441,7 +514,20 @@ def make_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--run", help="run folder (runs/<name>)")
-    p.add_argument("--checkpoint", help="a model zip (default: the run's best_model.zip)")
+    p.add_argument(
+        "--checkpoint",
+        help="a model zip (default: the run's best_model.zip); zips run code when loaded, so one outside "
+        "the run folder needs --trust-checkpoint",
+    )
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="load a --checkpoint from outside the run folder"
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="evaluate an ONNX export (policy.json + policy.onnx) instead of a zip: never unpickles; "
+        "the run folder comes from --run, policy.json's source, or DIR's parent",
+    )
     p.add_argument(
         "--model", choices=("best", "final"), default="best", help="which model of the run (default: best)"
     )
@@ -456,7 +542,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for PPO − best static (0: none)"
     )
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the Pareto PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -477,10 +564,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             plots=not args.no_plots,
             n_boot=args.bootstrap,
+            export=args.export,
+            trust_checkpoint=args.trust_checkpoint,
+            progress=not args.no_progress,
         )
-    except (AllocError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (AllocError, CacheError, *user_errors()) as exc:
+        return report(exc)
     print(markdown(res))
     print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
     return 0

@@ -141,24 +141,27 @@ class RayCollector(Collector):
 
     def __init__(self, cfg: CollectConfig, backend: Backend | None = None, progress: bool = True):
         self._ray = import_ray()
-        if not self._ray.is_initialized():
-            kw: dict[str, Any] = {"address": cfg.ray_address, "log_to_driver": True}
-            if cfg.ray_address is None:
-                kw["include_dashboard"] = False  # a local cluster for this run only
-                # Ray starts workers at nice 15; on a shared machine the engines would then starve.
-                os.environ.setdefault("RAY_worker_niceness", "0")
-            try:
-                self._ray.init(**kw)
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
-                raise BackendError(f"cannot start or join the Ray cluster (ray_address={cfg.ray_address!r}): "
-                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-            self._owns_ray = True
-        else:
-            self._owns_ray = False
         self.actors: list[Any] = []
         self.replica_info: list[dict[str, Any]] = []
         self._dead: set[int] = set()
+        self._owns_ray = False
+        # the cache lock, queries and writer first (Collector): a refused run starts no cluster
         super().__init__(cfg, backend=backend or DriverView(resolve_model(cfg.model), cfg), progress=progress)
+        if self._ray.is_initialized():
+            return
+        kw: dict[str, Any] = {"address": cfg.ray_address, "log_to_driver": True}
+        if cfg.ray_address is None:
+            kw["include_dashboard"] = False  # a local cluster for this run only
+            # Ray starts workers at nice 15; on a shared machine the engines would then starve.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+        try:
+            self._ray.init(**kw)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
+            super().close()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise BackendError(f"cannot start or join the Ray cluster (ray_address={cfg.ray_address!r}): "
+                               f"{type(exc).__name__}: {first}") from exc
+        self._owns_ray = True
 
     # -- replicas -----------------------------------------------------------------------------------
     def pool(self) -> list[Any]:
