@@ -144,11 +144,6 @@ class CollectConfig:
                 raise ConfigError(f"budget {b} exceeds the pool size {max(pools)}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown executor {self.executor!r} (known: local, ray)")
-        counts = (self.replicas, self.tensor_parallel_size, self.replica_restarts)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-            raise ConfigError(f"replicas, tensor_parallel_size and replica_restarts must be integers, got {counts}")
-        if not isinstance(self.replica_resources, dict):
-            raise ConfigError(f"replica_resources must be a mapping, got {self.replica_resources!r}")
         if self.replicas < 1 or self.tensor_parallel_size < 1 or self.replica_restarts < 0:
             raise ConfigError("replicas and tensor_parallel_size must be >= 1, replica_restarts >= 0")
         bad = set(self.replica_resources) - {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"}

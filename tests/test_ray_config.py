@@ -13,7 +13,7 @@ from rollouts.config import ConfigError, load_config
     ("replica_restarts=-1", "replica_restarts >= 0"),
     ("replica_resources={gpus: 1}", "replica_resources: unknown keys ['gpus']"),
     ("replica_resources=4", "replica_resources must be a mapping"),
-    ("replicas=two", "must be integers"),
+    ("replicas=two", "replicas must be an integer"),
     ("tensor_parallel_size=2", "tensor_parallel_size=2 needs replica_resources.num_gpus >= 2, got 0"),
 ])
 def test_bad_ray_settings_are_refused(override, message):
