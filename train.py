@@ -44,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from env.allocate_env import EnvConfig, make_splits
+from env.allocate_env import make_splits
+from env.escalate_env import EscalateConfig, env_config_from
 from env.outcomes import AllocError, ConfigError
 from rollouts.cache import CacheError
 
@@ -79,7 +80,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
         cfg = cls(**d)
-        cfg.env = EnvConfig.from_dict(cfg.env).to_dict()
+        cfg.env = env_config_from(cfg.env).to_dict()
         cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
         for name in (
             "seed",
@@ -115,7 +116,7 @@ def parse_value(text: str) -> Any:
 def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
     from policies.ppo import PPOConfig
 
-    env_keys = {f.name for f in fields(EnvConfig)}
+    env_keys = {f.name for f in fields(EscalateConfig)}  # Allocate-v0's keys and the escalation ones
     ppo_keys = {f.name for f in fields(PPOConfig)}
     top_keys = {f.name for f in fields(TrainConfig)}
     if "." in key:
@@ -173,7 +174,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def default_name(cfg: TrainConfig) -> str:
-    return f"{ENV_NAME}__{cfg.exp}__{cfg.seed}__{int(time.time())}"
+    env_name = "ttc-Escalate-v0" if cfg.env.get("kind") == "escalate" else ENV_NAME
+    return f"{env_name}__{cfg.exp}__{cfg.seed}__{int(time.time())}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +237,11 @@ def train(
             f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
         )
 
-    env_cfg = EnvConfig.from_dict(cfg.env)
+    env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
+    escalate = isinstance(env_cfg, EscalateConfig)
+    if escalate and ppo_cfg.policy != "mlp":
+        raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
     table = OutcomeTable(cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
@@ -255,10 +260,18 @@ def train(
     cfg.env = env_cfg.to_dict()
     cfg.name = name
     meta = make_meta(table, encoder, cfg.env)
+    env_cls, env_kwargs = AllocateEnv, {}
+    if escalate:  # the sequential env: same table, splits and encoder, plus its step menu and units
+        from env.escalate_env import EscalateEnv, EscalateMenu, fit_units
+        from policies.escalate_ppo import make_escalate_meta
+
+        esc_menu = EscalateMenu(table, env_cfg)
+        env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, train_rows)}
+        meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
 
     def make_env(split, cycle=False, lambdas=None):
         return Monitor(
-            AllocateEnv(
+            env_cls(
                 table=table,
                 config=env_cfg,
                 split=split,
@@ -266,6 +279,7 @@ def train(
                 encoder=encoder,
                 cycle=cycle,
                 eval_lambdas=lambdas,
+                **env_kwargs,
             )
         )
 
@@ -274,6 +288,8 @@ def train(
     val_lambdas = grid["points"] if grid else [(env_cfg.lambda_tokens, env_cfg.lambda_seconds)]
     eval_env = DummyVecEnv([lambda: make_env("val", cycle=True, lambdas=grid["points"] if grid else None)])
     n_eval = len(val_rows) * (len(grid["points"]) if grid else 1)
+    if escalate:  # queries without a pool record are not in the sequential env
+        n_eval = eval_env.envs[0].unwrapped.n_episodes_per_cycle
 
     tb_dir = run_dir / "tb"
     if resume:
@@ -349,7 +365,16 @@ def train(
             )
             return True
 
-    after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
+    if escalate:
+        from policies.escalate_ppo import make_escalate_val_callback
+        from policies.escalate_sim import Simulator, make_orders
+
+        val_env = eval_env.envs[0].unwrapped
+        orders, picks = make_orders(table, val_env.menu, val_env.rows, 1, seed=env_cfg.outcome_seed)
+        val_sim = Simulator(table, val_env.menu, encoder, val_env.units, val_env.rows, orders, picks)
+        after_eval = make_escalate_val_callback(val_sim, val_lambdas)
+    else:
+        after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
     eval_cb = MaskableEvalCallback(
         eval_env,
         n_eval_episodes=n_eval,
@@ -383,9 +408,13 @@ def train(
         def _on_step(self) -> bool:
             return True
 
-    callbacks = CallbackList(
-        [make_metrics_callback(table.action_ids, hparams), eval_cb, _EvalAtStart(), ckpt_cb]
-    )
+    if escalate:
+        from policies.escalate_ppo import make_escalate_metrics_callback
+
+        metrics_cb = make_escalate_metrics_callback(hparams)
+    else:
+        metrics_cb = make_metrics_callback(table.action_ids, hparams)
+    callbacks = CallbackList([metrics_cb, eval_cb, _EvalAtStart(), ckpt_cb])
     remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
     t0 = time.time()
     start_steps = model.num_timesteps

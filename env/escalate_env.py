@@ -458,10 +458,15 @@ class EscalateEnv(AllocateEnv):
         order = options.pop("order", None)
         base, info = super().reset(seed=seed, options=options)
         qi = int(self.rows[self._i])
-        pick = float(self.np_random.random())
+        k = self.table.pool_records(qi, self.menu.pool_config)[0].k
+        if self.cycle:
+            # an evaluation pass: the order follows the cycle position, so every pass sees the same orders
+            rng = np.random.default_rng([self.config.outcome_seed, self._cycle_pos])
+        else:
+            rng = self.np_random
+        pick = float(rng.random())
         if order is None:
-            k = self.table.pool_records(qi, self.menu.pool_config)[0].k
-            order = self.np_random.permutation(k)
+            order = rng.permutation(k)
         self._ep = Episode(self.table, self.menu, qi, order, pick)
         self._obs = np.zeros(self.observation_space.shape[0], dtype=np.float32)
         self._obs[: self._n_base] = base
@@ -530,3 +535,16 @@ class EscalateEnv(AllocateEnv):
     @property
     def action_ids(self) -> list[str]:
         return self.menu.ids
+
+
+def env_config_from(d: dict[str, Any] | None) -> EnvConfig:
+    """The env config of a run: ``kind: escalate`` gives an :class:`EscalateConfig`, ``allocate`` (or no
+    ``kind``) Allocate-v0's :class:`env.allocate_env.EnvConfig`."""
+    d = dict(d or {})
+    kind = d.get("kind", "allocate")
+    if kind == "escalate":
+        return EscalateConfig.from_dict(d)
+    if kind != "allocate":
+        raise ConfigError(f"env.kind must be 'allocate' or 'escalate', got {kind!r}")
+    d.pop("kind", None)
+    return EnvConfig.from_dict(d)
