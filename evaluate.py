@@ -106,6 +106,8 @@ def evaluate(
     seed: int = 0,
     plots: bool = True,
     n_boot: int = 1000,
+    compare_run: str | None = None,
+    n_orders: int = 16,
 ) -> dict[str, Any]:
     import torch
 
@@ -132,6 +134,15 @@ def evaluate(
         raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
     run_cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
+    if meta.get("kind") == "escalate":  # a sequential run: its own evaluation (policies/escalate_eval.py)
+        from policies.escalate_eval import evaluate_escalate
+
+        return evaluate_escalate(
+            run_dir, model_path, meta, cache, split, grid_n, lt_axis, ls_axis, out, json_path, plots,
+            n_boot, n_orders, compare_run, seed,
+        )  # fmt: skip
+    if compare_run:
+        raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     check_menu(meta, table, str(model_path))
@@ -457,6 +468,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for PPO − best static (0: none)"
     )
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--compare-run", help="sequential runs: a one-shot run folder to compare with, on the same orders")
+    p.add_argument("--orders", type=int, default=16, help="sequential runs: sample orders per query (default 16)")
     return p
 
 
@@ -477,10 +490,18 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             plots=not args.no_plots,
             n_boot=args.bootstrap,
+            compare_run=args.compare_run,
+            n_orders=args.orders,
         )
     except (AllocError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if res.get("kind") == "escalate":
+        from policies.escalate_eval import markdown as escalate_markdown
+
+        print(escalate_markdown(res))
+        print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")
+        return 0
     print(markdown(res))
     print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from env.allocate_env import ObsEncoder
-from env.escalate_env import SEEN_FEATURES, EscalateMenu, Episode, SeenUnits
+from env.escalate_env import SEEN_FEATURES, Episode, EscalateMenu, SeenUnits
 from env.outcomes import OutcomeTable
 
 StepPolicy = Callable[[np.ndarray, np.ndarray, list[Episode]], np.ndarray]
