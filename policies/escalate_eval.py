@@ -94,6 +94,17 @@ def evaluate_escalate(
     menu = EscalateMenu(table, env_cfg)  # type: ignore[arg-type]
     if list(menu.ids) != list(meta["escalate"]["step_menu"]):
         raise ConfigError(f"{model_path}: its step menu {meta['escalate']['step_menu']} is not {menu.ids}")
+    oneshot = None
+    if compare_run:
+        cr = Path(compare_run)
+        cm = cr / "best_model.zip" if cr.is_dir() else cr
+        cmeta = read_meta(cm)
+        if cmeta.get("kind") == "escalate":
+            raise ConfigError(
+                f"{cm}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
+            )
+        check_menu(cmeta, table, str(cm))
+        oneshot = PPOPolicy(load_model(cm, table))
     encoder = ObsEncoder.from_dict(meta["encoder"])
     units = SeenUnits.from_dict(meta["escalate"]["units"])
     splits = json.loads((run_dir / "splits.json").read_text())
@@ -122,7 +133,9 @@ def evaluate_escalate(
     plans = [menu.oneshot_plan(a) for a in table.menu]
     oneshot_ids = [a.id for a, p in zip(table.menu, plans, strict=True) if p is not None]
     static = {
-        a.id: sim.run(plan_policy([p]), 0.0, 0.0) for a, p in zip(table.menu, plans, strict=True) if p is not None
+        a.id: sim.run(plan_policy([p]), 0.0, 0.0)
+        for a, p in zip(table.menu, plans, strict=True)
+        if p is not None
     }
     # stopping rules: every configuration once on val, the per-point pick once on test
     families = rule_grid(menu)
@@ -135,22 +148,18 @@ def evaluate_escalate(
     for f, idx in picks.items():
         for i in set(idx):
             test_rule_cache[(f, i)] = simulate_rules(sim, [families[f][i]])[0]
-    oneshot = None
-    if compare_run:
-        cr = Path(compare_run)
-        cm = cr / "best_model.zip" if cr.is_dir() else cr
-        cmeta = read_meta(cm)
-        if cmeta.get("kind") == "escalate":
-            raise ConfigError(f"{cm}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential")
-        check_menu(cmeta, table, str(cm))
-        oneshot = PPOPolicy(load_model(cm, table))
     model = load_model(model_path, table)
     seq_pol = model_policy(model)
     wq, wr = bootstrap_weights(n_q, n_orders, n_boot, seed) if n_boot > 0 else (None, None)
 
     def cmp(d):
         if wq is None:
-            return {"diff": float(d.mean()), "ci90": [float(d.mean())] * 2, "above_90": False, "below_90": False}
+            return {
+                "diff": float(d.mean()),
+                "ci90": [float(d.mean())] * 2,
+                "above_90": False,
+                "below_90": False,
+            }
         return compare(d, wq, wr)
 
     out_points = []
@@ -210,7 +219,9 @@ def evaluate_escalate(
         out_points.append(point)
 
     # the best rule family: best mean test utility over the grid
-    fam_mean = {f: float(np.mean([p["policies"][f"rule:{f}"]["utility"] for p in out_points])) for f in families}
+    fam_mean = {
+        f: float(np.mean([p["policies"][f"rule:{f}"]["utility"] for p in out_points])) for f in families
+    }
     best_rule = max(fam_mean, key=fam_mean.get)  # type: ignore[arg-type]
     summary = _summarize(out_points, best_rule, fam_mean, boot_seq_minus_rule, oneshot is not None, n_boot)
     summary["savings"] = savings(out_points, oneshot_ids)
@@ -267,8 +278,12 @@ def _summarize(points, best_rule, fam_mean, boots, have_oneshot, n_boot) -> dict
         "best_rule": best_rule,
         "rule_mean_utility": fam_mean,
         "sequential_mean_utility": float(np.mean([p["policies"]["sequential"]["utility"] for p in points])),
-        "sequential_below_best_rule_90": sum(p[f"sequential_vs_rule:{best_rule}"]["below_90"] for p in points),
-        "sequential_above_best_rule_90": sum(p[f"sequential_vs_rule:{best_rule}"]["above_90"] for p in points),
+        "sequential_below_best_rule_90": sum(
+            p[f"sequential_vs_rule:{best_rule}"]["below_90"] for p in points
+        ),
+        "sequential_above_best_rule_90": sum(
+            p[f"sequential_vs_rule:{best_rule}"]["above_90"] for p in points
+        ),
         "sequential_below_best_static_90": sum(p["sequential_vs_best_static"]["below_90"] for p in points),
         "sequential_above_best_static_90": sum(p["sequential_vs_best_static"]["above_90"] for p in points),
         "sequential_above_oracle_points": [
