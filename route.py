@@ -35,6 +35,8 @@ class RouteError(ValueError):
 class LiveRouter:
     """An exported policy plus the engine and featurizer it was trained against."""
 
+    kind = "allocate"  # the env kind of the exports this router runs (policy.json "kind")
+
     def __init__(
         self,
         export_dir: str | Path,
@@ -49,6 +51,12 @@ class LiveRouter:
         from rollouts.scorers import scorer_from_description
 
         self.policy = OnnxPolicy(export_dir)
+        kind = self.policy.doc.get("kind", "allocate")
+        if kind != self.kind:
+            raise RouteError(
+                f"{export_dir}: a {'sequential (ttc/Escalate-v0)' if kind == 'escalate' else 'one-shot (ttc/Allocate-v0)'} "
+                f"export; route it with --mode {'sequential' if kind == 'escalate' else 'oneshot'}"
+            )
         spec = self.policy.doc.get("serving")
         if not spec:
             raise RouteError(
@@ -178,6 +186,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
     p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
     p.add_argument("--backend-options", default="{}", help="YAML mapping passed to the backend")
+    p.add_argument(
+        "--mode",
+        choices=["oneshot", "sequential"],
+        default="oneshot",
+        help="oneshot: a ttc/Allocate-v0 export; sequential: a ttc/Escalate-v0 export, decided round by round",
+    )
     return p
 
 
@@ -203,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         options = yaml.safe_load(args.backend_options) or {}
         if not isinstance(options, dict):
             raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
-        router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
+        if args.mode == "sequential":  # policies/sequential_router.py: rounds drawn live, step by step
+            from policies.sequential_router import SequentialRouter
+
+            router = SequentialRouter(
+                LiveRouter, args.export, backend_kind=args.backend, backend_options=options
+            )
+        else:
+            router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
         for row in router.route(questions, answers, lt, ls):
             print(json.dumps(row), flush=True)
     except (

@@ -149,12 +149,28 @@ class EscalateMenu:
             for a in table.menu
             if a.strategy in SEARCH_STRATEGIES
         ]
+        self._index(acts)
+
+    def _index(self, acts: list[StepAction]) -> None:
         self.actions = acts
         self.ids = [a.id for a in acts]
         self.draw_index = {a.k: i for i, a in enumerate(acts) if a.kind == "draw"}
         self.stop_index = {a.selector: i for i, a in enumerate(acts) if a.kind == "stop"}
         self.beam_index = {a.config_id: i for i, a in enumerate(acts) if a.kind == "beam"}
         self.beam_configs = [a.config_id for a in acts if a.kind == "beam"]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EscalateMenu:
+        """The menu stored by :meth:`to_dict` (in a checkpoint's meta or an export), without a cache."""
+        menu = cls.__new__(cls)
+        menu.pool_config, menu.pool_size, menu.has_scores = (
+            d["pool_config"],
+            int(d["pool_size"]),
+            bool(d["has_scores"]),
+        )
+        keys = ("id", "kind", "k", "selector", "config_id")
+        menu._index([StepAction(**{k: a[k] for k in keys}) for a in d["actions"]])
+        return menu
 
     def __len__(self) -> int:
         return len(self.actions)

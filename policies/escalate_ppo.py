@@ -31,7 +31,12 @@ def make_escalate_meta(
 ) -> dict[str, Any]:
     meta = make_meta(table, encoder, env_cfg)
     meta["kind"] = KIND
-    meta["escalate"] = {**menu.to_dict(), "step_menu": list(menu.ids), "units": units.to_dict()}
+    meta["escalate"] = {
+        **menu.to_dict(),
+        "step_menu": list(menu.ids),
+        "units": units.to_dict(),
+        "latency_model": table.meta.get("latency_model"),  # live routing reports its prediction per round
+    }
     return meta
 
 
@@ -55,7 +60,9 @@ def make_escalate_metrics_callback(hparams: dict[str, Any] | None):
                 from stable_baselines3.common.logger import HParam
 
                 metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
-                self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+                self.logger.record(
+                    "hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv")
+                )
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", []):
@@ -108,7 +115,9 @@ def make_escalate_val_callback(sim, lambdas: list[tuple[float, float]]):
                 s = sim.run(pol, lt, ls).summary(lt, ls)
                 agg += (s["accuracy"], s["mean_tokens"], s["mean_seconds"], s["utility"], s["mean_rounds"])
             agg /= len(lambdas)
-            for k, v in zip(("accuracy", "mean_tokens", "mean_seconds", "utility", "rounds"), agg, strict=True):
+            for k, v in zip(
+                ("accuracy", "mean_tokens", "mean_seconds", "utility", "rounds"), agg, strict=True
+            ):
                 self.logger.record(f"ttc/val/{k}", float(v))
             return True
 
