@@ -355,25 +355,40 @@ class Episode:
     The env and the lockstep evaluation (``policies/escalate_eval.py``) both run episodes through it.
     """
 
-    __slots__ = ("menu", "table", "qi", "pool", "order", "state", "beams", "beam_pick", "done", "final")
+    __slots__ = (
+        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final", "_mask",
+    )  # fmt: skip
 
-    def __init__(self, table: OutcomeTable, menu: EscalateMenu, qi: int, order=None, pick: float = 0.0):
+    def __init__(
+        self,
+        table: OutcomeTable,
+        menu: EscalateMenu,
+        qi: int,
+        order=None,
+        pick: float = 0.0,
+        check: bool = True,
+    ):
         self.menu, self.table, self.qi = menu, table, int(qi)
         recs = table.pool_records(self.qi, menu.pool_config)
         self.pool = recs[min(int(pick * len(recs)), len(recs) - 1)]
         self.order = list(range(self.pool.k)) if order is None else [int(i) for i in order]
-        if sorted(self.order) != list(range(self.pool.k)):
+        if check and sorted(self.order) != list(range(self.pool.k)):
             raise ConfigError(
                 f"a sample order must be a permutation of range({self.pool.k}), got {list(order)}"
             )
         self.state = SeenState(self.pool.k, self.pool.scores is not None)
         self.beams = [table.search_outcomes(self.qi, c) for c in menu.beam_configs]
+        self.beams_ok = [bool(b) for b in self.beams]
         self.beam_pick = pick
         self.done = False
         self.final: str | None = None
+        self._mask: np.ndarray | None = None
 
     def mask(self) -> np.ndarray:
-        return step_mask(self.menu, self.state, [bool(b) for b in self.beams])
+        """Legal step actions now (computed once per state; callers must not modify it)."""
+        if self._mask is None:
+            self._mask = step_mask(self.menu, self.state, self.beams_ok)
+        return self._mask
 
     def round_seconds(self, k: int, max_gen: float) -> float:
         lat = self.table.latency
@@ -388,6 +403,7 @@ class Episode:
 
     def step(self, a: int) -> tuple[float, float, bool, float]:
         act = self.menu.actions[a]
+        self._mask = None
         if act.kind == "draw":
             st = self.state
             idx = self.order[st.drawn : st.drawn + act.k]
@@ -471,7 +487,7 @@ class EscalateEnv(AllocateEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         options = dict(options or {})
-        order = options.pop("order", None)
+        order = given = options.pop("order", None)
         base, info = super().reset(seed=seed, options=options)
         qi = int(self.rows[self._i])
         k = self.table.pool_records(qi, self.menu.pool_config)[0].k
@@ -483,7 +499,7 @@ class EscalateEnv(AllocateEnv):
         pick = float(rng.random())
         if order is None:
             order = rng.permutation(k)
-        self._ep = Episode(self.table, self.menu, qi, order, pick)
+        self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None)
         self._obs = np.zeros(self.observation_space.shape[0], dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
@@ -546,7 +562,7 @@ class EscalateEnv(AllocateEnv):
     def action_masks(self) -> np.ndarray:
         if self._ep is None:
             return np.ones(len(self.menu), dtype=bool)
-        return self._ep.mask()
+        return self._ep.mask().copy()
 
     @property
     def action_ids(self) -> list[str]:
