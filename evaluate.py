@@ -45,6 +45,10 @@ default 1000) of U_PPO − U_best static with the best static re-picked in each 
 split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a
 point where PPO is below it is a loss or noise.
 
+A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalate_eval` instead: the
+same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
+baselines, and the one-shot run given by ``--compare-run``.
+
 Errors (missing run, bad λ, other action menu, bad cache...) print one ``error: ...`` line and exit 2
 before anything is written.
 """

@@ -352,7 +352,7 @@ class Episode:
     """One query's escalation over a fixed sample order: the cached pool record, the beams, the state.
 
     ``step(a)`` returns ``(tokens, seconds, done, correct)`` of that step (correct only when done).
-    The env and the lockstep evaluation (``policies/escalate_eval.py``) both run episodes through it.
+    The env and the lockstep simulator (``policies/escalate_sim.py``) both run episodes through it.
     """
 
     __slots__ = (
