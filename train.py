@@ -68,6 +68,8 @@ class TrainConfig:
     progress_bar: bool = True
     export: bool = True
     torch_threads: int = 1
+    # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
+    warm_start_from: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +96,8 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+        if cfg.warm_start_from is not None and not isinstance(cfg.warm_start_from, str):
+            raise ConfigError(f"warm_start_from must be a run folder or null, got {cfg.warm_start_from!r}")
         if cfg.name is not None and (not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name):
             raise ConfigError(f"name must be a folder name, got {cfg.name!r}")
         return cfg
@@ -242,6 +246,13 @@ def train(
     escalate = isinstance(env_cfg, EscalateConfig)
     if escalate and ppo_cfg.policy != "mlp":
         raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
+    if cfg.warm_start_from and not resume:
+        from policies.escalate_ppo import env_kind
+        from policies.ppo import read_meta
+
+        ws = Path(cfg.warm_start_from)
+        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws)) != "allocate":
+            raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
     table = OutcomeTable(cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
@@ -318,6 +329,7 @@ def train(
         fh.write(shlex.join(argv or sys.argv) + "\n")
 
     warm_start: dict[str, Any] | None = None
+    clone: dict[str, Any] | None = None
     if model is None:
         spec = None
         if ppo_cfg.policy == "utility":
@@ -343,6 +355,23 @@ def train(
             print(
                 f"warm start of the gain head: {warm_start['epochs']} epochs, validation MSE "
                 f"{warm_start['val_mse']:.4f} (train means alone: {warm_start['val_mse_prior_only']:.4f})"
+            )
+        if escalate and cfg.warm_start_from:
+            from policies.escalate_ppo import warm_start_from_oneshot
+            from policies.escalate_sim import Simulator, make_orders
+
+            tr = train_env.envs[0].unwrapped
+            tr.reset(seed=cfg.seed)
+            lams = [tr._draw_lambdas() for _ in range(32)]  # λ as the env draws them
+            o, pk = make_orders(table, tr.menu, tr.rows, 2, seed=cfg.seed + 1)
+            sim_tr = Simulator(table, tr.menu, encoder, tr.units, tr.rows, o, pk)
+            t_ws = time.time()
+            clone = warm_start_from_oneshot(
+                model, cfg.warm_start_from, table, sim_tr, lams, env_cfg, tr._cost_scale, seed=cfg.seed
+            )
+            clone["seconds"] = round(time.time() - t_ws, 2)
+            print(
+                f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
             )
     model.ttc_meta = meta
 
@@ -438,6 +467,8 @@ def train(
     }
     if warm_start is not None:
         summary["warm_start"] = warm_start
+    if clone is not None:
+        summary["clone_of_oneshot"] = clone
     if cfg.export:
         from policies.export import export_policy, serving_spec
         from policies.ppo import load_model

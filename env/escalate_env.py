@@ -356,7 +356,7 @@ class Episode:
     """
 
     __slots__ = (
-        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final", "_mask",
+        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final", "correct", "_mask",
     )  # fmt: skip
 
     def __init__(
@@ -382,6 +382,7 @@ class Episode:
         self.beam_pick = pick
         self.done = False
         self.final: str | None = None
+        self.correct = 0.0  # of the final answer, once done
         self._mask: np.ndarray | None = None
 
     def mask(self) -> np.ndarray:
@@ -425,12 +426,14 @@ class Episode:
             pick = self.order[self.state.answer(sel)]
             tok = self.state.stop_tokens(sel)
             self.state.tokens += tok
-            return tok, 0.0, True, float(self.pool.correct[pick])
+            self.correct = float(self.pool.correct[pick])
+            return tok, 0.0, True, self.correct
         outs = self.beams[self.menu.beam_configs.index(act.config_id)]
         ok, tok, secs = outs[min(int(self.beam_pick * len(outs)), len(outs) - 1)]
         self.state.tokens += tok
         self.state.seconds += secs
-        return tok, secs, True, float(ok)
+        self.correct = float(ok)
+        return tok, secs, True, self.correct
 
 
 # ----------------------------------------------------------------------------------------------

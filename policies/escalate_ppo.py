@@ -135,3 +135,98 @@ def export_fields(meta: dict[str, Any]) -> dict[str, Any]:
         "escalate": esc,
         "seen_features": list(SEEN_FEATURES),
     }
+
+
+def warm_start_from_oneshot(
+    model,
+    oneshot_run: str,
+    table: OutcomeTable,
+    sim,
+    lambdas: list[tuple[float, float]],
+    env_cfg: Any,
+    cost_scale: tuple[float, float],
+    epochs: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Behaviour-clone a one-shot run before PPO: the actor learns to play the one-shot policy's choice
+    as its first move (``draw@N`` then ``stop:<selector>``, or the beam), the critic the normalised
+    return-to-go of those episodes. PPO then starts at the one-shot policy and learns where watching
+    the samples pays (validation at step 0 keeps the clone if PPO does not improve on it).
+
+    ``sim``: a :class:`policies.escalate_sim.Simulator` over the train split's queries and orders;
+    ``lambdas``: the (λ_T, λ_L) pairs to clone at (drawn as the env draws them)."""
+    from pathlib import Path
+
+    import torch
+
+    from policies.escalate_sim import plan_policy
+    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
+
+    p = Path(oneshot_run)
+    path = p / "best_model.zip" if p.is_dir() else p
+    if env_kind(read_meta(path)) != "allocate":
+        from env.outcomes import ConfigError
+
+        raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
+    check_menu(read_meta(path), table, str(path))
+    oneshot = PPOPolicy(load_model(path, table))
+    plans = [sim.menu.oneshot_plan(a) for a in table.menu]
+    obs_l, mask_l, act_l, rtg_l = [], [], [], []
+    for lt, ls in lambdas:
+        choice = oneshot.choose(table, sim.rows, lt, ls)
+        row_plan = {int(q): int(a) for q, a in zip(sim.rows, choice, strict=True)}
+        if any(plans[a] is None for a in row_plan.values()):
+            continue  # a choice the step menu cannot play (another pool config)
+        follow = plan_policy([pl or [] for pl in plans], row_plan)
+        seen: list[tuple[Any, float, float]] = []
+
+        def record(obs, masks, episodes, follow=follow, seen=seen):
+            a = follow(obs, masks, episodes)
+            obs_l.append(obs.copy())
+            mask_l.append(masks.copy())
+            act_l.append(a.copy())
+            seen.extend((ep, ep.state.tokens, ep.state.seconds) for ep in episodes)
+            return a
+
+        sim.run(record, lt, ls)
+        norm = (
+            env_cfg.reward_norm_floor + lt * cost_scale[0] + ls * cost_scale[1]
+            if env_cfg.reward_norm == "context"
+            else 1.0
+        )
+        rtg_l.append(
+            np.array(
+                [
+                    (ep.correct - lt * (ep.state.tokens - t0) - ls * (ep.state.seconds - s0)) / norm
+                    for ep, t0, s0 in seen
+                ]
+            )
+            * env_cfg.reward_scale
+        )
+    obs = torch.as_tensor(np.concatenate(obs_l))
+    masks = np.concatenate(mask_l)
+    acts = torch.as_tensor(np.concatenate(act_l))
+    rtg = torch.as_tensor(np.concatenate(rtg_l), dtype=torch.float32)
+    policy = model.policy
+    opt = torch.optim.Adam(policy.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(acts)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for lo in range(0, n, 1024):
+            idx = perm[lo : lo + 1024]
+            values, logp, _ = policy.evaluate_actions(obs[idx], acts[idx], action_masks=masks[idx.numpy()])
+            loss = -logp.mean() + 0.5 * torch.nn.functional.mse_loss(values.flatten(), rtg[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        dist = policy.get_distribution(obs, action_masks=masks)
+        agree = float((dist.distribution.probs.argmax(dim=1) == acts).float().mean())
+    return {
+        "run": str(path),
+        "samples": int(n),
+        "lambdas": len(lambdas),
+        "epochs": epochs,
+        "agreement": agree,
+    }

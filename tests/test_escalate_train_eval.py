@@ -157,3 +157,17 @@ def test_bad_input_one_error_line(tmp_path, seq_run):
         ["evaluate.py", "--run", str(seq_run), "--compare-run", str(seq_run), "--out", str(tmp_path / "e")]
     )
     assert p.returncode == 2 and "one-shot" in p.stderr and not (tmp_path / "e").exists()
+
+
+def test_warm_start_from_oneshot_run(tmp_path, synthetic_cache, tiny_run):
+    rc = train.main(
+        ["--config", ESC, "--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "ws",
+         "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL, f"warm_start_from:{tiny_run}"]
+    )  # fmt: skip
+    assert rc == 0
+    clone = json.loads((tmp_path / "ws" / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
+    assert clone["samples"] > 0 and clone["agreement"] > 0.6
+    # only a one-shot run can be cloned, and only into an escalate run
+    assert train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "bad",
+                       "--hyperparams", f"warm_start_from:{tiny_run}"]) == 2  # fmt: skip
+    assert not (tmp_path / "bad").exists()
