@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,17 @@ class SequentialRouter:
         lambda_tokens: float = 0.0,
         lambda_seconds: float = 0.0,
     ) -> list[dict[str, Any]]:
+        """One result dict per question, in order."""
+        return list(self.route_iter(questions, answers, lambda_tokens, lambda_seconds))
+
+    def route_iter(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Route the questions one after another, yielding each result as it finishes."""
         from rollouts.grading import grade
         from rollouts.prompts import build_messages, prompt_token_ids
         from rollouts.strategies.base import PromptedQuery
@@ -79,10 +91,8 @@ class SequentialRouter:
             feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )
         backend = live.backend  # started before the first round, so no round's seconds include the start
-        return [
-            self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds)
-            for i, q in enumerate(prompted)
-        ]
+        for i, q in enumerate(prompted):
+            yield self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds)
 
     def _one(self, backend, q, base_obs, grade_fn, lt, ls) -> dict[str, Any]:
         from rollouts.latency import Round
