@@ -348,6 +348,17 @@ def fit_units(table: OutcomeTable, menu: EscalateMenu, train_rows: np.ndarray) -
     return SeenUnits(max(per_sample, 1e-6), max(tok, 1e-9), max(sec, 1e-9), float(menu.pool_size))
 
 
+def _prepare(table: OutcomeTable, menu: EscalateMenu, qi: int) -> tuple[list, list, list[bool]]:
+    """A query's pool records (each with its per-sample values as plain lists: indexing numpy arrays
+    one element at a time is what made steps slow), beam outcomes per beam config, and which it has."""
+    beams = [table.search_outcomes(qi, c) for c in menu.beam_configs]
+    recs = [
+        (p, p.gen_tokens.tolist(), p.scorer_tokens.tolist(), None if p.scores is None else p.scores.tolist())
+        for p in table.pool_records(qi, menu.pool_config)
+    ]
+    return recs, beams, [bool(b) for b in beams]
+
+
 class Episode:
     """One query's escalation over a fixed sample order: the cached pool record, the beams, the state.
 
@@ -356,7 +367,8 @@ class Episode:
     """
 
     __slots__ = (
-        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final", "correct", "_mask",
+        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final",
+        "correct", "_mask", "_gen", "_scorer", "_scores",
     )  # fmt: skip
 
     def __init__(
@@ -367,18 +379,20 @@ class Episode:
         order=None,
         pick: float = 0.0,
         check: bool = True,
+        prepared: tuple | None = None,
     ):
         self.menu, self.table, self.qi = menu, table, int(qi)
-        recs = table.pool_records(self.qi, menu.pool_config)
-        self.pool = recs[min(int(pick * len(recs)), len(recs) - 1)]
-        self.order = list(range(self.pool.k)) if order is None else [int(i) for i in order]
+        recs, self.beams, self.beams_ok = prepared or _prepare(table, menu, self.qi)
+        self.pool, self._gen, self._scorer, self._scores = recs[min(int(pick * len(recs)), len(recs) - 1)]
+        if order is None:
+            self.order = list(range(self.pool.k))
+        else:
+            self.order = order.tolist() if isinstance(order, np.ndarray) else [int(i) for i in order]
         if check and sorted(self.order) != list(range(self.pool.k)):
             raise ConfigError(
                 f"a sample order must be a permutation of range({self.pool.k}), got {list(order)}"
             )
         self.state = SeenState(self.pool.k, self.pool.scores is not None)
-        self.beams = [table.search_outcomes(self.qi, c) for c in menu.beam_configs]
-        self.beams_ok = [bool(b) for b in self.beams]
         self.beam_pick = pick
         self.done = False
         self.final: str | None = None
@@ -408,14 +422,13 @@ class Episode:
         if act.kind == "draw":
             st = self.state
             idx = self.order[st.drawn : st.drawn + act.k]
-            p = self.pool
-            gen = [float(p.gen_tokens[i]) for i in idx]
+            gen = [self._gen[i] for i in idx]
             secs = self.round_seconds(act.k, max(gen))
             tok, secs = st.add_round(
-                [p.keys[i] for i in idx],
+                [self.pool.keys[i] for i in idx],
                 gen,
-                [float(p.scorer_tokens[i]) for i in idx],
-                None if p.scores is None else [float(p.scores[i]) for i in idx],
+                [self._scorer[i] for i in idx],
+                None if self._scores is None else [self._scores[i] for i in idx],
                 secs,
             )
             return tok, secs, False, 0.0
@@ -485,6 +498,7 @@ class EscalateEnv(AllocateEnv):
         )
         self.action_space = spaces.Discrete(len(self.menu))
         self._ep: Episode | None = None
+        self._prepared: dict[int, tuple] = {}  # per query row: its records and beams (built once)
         self._norm = 1.0
         self._steps: list[str] = []
 
@@ -493,7 +507,10 @@ class EscalateEnv(AllocateEnv):
         order = given = options.pop("order", None)
         base, info = super().reset(seed=seed, options=options)
         qi = int(self.rows[self._i])
-        k = self.table.pool_records(qi, self.menu.pool_config)[0].k
+        prepared = self._prepared.get(qi)
+        if prepared is None:
+            prepared = self._prepared[qi] = _prepare(self.table, self.menu, qi)
+        k = prepared[0][0][0].k
         if self.cycle:
             # an evaluation pass: the order follows the cycle position, so every pass sees the same orders
             rng = np.random.default_rng([self.config.outcome_seed, self._cycle_pos])
@@ -502,7 +519,7 @@ class EscalateEnv(AllocateEnv):
         pick = float(rng.random())
         if order is None:
             order = rng.permutation(k)
-        self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None)
+        self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
         self._obs = np.zeros(self.observation_space.shape[0], dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
