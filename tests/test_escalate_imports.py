@@ -24,8 +24,8 @@ def _import(tmp: Path, name: str, scores: bool) -> Path:
     from rollouts.importers.qwen25math import QwenHarnessReader
     from rollouts.latency_fit import DEFAULT_MODEL_PATH, load_latency_model
 
-    # the 48 shortest questions (featurizing long MATH prompts on a busy CPU is slow), in a temp copy
-    rows = sorted(raw_rows(), key=lambda r: len(r["question"]))[:48]
+    # the 32 shortest questions (featurizing long MATH prompts on a busy CPU is slow), in a temp copy
+    rows = sorted(raw_rows(), key=lambda r: len(r["question"]))[:32]
     if not scores:
         rows = [{k: v for k, v in r.items() if k != "pred_score"} for r in rows]
     src = tmp / f"{name}_src" / QWEN_FILE.name
