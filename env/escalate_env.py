@@ -406,6 +406,8 @@ class Episode:
         return self._mask
 
     def round_seconds(self, k: int, max_gen: float) -> float:
+        if not self.table.latency_available:
+            return 0.0  # a cache without any seconds: λ_L is fixed at 0, as in Allocate-v0
         lat = self.table.latency
         if lat is not None:
             return lat.round_seconds(Round(int(self.table.prompt_tokens[self.qi]), k, max_gen))  # type: ignore[arg-type]
@@ -477,7 +479,7 @@ class EscalateEnv(AllocateEnv):
             )
         self.rows = self.rows[keep]
         self._base_obs = self._base_obs[keep]
-        if t.latency is None:
+        if t.latency is None and t.latency_available:
             for qi in self.rows:
                 for p in t.pool_records(int(qi), self.menu.pool_config):
                     missing = [k for k in self.menu.draw_index if str(k) not in p.seconds_by_n]
@@ -510,15 +512,15 @@ class EscalateEnv(AllocateEnv):
         prepared = self._prepared.get(qi)
         if prepared is None:
             prepared = self._prepared[qi] = _prepare(self.table, self.menu, qi)
-        k = prepared[0][0][0].k
+        recs = prepared[0]
         if self.cycle:
             # an evaluation pass: the order follows the cycle position, so every pass sees the same orders
             rng = np.random.default_rng([self.config.outcome_seed, self._cycle_pos])
         else:
             rng = self.np_random
         pick = float(rng.random())
-        if order is None:
-            order = rng.permutation(k)
+        if order is None:  # a permutation of the record the pick selects (pools may differ in size)
+            order = rng.permutation(recs[min(int(pick * len(recs)), len(recs) - 1)][0].k)
         self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
         self._obs = np.zeros(self.observation_space.shape[0], dtype=np.float32)
         self._obs[: self._n_base] = base

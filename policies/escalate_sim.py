@@ -29,11 +29,16 @@ def make_orders(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray, n_ord
     seeded by (seed, query id, r), so a query's orders do not depend on which other queries are evaluated."""
     orders, picks = [], []
     for qi in rows:
-        k = table.pool_records(int(qi), menu.pool_config)[0].k
+        recs = table.pool_records(int(qi), menu.pool_config)
         h = int.from_bytes(hashlib.sha256(f"{seed}:{table.query_ids[int(qi)]}".encode()).digest()[:8], "big")
         rng = np.random.default_rng([h, n_orders])
-        orders.append([rng.permutation(k) for _ in range(n_orders)])
-        picks.append(rng.random(n_orders))
+        if len({p.k for p in recs}) == 1:
+            orders.append([rng.permutation(recs[0].k) for _ in range(n_orders)])
+            picks.append(rng.random(n_orders))
+        else:  # records of different pool sizes: each order permutes the record its pick selects
+            pick = rng.random(n_orders)
+            orders.append([rng.permutation(recs[min(int(u * len(recs)), len(recs) - 1)].k) for u in pick])
+            picks.append(pick)
     return orders, np.array(picks)
 
 
@@ -132,7 +137,9 @@ class Simulator:
             seconds=np.array([e.state.seconds for e in eps]).reshape(shape),
             rounds=np.array([len(e.state.widths) for e in eps]).reshape(shape),
             samples=np.array([e.state.drawn for e in eps]).reshape(shape),
-            beam=np.array([e.menu.actions[e.menu.ids.index(e.final)].kind == "beam" for e in eps]).reshape(shape),
+            beam=np.array([e.menu.actions[e.menu.ids.index(e.final)].kind == "beam" for e in eps]).reshape(
+                shape
+            ),
             final=[[eps[i * r_n + r].final or "" for r in range(r_n)] for i in range(n)],
         )
 

@@ -163,12 +163,10 @@ def test_masks(table, unscored):
     assert done and info["illegal"] and r == 0.0 and info["correct"] == 0.0
 
 
-def _cache(path, pool_k: int | None, beam: bool = True):
-    meta = {
-        "model": "synthetic",
-        "note": "test fixture",
-        "latency_model": {"coef": [0.05, 1e-4, 0.01, 0.002]},
-    }
+def _cache(path, pool_k: int | None, beam: bool = True, latency: bool = True):
+    meta = {"model": "synthetic", "note": "test fixture"}
+    if latency:
+        meta["latency_model"] = {"coef": [0.05, 1e-4, 0.01, 0.002]}
     with CacheWriter(path, meta=meta) as w:
         for i in range(30):
             w.add_query({"query_id": f"q{i}", "prompt_tokens": 20, "features": [float(i), 1.0]})
@@ -182,7 +180,8 @@ def _cache(path, pool_k: int | None, beam: bool = True):
             if beam:
                 w.add_record({
                     "query_id": f"q{i}", "config_id": "beam:N=2,M=2", "strategy": "beam_search", "params": {},
-                    "seed": 0, "tokens": 50, "scorer_tokens": 0, "seconds": 1.0, "seconds_source": "modelled",
+                    "seed": 0, "tokens": 50, "scorer_tokens": 0, "seconds": 1.0 if latency else None,
+                    "seconds_source": "modelled" if latency else "missing",
                     "iterations": [{"width": 2, "tokens": 50}],
                     "result": {"answer": "1", "correct": True},
                 })  # fmt: skip
@@ -224,3 +223,14 @@ def test_seen_state_features():
     want = [4 / 8, 2 / 4, 1 / 4, 2 / 8, 1 / 4, 0.7, 0.9, 1.0, 1.0, 1.0, 2 / 8]
     np.testing.assert_allclose(out, want, rtol=1e-6)
     assert s.answer("majority") == 0 and s.answer("best_score") == 0
+
+
+def test_cache_without_any_seconds_prices_tokens_only(tmp_path):
+    t = OutcomeTable(_cache(tmp_path / "nolat", 4, latency=False))
+    assert not t.latency_available
+    with pytest.warns(UserWarning, match="λ_L is fixed at 0"):
+        e = EscalateEnv(table=t, split="all")
+    e.reset(seed=0)
+    e.step(e.menu.draw_index[2])
+    _, _, done, _, info = e.step(e.menu.beam_index["beam:N=2,M=2"])
+    assert done and info["seconds"] == 0.0 and info["lambda_seconds"] == 0.0 and info["tokens"] == 60.0
