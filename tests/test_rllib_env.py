@@ -79,3 +79,18 @@ def test_register_env_builds_the_wrapped_env_from_rllib_env_config(synthetic_cac
     assert isinstance(env, RLlibActionMask)
     obs, _ = env.reset(seed=0)
     assert obs in env.observation_space and env.unwrapped.config.penalty_mode == "fixed"
+
+
+def test_escalate_env_wrapped_follows_its_mask_every_step():
+    from pathlib import Path
+
+    bundled = Path(__file__).resolve().parents[1] / "data" / "default_cache"
+    env = make_masked_env("ttc/Escalate-v0", cache=str(bundled), split="train")
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    done = False
+    while not done:
+        assert np.array_equal(obs[MASK_KEY], env.unwrapped.action_masks().astype(np.float32))
+        assert obs in env.observation_space
+        obs, _, terminated, truncated, _ = env.step(int(np.flatnonzero(obs[MASK_KEY])[0]))
+        done = terminated or truncated
