@@ -60,6 +60,10 @@ accuracy) beside the most accurate static config within the target and the stati
 closest mean cost (JSON ``budgets``). ``--latency-load K`` prices seconds with K queries in flight
 (``env.latency_load``; default: the run's).
 
+A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalate_eval` instead: the
+same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
+baselines, and the one-shot run given by ``--compare-run``.
+
 Errors (missing run, bad λ, bad target, other action menu, bad cache...) print one ``error: ...`` line
 and exit 2 before anything is written.
 """
@@ -144,6 +148,8 @@ def evaluate(
     target_seconds: list[float] | None = None,
     latency_load: int | None = None,
     budget_split: str = "train+val",
+    compare_run: str | None = None,
+    n_orders: int = 16,
 ) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
@@ -173,6 +179,10 @@ def evaluate(
         if checkpoint:
             raise ConfigError("give --export or --checkpoint, not both")
         onnx = OnnxPolicy(export)
+        if onnx.doc.get("kind") == "escalate":
+            raise ConfigError(
+                f"{export}: a sequential export; evaluate its run with --run (the step policy needs the env)"
+            )
         source = onnx.doc.get("source") or {}
         run_dir, model_path = Path(run or source.get("run") or Path(export).resolve().parent), Path(export)
         cfg_path = run_dir / "config.yml"
@@ -188,6 +198,17 @@ def evaluate(
         raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
     run_cfg = load_yaml_text(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
+    if meta.get("kind") == "escalate":  # a sequential run: its own evaluation (policies/escalate_eval.py)
+        if target_tokens or target_seconds or latency_load is not None:
+            raise ConfigError("--target-* and --latency-load are for one-shot runs (env.kind: allocate)")
+        from policies.escalate_eval import evaluate_escalate
+
+        return evaluate_escalate(
+            run_dir, model_path, meta, cache, split, grid_n, lt_axis, ls_axis, out, json_path, plots,
+            n_boot, n_orders, compare_run, seed, progress,
+        )  # fmt: skip
+    if compare_run:
+        raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
     env_cfg = EnvConfig.from_dict(meta["env"])
     load = env_cfg.latency_load if latency_load is None else latency_load  # price seconds at this load
     table = OutcomeTable(
@@ -584,6 +605,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="queries the targets are solved on (default train+val: never the test split)")
     p.add_argument("--latency-load", type=int, metavar="K",
                    help="price seconds with K queries in flight (default: the run's env.latency_load)")
+    p.add_argument(
+        "--compare-run", help="sequential runs: a one-shot run folder to compare with, on the same orders"
+    )
+    p.add_argument(
+        "--orders", type=int, default=16, help="sequential runs: sample orders per query (default 16)"
+    )
     return p
 
 
@@ -611,9 +638,17 @@ def main(argv: list[str] | None = None) -> int:
             target_seconds=args.target_seconds,
             latency_load=args.latency_load,
             budget_split=args.budget_split,
+            compare_run=args.compare_run,
+            n_orders=args.orders,
         )
     except (AllocError, CacheError, BudgetError, *user_errors()) as exc:
         return report(exc)
+    if res.get("kind") == "escalate":
+        from policies.escalate_eval import markdown as escalate_markdown
+
+        print(escalate_markdown(res))
+        print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")
+        return 0
     print(markdown(res))
     if res["budgets"]:
         from policies.budget import budget_markdown
