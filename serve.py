@@ -173,9 +173,10 @@ def serve_one_shot(router: Any, question: str, lambda_tokens: float, lambda_seco
     return {"action": actions[0], "prompt_tokens": len(prompted[0].prompt_ids), **out}
 
 
-#: policy.json ``policy_kind`` -> how a request is served. The sequential policy of ttc/Escalate-v0
-#: (issue #12) registers its own entry here (run a round, ask the policy whether to continue).
-POLICY_KINDS: dict[str, Callable[..., dict[str, Any]]] = {"one_shot": serve_one_shot}
+#: policy.json ``kind`` -> how a request is served. The sequential policy of ttc/Escalate-v0
+#: (``policies/sequential_router.py``, route.py ``--mode sequential``) plugs in here with its own entry
+#: (a router built from the export, and a function that runs rounds until the policy stops).
+POLICY_KINDS: dict[str, Callable[..., dict[str, Any]]] = {"allocate": serve_one_shot}
 
 
 class Budgets:
@@ -273,7 +274,13 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
     from rollouts.backends.base import BackendError
 
     if router is None:
+        from policies.onnx_policy import OnnxPolicy
         from route import LiveRouter
+
+        kind = OnnxPolicy(cfg.export).doc.get("kind", "allocate")
+        if kind not in POLICY_KINDS:
+            raise ValueError(f"{cfg.export}: a {kind!r} export; serve.py serves {', '.join(POLICY_KINDS)} exports "
+                             "(the sequential router plugs in at serve.POLICY_KINDS)")  # fmt: skip
 
         router = LiveRouter(
             cfg.export, backend_kind="openai",
@@ -281,7 +288,7 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
                              "max_retries": cfg.upstream_retries, "backoff_s": cfg.upstream_backoff_s,
                              "max_concurrency": 64},
         )  # fmt: skip
-    kind = router.policy.doc.get("policy_kind", "one_shot")
+    kind = router.policy.doc.get("kind", "allocate")
     if kind not in POLICY_KINDS:
         raise ValueError(f"{cfg.export}: policy kind {kind!r} cannot be served (known: {', '.join(POLICY_KINDS)})")
     serve_fn = POLICY_KINDS[kind]

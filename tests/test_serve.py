@@ -187,7 +187,7 @@ def test_openai_client_two_lambdas(stack):
             assert r.usage.prompt_tokens == row["prompt_tokens"]
             # the policy's choice from the cached features of the same question
             assert ttc["action"] == policy.act(row["features"], row["prompt_tokens"], lt, ls)
-            assert (ttc["lambda_tokens"], ttc["lambda_seconds"], ttc["policy"]) == (lt, ls, "one_shot")
+            assert (ttc["lambda_tokens"], ttc["lambda_seconds"], ttc["policy"]) == (lt, ls, "allocate")
             assert ttc["strategy"] in ("sample_pool", "beam_search") and ttc["rounds"] >= 1 and ttc["seconds"] > 0
             assert ttc["tokens"] >= ttc["generated_tokens"]
             assert isinstance(r.choices[0].message.content, str) and r.choices[0].message.role == "assistant"
