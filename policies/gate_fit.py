@@ -252,3 +252,22 @@ def fit_run_gate(
         )
     gains = holdout_gains(PPOPolicy(model), table, train_rows, val_rows)
     return fit_gate(fallback, regions, gains, confidence, n_boot, seed, method="validation")
+
+
+def run_gate(run_dir, model, table: OutcomeTable, train_rows, val_rows, run_cfg: dict[str, Any]) -> Gate:
+    """The run's ``gate.json`` (written by ``train.py``), or the same gate fitted now for a run made
+    before gates existed or with ``gate: false`` (so the gated policy can always be reported)."""
+    import json
+    from pathlib import Path
+
+    from policies.ppo import PPOConfig
+
+    path = Path(run_dir) / "gate.json"
+    if path.is_file():
+        return Gate.from_dict(json.loads(path.read_text()))
+    ppo_cfg = PPOConfig.from_dict(run_cfg.get("ppo") or {}).to_dict()
+    return fit_run_gate(
+        model, table, train_rows, val_rows, ppo_cfg,
+        confidence=float(run_cfg.get("gate_confidence", 0.9)), folds=int(run_cfg.get("gate_folds", 5)),
+        seed=int(run_cfg.get("seed", 0)),
+    )  # fmt: skip
