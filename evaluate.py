@@ -274,6 +274,11 @@ def evaluate(
                         name: bootstrap_vs_action(u_rows, a, a_train_idx, weights)
                         for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
                     },
+                    # the static one would pick from all the data the policy saw (= the gate's fallback)
+                    "vs_static_trainval_best": {
+                        name: bootstrap_vs_action(u_rows, a, trval_static.action(lt, ls), weights)
+                        for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
+                    },
                 }
             )
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
@@ -307,6 +312,9 @@ def evaluate(
             ),
             "below_static_train_best_ci": {
                 k: sum(p["vs_static_train_best"][k]["ci90"][1] < -TOL for p in points) for k in gated_names
+            },
+            "below_static_trainval_best_ci": {
+                k: sum(p["vs_static_trainval_best"][k]["ci90"][1] < -TOL for p in points) for k in gated_names
             },
             "gap_share_mean_boot_std": (
                 {k: float(np.nanstd(np.nanmean(np.array(v), axis=0))) for k, v in gap_boot.items()}
@@ -498,7 +506,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"(ungated {_fmt(s['ppo_gap_share_mean'], 3)}), below the best static with 90% confidence at "
             f"{s['ppo_gated_below_best_static_ci']}. Below the train-picked static with 90% confidence: PPO "
             f"{below['ppo']}, gated {below['ppo_gated']}, router {below['probe_router']}, gated router "
-            f"{below['probe_router_gated']}.",
+            f"{below['probe_router_gated']}; below the train+validation-picked static (the fallback): PPO "
+            f"{s['below_static_trainval_best_ci']['ppo']}, gated {s['below_static_trainval_best_ci']['ppo_gated']}.",
             "",
             "| λ_T | λ_L | train-picked static | fallback (train+val) | PPO gate | deviating | gated − train static [90% CI] | P(gated ≥) | P(PPO ≥) | router gate | P(router gated ≥) | P(router ≥) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
