@@ -160,3 +160,20 @@ def test_evaluate_reports_the_gate(tiny_run, tmp_path):
         p["ppo_gated_ge_static_train_best"] for p in res["points"]
     )
     assert "Gated (policies/gate.py)" in (tmp_path / "e" / "results.md").read_text()
+
+
+def test_train_writes_and_logs_the_gate(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    gate = json.loads((tiny_run / "gate.json").read_text())
+    assert gate["method"] == "crossfit" and 0.0 <= gate["shrinkage"] <= 1.0
+    assert len(gate["evidence"]) == 25 and gate["open_share"] == np.mean(gate["open"])
+    for e in gate["evidence"]:  # the rule: open iff the lower confidence bound of the gain is > 0
+        assert e["open"] == (e["lower"] > 1e-9) and e["lower"] <= e["gain"] + 1e-12
+    summary = json.loads((tiny_run / "train_summary.json").read_text())[-1]["gate"]
+    assert summary["open_share"] == gate["open_share"] and summary["shrinkage"] == gate["shrinkage"]
+    ea = EventAccumulator(str(tiny_run / "tb" / "PPO_1"))
+    ea.Reload()
+    (ev,) = ea.Scalars("ttc/gate/open_share")
+    assert ev.value == pytest.approx(gate["open_share"]) and ev.step == 3072
+    assert ea.Scalars("ttc/gate/shrinkage")[0].value == pytest.approx(gate["shrinkage"])
