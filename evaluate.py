@@ -40,6 +40,21 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
                resamples in which that policy is >= the re-picked best static at every point; null
                when --bootstrap 0), n_boot }
 
+Gated policies (``policies/gate.py``): ``ppo_gated`` is the run's policy with its gain shrinkage
+and its gate (``<run>/gate.json``, fitted now if the run has none), ``probe_router_gated`` the router
+behind a gate fitted here by the same cross-fitted rule; ``static_trainval_best`` is the static
+picked on train + validation (the gates' fallback). Extra point keys: ``ppo_gated_gap_share``,
+``ppo_gated_ge_best_static``, ``ppo_gated_ge_static_train_best``, ``ppo_gated_vs_best_static``,
+``static_trainval_best``, ``gate: {ppo|probe_router: {open, deviation_share}}`` (deviation share:
+queries whose choice differs from the fallback), ``vs_static_train_best`` and
+``vs_static_trainval_best``: ``{ppo|ppo_gated|probe_router|probe_router_gated: {diff, ci90, p_ge}}``
+(paired bootstrap of U_policy − U_that static; ``p_ge`` = P(policy ≥ it)). Extra summary keys:
+``ppo_gated_ge_best_static``, ``ppo_gated_ge_static_train_best``, ``ppo_gated_gap_share_mean``,
+``ppo_gated_below_best_static_ci``, ``below_static_train_best_ci`` and
+``below_static_trainval_best_ci`` (per policy: points whose 90% CI upper end is < 0),
+``gap_share_mean_boot_std`` (the bootstrap spread of the mean gap share, PPO and gated), ``gate``
+(open shares, shrinkage α, evidence method, points open).
+
 ``ppo_vs_best_static`` is a paired bootstrap over the evaluated queries (``--bootstrap`` resamples,
 default 1000) of U_PPO − U_best static with the best static re-picked in each resample: on a test
 split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a

@@ -425,6 +425,7 @@ def train(
     if cfg.gate:
         from policies.gate_fit import fit_run_gate
 
+        t_gate = time.time()
         gate = fit_run_gate(
             load_model(run_dir / "best_model.zip", table), table, train_rows, val_rows, cfg.ppo,
             confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
@@ -434,7 +435,12 @@ def train(
         if gate.shrinkage is not None:
             model.logger.record("ttc/gate/shrinkage", gate.shrinkage)
         model.logger.dump(model.num_timesteps)
-        summary["gate"] = {"open_share": gate.open_share, "shrinkage": gate.shrinkage, "method": gate.method}
+        summary["gate"] = {
+            "open_share": gate.open_share,
+            "shrinkage": gate.shrinkage,
+            "method": gate.method,
+            "seconds": round(time.time() - t_gate, 2),
+        }
         print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {gate.shrinkage}")
     if cfg.export:
         from policies.export import export_policy, serving_spec

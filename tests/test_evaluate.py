@@ -50,7 +50,7 @@ def test_outputs_and_json_keys(evaluated):
     for k in ("ppo_ge_static_train_best", "ppo_below_best_static_ci", "n_boot"):
         assert k in res["summary"]
     joint = res["summary"]["all_points_ge_best_static_p"]
-    assert set(joint) == {"ppo", "probe_router", "static_train_best"}
+    assert set(joint) == {"ppo", "ppo_gated", "probe_router", "probe_router_gated", "static_train_best"}
     # clearing every point in a resample implies clearing each one: never above any point's p_ge
     assert joint["ppo"] <= min(q["ppo_vs_best_static"]["p_ge"] for q in res["points"]) + 1e-12
     # the no-routing reference: the train-picked static is never above the hindsight best static
