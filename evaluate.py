@@ -332,9 +332,7 @@ def evaluate(
                 k: sum(p["vs_static_trainval_best"][k]["ci90"][1] < -TOL for p in points) for k in gated_names
             },
             "gap_share_mean_boot_std": (
-                {k: float(np.nanstd(np.nanmean(np.array(v), axis=0))) for k, v in gap_boot.items()}
-                if weights is not None
-                else None
+                {k: mean_gap_share_spread(v) for k, v in gap_boot.items()} if weights is not None else None
             ),
             "gate": {
                 "ppo": {"open_share": gate.open_share, "shrinkage": gate.shrinkage, "method": gate.method},
@@ -383,6 +381,18 @@ def resampled_gap_share(
     gap = weights @ utility[idx, oracle] - best
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(gap >= TOL, (weights @ utility[idx, choice] - best) / gap, np.nan)
+
+
+def mean_gap_share_spread(per_point: list[np.ndarray]) -> float | None:
+    """The std over resamples of the mean gap share over points (points without a gap left out;
+    None when no resample has any)."""
+    shares = np.array(per_point)  # (points, n_boot)
+    ok = np.isfinite(shares)
+    n = ok.sum(axis=0)
+    if not n.any():
+        return None
+    means = np.where(ok, shares, 0.0).sum(axis=0)[n > 0] / n[n > 0]
+    return float(means.std())
 
 
 def bootstrap_vs_action(
