@@ -8,6 +8,8 @@
 
 Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
 one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
+One writer per cache: a second collector, import, recalibration or pack into the same cache exits 2
+at once naming the holder's pid (an OS lock on ``<parent>/.<cache>.lock``, rollouts/locks.py).
 """
 
 from __future__ import annotations
@@ -26,16 +28,25 @@ def _errors() -> tuple[type[BaseException], ...]:
     from rollouts.cache import CacheError
     from rollouts.config import ConfigError
     from rollouts.datasets import DatasetError
+    from rollouts.errors import user_errors
     from rollouts.models import ModelNotFound
 
-    return (BackendError, CacheError, ConfigError, DatasetError, ModelNotFound)
+    return (BackendError, CacheError, ConfigError, DatasetError, ModelNotFound, *user_errors())
 
 
 def cmd_collect(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="collect.py", description="Collect rollouts into a cache (resumable).")
+    ap = argparse.ArgumentParser(
+        prog="collect.py",
+        description="Collect rollouts into a cache (resumable; one collector per cache at a time).",
+        epilog="other commands (each has --help):\n" + "\n".join(
+            line for line in __doc__.splitlines() if line.strip().startswith("python collect.py ")
+            and not line.strip().startswith("python collect.py [")
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     ap.add_argument("--output", help="cache directory (overrides the config's output)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20")
     args = ap.parse_args(argv)
     from rollouts.cache import load_cache
@@ -59,7 +70,7 @@ def cmd_collect(argv: list[str]) -> int:
 def cmd_recalibrate(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="collect.py recalibrate",
                                  description="Re-measure latency alone on the engine, refit, re-model records.")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     ap.add_argument("--output", help="cache directory (overrides the config's output)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. calibration_queries=6")
     args = ap.parse_args(argv)
@@ -92,13 +103,15 @@ def cmd_stats(argv: list[str]) -> int:
 
 def cmd_pack(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="collect.py pack", description="Write a gzip-compressed copy of a cache.")
-    ap.add_argument("src")
-    ap.add_argument("dst")
+    ap.add_argument("src", help="cache directory to read")
+    ap.add_argument("dst", help="directory to write the compressed copy to")
     ap.add_argument("--drop-text", action="store_true", help="drop generated texts (keep answers and counts)")
     args = ap.parse_args(argv)
     from rollouts.cache import write_compressed_copy
+    from rollouts.locks import FolderLock
 
-    write_compressed_copy(args.src, args.dst, drop_text=args.drop_text)
+    with FolderLock(args.dst, "cache"):
+        write_compressed_copy(args.src, args.dst, drop_text=args.drop_text)
     print(f"packed {args.src} -> {args.dst}")
     return 0
 
@@ -116,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd(argv[1:]) if cmd else cmd_collect(argv)
     except _errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from rollouts.errors import report
+
+        return report(exc)
 
 
 if __name__ == "__main__":  # vLLM spawns workers: everything stays under this guard

@@ -3,6 +3,10 @@
     python evaluate.py --run runs/<name>                       # best_model.zip, test split, 5x5 grid
     python evaluate.py --checkpoint runs/<name>/checkpoints/ppo_20000_steps.zip --json results.json
     python evaluate.py --run runs/<name> --lambda-tokens 0 1e-4 --lambda-seconds 0 0.1
+    python evaluate.py --export runs/<name>/export               # the ONNX export: never unpickles
+
+A ``.zip`` checkpoint is a pickle and runs code when loaded: ``--checkpoint`` of a file outside the
+run folder needs ``--trust-checkpoint``; share and evaluate exports (``--export``) instead.
 
 For each (λ_T, λ_L) point and each policy: accuracy (expected correctness), mean tokens, mean seconds
 and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``; queries
@@ -75,16 +79,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from env.outcomes import AllocError, ConfigError, validate_lambda
 from rollouts.cache import CacheError
+from rollouts.config import load_yaml_text
+from rollouts.errors import report, user_errors
 
 TOL = 1e-9
 
 
-def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[Path, Path]:
-    """(run folder, model zip)."""
+def resolve_model(
+    run: str | None, checkpoint: str | None, which: str, trust_checkpoint: bool = False
+) -> tuple[Path, Path]:
+    """(run folder, model zip). A ``.zip`` is unpickled on loading, so one that is not inside the run
+    folder (``--run``, or the train.py run folder it sits in) needs ``trust_checkpoint``."""
     if checkpoint:
         ck = Path(checkpoint)
         if not ck.is_file():
@@ -93,6 +101,12 @@ def resolve_model(run: str | None, checkpoint: str | None, which: str) -> tuple[
             run_dir = Path(run)
         else:
             run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+        inside = ck.resolve().is_relative_to(run_dir.resolve()) and (run_dir / "command.txt").is_file()
+        if not (inside or trust_checkpoint):
+            raise ConfigError(
+                f"{ck}: checkpoint outside the run folder {run_dir}; a .zip checkpoint runs code when loaded, "
+                "so pass --trust-checkpoint if you made it yourself, or evaluate its ONNX export with --export DIR"
+            )
         return run_dir, ck
     if not run:
         raise ConfigError("give --run RUN_FOLDER or --checkpoint PATH")
@@ -121,8 +135,12 @@ def evaluate(
     seed: int = 0,
     plots: bool = True,
     n_boot: int = 1000,
+    export: str | None = None,
+    trust_checkpoint: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     import torch
+    from tqdm.auto import tqdm
 
     from env.allocate_env import EnvConfig
     from env.outcomes import OutcomeTable
@@ -140,12 +158,27 @@ def evaluate(
         raise ConfigError(f"--grid must be >= 2, got {grid_n}")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    run_dir, model_path = resolve_model(run, checkpoint, which)
-    meta = read_meta(model_path)
+    onnx = None
+    if export:  # the ONNX export: plain numbers and a graph, nothing is unpickled
+        from policies.onnx_policy import OnnxPolicy
+
+        if checkpoint:
+            raise ConfigError("give --export or --checkpoint, not both")
+        onnx = OnnxPolicy(export)
+        source = onnx.doc.get("source") or {}
+        run_dir, model_path = Path(run or source.get("run") or Path(export).resolve().parent), Path(export)
+        cfg_path = run_dir / "config.yml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{run_dir}: config.yml not found (pass --run with the export's run folder)")
+        meta = {"env": load_yaml_text(cfg_path.read_text()).get("env") or {}, "menu": onnx.menu,
+                "cache": source.get("cache")}  # fmt: skip
+    else:
+        run_dir, model_path = resolve_model(run, checkpoint, which, trust_checkpoint)
+        meta = read_meta(model_path)
     cfg_path, splits_path = run_dir / "config.yml", run_dir / "splits.json"
     if not splits_path.is_file():
         raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
-    run_cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    run_cfg = load_yaml_text(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
@@ -167,7 +200,13 @@ def evaluate(
     ls_axis = ls_axis or grid["lambda_seconds"]
     out_dir = Path(out) if out else run_dir / "eval"
 
-    ppo = PPOPolicy(load_model(model_path, table))
+    dim = onnx.feature_dim if onnx is not None else len(meta["encoder"]["feature_mean"])
+    if dim != table.features.shape[1]:
+        raise ConfigError(
+            f"{model_path}: the policy was trained on {dim} features per query, {cache} has "
+            f"{table.features.shape[1]} (another featurizer)"
+        )
+    ppo = ExportedPolicy(onnx) if onnx is not None else PPOPolicy(load_model(model_path, table))
     router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
     # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
     # own gate from the same cross-fitted rule, so the router comparison stays fair
@@ -199,8 +238,10 @@ def evaluate(
     all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in (*gated_names, "static_train_best")}
     gap_boot = {k: [] for k in ("ppo", "ppo_gated")}
     points = []
+    bar = tqdm(total=len(lt_axis) * len(ls_axis), desc="evaluate", unit="λ point", disable=not progress)
     for lt in lt_axis:
         for ls in ls_axis:
+            bar.update(1)
             pols: dict[str, Any] = {}
             a_ppo, a_router = ppo.choose(table, rows, lt, ls), router.choose(table, rows, lt, ls)
             pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
@@ -296,6 +337,7 @@ def evaluate(
                     },
                 }
             )
+    bar.close()
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
     rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
     gshares = [p["ppo_gated_gap_share"] for p in points if p["ppo_gated_gap_share"] is not None]
@@ -357,6 +399,22 @@ def evaluate(
         Path(json_path).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     result["out_dir"] = str(out_dir)
     return result
+
+
+class ExportedPolicy:
+    """The ONNX export (policies/onnx_policy.py) behind the policies' ``choose`` call, on cache rows."""
+
+    name = "ppo"
+
+    def __init__(self, onnx: Any):
+        self.onnx = onnx
+
+    def choose(self, table: Any, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
+        rows = np.asarray(rows)
+        a = self.onnx.act_index(
+            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds, mask=table.mask[rows]
+        )
+        return np.asarray(a, dtype=np.int64).reshape(len(rows))
 
 
 def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -607,7 +665,20 @@ def make_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--run", help="run folder (runs/<name>)")
-    p.add_argument("--checkpoint", help="a model zip (default: the run's best_model.zip)")
+    p.add_argument(
+        "--checkpoint",
+        help="a model zip (default: the run's best_model.zip); zips run code when loaded, so one outside "
+        "the run folder needs --trust-checkpoint",
+    )
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="load a --checkpoint from outside the run folder"
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="evaluate an ONNX export (policy.json + policy.onnx) instead of a zip: never unpickles; "
+        "the run folder comes from --run, policy.json's source, or DIR's parent",
+    )
     p.add_argument(
         "--model", choices=("best", "final"), default="best", help="which model of the run (default: best)"
     )
@@ -622,7 +693,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for PPO − best static (0: none)"
     )
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the Pareto PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -643,10 +715,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             plots=not args.no_plots,
             n_boot=args.bootstrap,
+            export=args.export,
+            trust_checkpoint=args.trust_checkpoint,
+            progress=not args.no_progress,
         )
-    except (AllocError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (AllocError, CacheError, *user_errors()) as exc:
+        return report(exc)
     print(markdown(res))
     print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
     return 0

@@ -6,11 +6,15 @@ collection the policy was trained on (``policy.json``'s ``serving`` spec, writte
     python route.py --export runs/<name>/export --dataset jsonl:queries.jsonl --limit 20   # with references
     python route.py --export ... --backend openai --backend-options "{base_url: 'http://127.0.0.1:8000/v1'}"
 
-One JSON line per query on stdout: ``question``, ``action`` (menu id), ``params`` (the strategy run),
+One JSON line per query on stdout, printed as each batched engine call finishes (so not in input
+order: ``index`` is the question's position): ``question``, ``action`` (menu id), ``params`` (the strategy run),
 ``answer``, ``correct`` (only with a reference answer), ``tokens`` (charged as the cache charges them:
 generated tokens, plus the scorer's for score-based selectors), ``seconds`` (wall time of the engine
 call that ran the query; queries routed to the same action share one batched call, ``batch`` says
-how many) and ``lambda_tokens`` / ``lambda_seconds``. Errors (no export, an export without a serving
+how many) and ``lambda_tokens`` / ``lambda_seconds``. A question that is empty, not valid UTF-8,
+longer than ``--max-chars`` or whose prompt does not fit the engine's context with the generation
+budget (rollouts/questions.py) gets a line with ``index``, ``question`` and ``error`` instead, as does
+each question of a batch the engine fails on; the others still run, and the exit status is 1. Errors (no export, an export without a serving
 spec, a missing model, an engine that does not start, a bad λ or dataset) print one
 ``error: ...`` line and exit 2.
 """
@@ -22,10 +26,13 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
 
 
 class RouteError(ValueError):
@@ -74,6 +81,32 @@ class LiveRouter:
             temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"], logprobs=True
         )
         self.suffix, self.system = s["prompt_suffix"], s.get("system_prompt")
+        self.limits = QuestionLimits.for_engine(
+            self._context_length(backend_kind or spec["backend"], backend_options or {}), s["max_tokens"]
+        )
+
+    def _context_length(self, kind: str, options: dict[str, Any]) -> int:
+        """The engine's context length in tokens, known before the engine starts: the backend
+        option ``max_model_len``, else the offline vLLM backend's default, else the model's own."""
+        if "max_model_len" in options:
+            return int(options["max_model_len"])
+        if kind == "vllm":
+            import inspect
+
+            from rollouts.backends.vllm_offline import VLLMBackend
+
+            return int(inspect.signature(VLLMBackend).parameters["max_model_len"].default)
+        return int(getattr(self.featurizer.lm.config, "max_position_embeddings", 2048))
+
+    def check(self, question: Any) -> str | None:
+        """Why a question is refused before routing (rollouts/questions.py), None if it can run."""
+        from rollouts.prompts import build_messages, prompt_token_ids
+
+        tok = self.featurizer.tokenizer
+        _, problem = check_question(
+            question, self.limits, lambda q: prompt_token_ids(tok, build_messages(q, self.suffix, self.system))
+        )
+        return problem
 
     @property
     def backend(self) -> Any:
@@ -88,6 +121,7 @@ class LiveRouter:
         answers: list[str | None] | None = None,
         lambda_tokens: float = 0.0,
         lambda_seconds: float = 0.0,
+        progress: bool = False,
     ) -> tuple[list[Any], list[str]]:
         """The prompted queries (the served model's chat template, as at collection) and the policy's
         action id for each, from hidden-state features computed as the collection computed them."""
@@ -105,7 +139,7 @@ class LiveRouter:
             )
             for q, a in zip(questions, answers)
         ]
-        feats = self.featurizer.features([p.prompt_ids for p in prompted], progress=False)
+        feats = self.featurizer.features([p.prompt_ids for p in prompted], progress=progress)
         chosen = self.policy.act_index(
             feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )
@@ -119,12 +153,30 @@ class LiveRouter:
         lambda_seconds: float = 0.0,
     ) -> list[dict[str, Any]]:
         """Choose and run an action for each question; one result dict per question, in order."""
+        results: dict[int, dict[str, Any]] = {}
+        for batch in self.route_batches(questions, answers, lambda_tokens, lambda_seconds):
+            results.update(batch)
+        return [results[i] for i in range(len(questions))]
+
+    def route_batches(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+        progress: bool = False,
+    ) -> Iterator[dict[int, dict[str, Any]]]:
+        """Like :meth:`route`, yielding ``{question index: result}`` as each batched engine call ends.
+
+        A batch the engine fails on yields ``{"question", "action", "error"}`` rows for its questions.
+        Questions are not checked here: pass only those :meth:`check` accepts.
+        """
+        from rollouts.backends.base import BackendError
         from rollouts.grading import grade
         from rollouts.strategies.beam_search import BeamConfig, run_beam_search
         from rollouts.strategies.best_of_n import best_of_n
 
-        prompted, actions = self.choose(questions, answers, lambda_tokens, lambda_seconds)
-        results: dict[int, dict[str, Any]] = {}
+        prompted, actions = self.choose(questions, answers, lambda_tokens, lambda_seconds, progress)
         seed = int(self.serving.get("seed", 0))
         backend = self.backend  # started here, so no query's seconds include the engine start
         for action in dict.fromkeys(actions):  # one batched engine call per chosen action
@@ -132,16 +184,22 @@ class LiveRouter:
             group = [prompted[i] for i in idx]
             run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
             t0 = time.perf_counter()
-            if run["strategy"] == "sample_pool":
-                outs = best_of_n(
-                    backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
-                )
-                done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
-            else:
-                cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-                outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade, seed)
-                done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
+            try:
+                if run["strategy"] == "sample_pool":
+                    outs = best_of_n(
+                        backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
+                    )
+                    done = [(o["choice"]["answer"], o["choice"]["correct"], o["tokens"]) for o in outs]
+                else:
+                    cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
+                    outs = run_beam_search(backend, group, cfg, self.sampling, self.scorer, grade, seed)
+                    done = [(o.result["answer"], o.result["correct"], o.tokens + o.scorer_tokens) for o in outs]
+            except (BackendError, ValueError) as exc:  # the engine refused this batch; the others still run
+                msg = " ".join(f"engine call failed: {type(exc).__name__}: {exc}".split())
+                yield {i: {"question": prompted[i].question, "action": action, "error": msg} for i in idx}
+                continue
             seconds = time.perf_counter() - t0
+            results: dict[int, dict[str, Any]] = {}
             for i, (answer, correct, tokens) in zip(idx, done):
                 results[i] = {
                     "question": prompted[i].question,
@@ -155,12 +213,14 @@ class LiveRouter:
                     "lambda_tokens": lambda_tokens,
                     "lambda_seconds": lambda_seconds,
                 }
-        return [results[i] for i in range(len(prompted))]
+            yield results
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="Exit status: 0 every question answered, 1 some refused or failed (their lines have "
+        "'error'), 2 nothing routed (bad export, λ, dataset, engine...).",
     )
     p.add_argument("questions", nargs="*", help="questions to route (no reference answer)")
     p.add_argument(
@@ -177,35 +237,77 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token")
     p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
     p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
-    p.add_argument("--backend-options", default="{}", help="YAML mapping passed to the backend")
+    p.add_argument(
+        "--backend-options",
+        default="{}",
+        help="YAML mapping passed to the backend, e.g. \"{base_url: 'http://127.0.0.1:8000/v1'}\" or "
+        "\"{max_model_len: 2048}\" (also the context length questions are checked against)",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=DEFAULT_MAX_CHARS,
+        help="refuse questions longer than this many characters (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
     return p
+
+
+def _preview(question: Any, n: int = 200) -> Any:
+    return question[:n] + "..." if isinstance(question, str) and len(question) > n else question
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    from tqdm.auto import tqdm
+
     from env.outcomes import AllocError, validate_lambda
     from policies.onnx_policy import OnnxPolicyError
     from rollouts.backends.base import BackendError
+    from rollouts.config import load_yaml_text
     from rollouts.datasets import DatasetError, load_queries
+    from rollouts.errors import report, user_errors
     from rollouts.models import ModelNotFound
 
+    failed = 0
     try:
         lt = validate_lambda("--lambda-tokens", args.lambda_tokens)
         ls = validate_lambda("--lambda-seconds", args.lambda_seconds)
+        if args.max_chars < 1:
+            raise RouteError(f"--max-chars must be >= 1, got {args.max_chars}")
         questions: list[str] = list(args.questions)
         answers: list[str | None] = [None] * len(questions)
         if args.dataset:
-            queries = load_queries(args.dataset, args.limit, args.offset)
+            # an undecodable line becomes one refused question, not the end of the run
+            queries = load_queries(args.dataset, args.limit, args.offset, invalid_utf8="keep")
             questions += [q.question for q in queries]
             answers += [q.answer for q in queries]
         if not questions:
             raise RouteError("no questions: give them as arguments or with --dataset SOURCE")
-        options = yaml.safe_load(args.backend_options) or {}
+        options = load_yaml_text(args.backend_options) or {}
         if not isinstance(options, dict):
             raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
         router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
-        for row in router.route(questions, answers, lt, ls):
-            print(json.dumps(row), flush=True)
+        router.limits = QuestionLimits(args.max_chars, router.limits.max_prompt_tokens)
+        good = []
+        for i, q in enumerate(questions):  # each bad question gets its own error line; the rest run
+            problem = router.check(q)
+            if problem is None:
+                good.append(i)
+            else:
+                failed += 1
+                print(json.dumps({"index": i, "question": _preview(q), "error": problem}), flush=True)
+        if good:
+            bar = tqdm(total=len(good), desc="route", unit="query", disable=args.no_progress, file=sys.stderr)
+            batches = router.route_batches(
+                [questions[i] for i in good], [answers[i] for i in good], lt, ls, progress=not args.no_progress
+            )
+            for batch in batches:  # printed as each batched engine call finishes
+                for j, row in sorted(batch.items()):
+                    failed += "error" in row
+                    print(json.dumps({"index": good[j], **row}), flush=True)
+                bar.update(len(batch))
+            bar.close()
     except (
         RouteError,
         DatasetError,
@@ -215,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         ModelNotFound,
         OSError,
         yaml.YAMLError,
+        *user_errors(),
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return report(exc)
+    if failed:
+        print(f"{failed} of {len(questions)} questions refused or failed (lines with 'error')", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":  # vLLM's engine spawns workers: keep the entry point guarded

@@ -26,8 +26,15 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
                        ``python -m policies.export`` exports any other checkpoint
     train_summary.json wall time, steps/s, timesteps (and the warm start's MSEs, ``ppo.policy: utility``)
 
-``--resume`` continues from the latest checkpoint with ``reset_num_timesteps=False`` into the same
-TensorBoard folder, so curves continue. Without ``--resume`` an existing run folder is never touched.
+``--resume`` continues ``runs_dir/<--name>`` (a copied run resumes in the copy) from the latest
+checkpoint with ``reset_num_timesteps=False`` into the same TensorBoard folder, so curves continue:
+what a killed job logged after that checkpoint is purged (TensorBoard's ``purge_step``), and a torn
+latest checkpoint is skipped with a warning for the previous one. ``args.yml`` keeps the original
+arguments; each resume appends its command to ``command.txt``. Without ``--resume`` an existing run
+folder is never touched. One job per run folder: a second one exits 2 naming the holder's pid (an
+OS lock on ``runs_dir/.<name>.lock``, released when the job ends or dies).
+
+Checkpoints (``*.zip``) are pickles: load only your own (see README, "Checkpoints are code").
 Errors (bad cache, unknown key, bad λ, other action menu...) print one ``error: ...`` line, exit 2.
 """
 
@@ -41,13 +48,18 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from env.allocate_env import EnvConfig, make_splits
 from env.outcomes import AllocError, ConfigError
 from rollouts.cache import CacheError
+from rollouts.config import check_types, load_yaml_text
+from rollouts.errors import report, user_errors
+
+if TYPE_CHECKING:
+    from rollouts.locks import FolderLock
 
 ENV_NAME = "ttc-Allocate-v0"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train_default.yaml"
@@ -82,7 +94,11 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        for name in ("env", "ppo"):
+            if not isinstance(d.get(name, {}), dict):
+                raise ConfigError(f"{name} must be a mapping of settings, got {d[name]!r}")
         cfg = cls(**d)
+        check_types(cfg, ConfigError)
         cfg.env = EnvConfig.from_dict(cfg.env).to_dict()
         cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
         for name in (
@@ -98,15 +114,16 @@ class TrainConfig:
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
-        if not isinstance(cfg.gate, bool):
-            raise ConfigError(f"gate must be true or false, got {cfg.gate!r}")
         c = cfg.gate_confidence
         if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0.5 <= c < 1:
             raise ConfigError(f"gate_confidence must be a number in [0.5, 1), got {c!r}")
         if cfg.gate_folds < 3:
             raise ConfigError(f"gate_folds must be an integer >= 3, got {cfg.gate_folds!r}")
-        if cfg.name is not None and (not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name):
-            raise ConfigError(f"name must be a folder name, got {cfg.name!r}")
+        if cfg.name is not None:
+            check_name(cfg.name)
+        for name in ("cache", "exp", "runs_dir"):
+            if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(cfg, name)!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,11 +134,17 @@ class TrainConfig:
 # Config assembly
 
 
+def check_name(name: Any) -> str:
+    """A run name is one plain folder name: no path separators, not ``.`` or ``..``."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"name must be a folder name (no '/', not '..'), got {name!r}")
+    return name
+
+
 def parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    from rollouts.config import parse_scalar
+
+    return parse_scalar(text)
 
 
 def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
@@ -153,7 +176,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        d = yaml.safe_load(p.read_text()) or {}
+        d = load_yaml_text(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: malformed YAML ({exc})") from exc
     if not isinstance(d, dict):
@@ -192,14 +217,14 @@ def default_name(cfg: TrainConfig) -> str:
 # Training
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    cps = []
-    for p in (run_dir / "checkpoints").glob("ppo_*_steps.zip"):
-        try:
-            cps.append((int(p.stem.split("_")[1]), p))
-        except (IndexError, ValueError):
-            continue
-    return max(cps)[1] if cps else None
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint's path (``--resume`` falls back to older ones if it does not load)."""
+    from policies.resume import checkpoints
+
+    cps = checkpoints(run_dir)
+    if not cps:
+        raise ConfigError(f"{run_dir}: no checkpoint to resume from in {run_dir / 'checkpoints'}")
+    return cps[0][1]
 
 
 def check_splits(splits: dict[str, Any]) -> None:
@@ -214,8 +239,46 @@ def check_splits(splits: dict[str, Any]) -> None:
 def train(
     cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None
 ) -> Path:
-    """Train (or resume) and return the run folder. Everything is validated before anything is written."""
+    """Train (or resume) and return the run folder. Everything is validated before anything is written.
+
+    One job per run folder: a resume takes the folder's lock at once, a fresh run checks it is free
+    and takes it before its first write; the lock is held until the job ends (rollouts/locks.py).
+    """
     import torch
+
+    from rollouts.locks import FolderLock, FolderLocked, is_locked
+
+    torch.set_num_threads(cfg.torch_threads)
+    name = cfg.name or default_name(cfg)
+    run_dir = Path(cfg.runs_dir) / name
+    lock = FolderLock(run_dir, "run folder")
+    if not resume and is_locked(run_dir):
+        raise FolderLocked(run_dir, lock.path, "run folder", is_locked(run_dir))
+    try:
+        if resume:
+            lock.acquire()
+            if not (run_dir / "config.yml").is_file():
+                raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
+            latest_checkpoint(run_dir)
+        elif run_dir.exists():
+            raise ConfigError(
+                f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
+            )
+        return _train(cfg, resume, argv, args_dict, name, run_dir, lock)
+    finally:
+        lock.release()
+
+
+def _train(
+    cfg: TrainConfig,
+    resume: bool,
+    argv: list[str] | None,
+    args_dict: dict | None,
+    name: str,
+    run_dir: Path,
+    lock: FolderLock,
+) -> Path:
+    """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run)."""
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
     from stable_baselines3.common.monitor import Monitor
@@ -232,20 +295,7 @@ def train(
         make_model,
         make_val_metrics_callback,
     )
-
-    torch.set_num_threads(cfg.torch_threads)
-    name = cfg.name or default_name(cfg)
-    run_dir = Path(cfg.runs_dir) / name
-    if resume:
-        if not (run_dir / "config.yml").is_file():
-            raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise ConfigError(f"{run_dir}: no checkpoint to resume from in {run_dir / 'checkpoints'}")
-    elif run_dir.exists():
-        raise ConfigError(
-            f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
-        )
+    from policies.resume import load_latest_good, purging_logger
 
     env_cfg = EnvConfig.from_dict(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
@@ -289,7 +339,9 @@ def train(
 
     tb_dir = run_dir / "tb"
     if resume:
-        model = load_model(ckpt, table, env=train_env, tensorboard_log=str(tb_dir))
+        ckpt, model = load_latest_good(
+            run_dir, lambda p: load_model(p, table, env=train_env, tensorboard_log=str(tb_dir))
+        )
         old_env = model.ttc_meta["env"]
         if old_env != cfg.env:
             diff = sorted(k for k in set(old_env) | set(cfg.env) if old_env.get(k) != cfg.env.get(k))
@@ -304,12 +356,16 @@ def train(
     else:
         model = None
 
-    # ---- everything validated: write the run folder
+    # ---- everything validated: take the folder (another job may have started meanwhile), write it
+    lock.acquire()
+    if not resume and run_dir.exists():
+        raise ConfigError(f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if not resume:
         (run_dir / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    (run_dir / "args.yml").write_text(yaml.safe_dump(args_dict or {}, sort_keys=False))
+    if not (run_dir / "args.yml").exists():  # the run's original arguments; resumes add to command.txt
+        (run_dir / "args.yml").write_text(yaml.safe_dump(args_dict or {}, sort_keys=False))
     with open(run_dir / "command.txt", "a") as fh:
         fh.write(shlex.join(argv or sys.argv) + "\n")
 
@@ -341,6 +397,8 @@ def train(
                 f"{warm_start['val_mse']:.4f} (train means alone: {warm_start['val_mse_prior_only']:.4f})"
             )
     model.ttc_meta = meta
+    if resume:  # hide what the killed job logged after this checkpoint: those steps are logged anew
+        model.set_logger(purging_logger(tb_dir, "PPO", int(model.num_timesteps) + 1))
 
     hparams = {"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "n_envs": cfg.n_envs}
     for sec in ("env", "ppo"):
@@ -479,9 +537,18 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--cache", help="rollout cache folder (default from the config: data/default_cache)")
-    p.add_argument("--name", help="run folder name under runs_dir")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--total-timesteps", type=int, dest="total_timesteps")
+    p.add_argument(
+        "--name",
+        help="run folder name under runs_dir (default: ttc-Allocate-v0__<exp>__<seed>__<unix time>); "
+        "with --resume, the run to continue",
+    )
+    p.add_argument("--seed", type=int, help="seed of PPO, the warm start and the envs (default: 0)")
+    p.add_argument(
+        "--total-timesteps",
+        type=int,
+        dest="total_timesteps",
+        help="env steps to train in all (default: 60000); with --resume, the new total",
+    )
     p.add_argument(
         "--hyperparams",
         nargs="+",
@@ -489,7 +556,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="overrides, e.g. ppo.learning_rate:1e-3 env.outcome:sampled",
     )
     p.add_argument("--runs-dir", dest="runs_dir", help="parent of run folders (default: runs)")
-    p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue runs_dir/<name> from its latest readable checkpoint, with its own config",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -501,10 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             if not args.name:
                 raise ConfigError("--resume needs --name of the run to continue")
-            run_dir = Path(args.runs_dir or "runs") / args.name
+            run_dir = Path(args.runs_dir or "runs") / check_name(args.name)
             if not (run_dir / "config.yml").is_file():
                 raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
             d = load_yaml(run_dir / "config.yml")
+            # the folder is the one named on the command line (a copied run resumes in the copy)
+            d["name"], d["runs_dir"] = args.name, str(run_dir.parent)
             if args.hyperparams or args.cache or args.seed is not None:
                 raise ConfigError(
                     "--resume continues the run's own config; only --total-timesteps may change"
@@ -517,9 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = build_config(args)
         run_dir = train(cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args))
-    except (AllocError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (AllocError, CacheError, *user_errors()) as exc:
+        return report(exc)
     print(f"run folder: {run_dir}")
     return 0
 

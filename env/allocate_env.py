@@ -48,6 +48,7 @@ import numpy as np
 from gymnasium import spaces
 
 from env.outcomes import ConfigError, OutcomeTable, get_table, reject_unknown_keys, validate_lambda
+from rollouts.config import check_types
 
 SPLITS = ("train", "val", "test")
 OBS_BOUND = 1e6  # the Box bound; standardised features are clipped to it (never reached in practice)
@@ -115,6 +116,7 @@ class EnvConfig:
         d = dict(d or {})
         reject_unknown_keys(cls, d, where)
         cfg = cls(**d)
+        check_types(cfg, ConfigError, f"{where}.")
         cfg.validate()
         return cfg
 

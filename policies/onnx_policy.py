@@ -23,6 +23,8 @@ import onnxruntime as ort
 
 from policies.gate import Gate
 
+ort.disable_telemetry_events()  # no usage telemetry from policy loading (README, "Telemetry")
+
 
 class OnnxPolicyError(ValueError):
     pass
@@ -34,9 +36,20 @@ class OnnxPolicy:
         jpath = p / "policy.json" if p.is_dir() else p
         if not jpath.is_file():
             raise OnnxPolicyError(f"{jpath}: policy.json not found")
-        doc = json.loads(jpath.read_text())
-        if doc.get("format") != "ttc-alloc/onnx-policy":
+        try:
+            doc = json.loads(jpath.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise OnnxPolicyError(f"{jpath}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except json.JSONDecodeError as exc:
+            raise OnnxPolicyError(f"{jpath}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+        if not isinstance(doc, dict) or doc.get("format") != "ttc-alloc/onnx-policy":
             raise OnnxPolicyError(f"{jpath}: not a ttc-alloc ONNX policy")
+        try:
+            self._read(doc, jpath)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OnnxPolicyError(f"{jpath}: malformed policy.json ({type(exc).__name__}: {exc})") from exc
+
+    def _read(self, doc: dict, jpath: Path) -> None:
         self.doc = doc
         self.menu: list[str] = list(doc["menu"])
         o = doc["observation"]
@@ -48,9 +61,13 @@ class OnnxPolicy:
         self.pca = None if o.get("pca") is None else np.array(o["pca"], dtype=np.float64)
         self.pca_scale = None if self.pca is None else np.array(o["pca_scale"], dtype=np.float64)
         self.gate = Gate.from_dict(doc["gate"]) if doc.get("gate") else None
-        self.session = ort.InferenceSession(
-            str(jpath.parent / doc["onnx"]), providers=["CPUExecutionProvider"]
-        )
+        onnx_path = jpath.parent / doc["onnx"]
+        if not onnx_path.is_file():
+            raise OnnxPolicyError(f"{onnx_path}: ONNX model not found (named by {jpath})")
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail...)
+            raise OnnxPolicyError(f"{onnx_path}: not a loadable ONNX model ({type(exc).__name__})") from exc
 
     @property
     def feature_dim(self) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 from env.allocate_env import ObsEncoder
 from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference, reject_unknown_keys
 from policies.base import AllocationPolicy, score_choices
+from rollouts.config import check_types
 
 META_FORMAT = "ttc-alloc/ppo"
 
@@ -67,6 +68,7 @@ class PPOConfig:
         d = dict(d or {})
         reject_unknown_keys(cls, d, where)
         cfg = cls(**d)
+        check_types(cfg, ConfigError, f"{where}.")
         if cfg.policy not in ("mlp", "utility"):
             raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {cfg.policy!r}")
         if cfg.policy != "utility" and cfg.utility_warm_start:

@@ -229,10 +229,22 @@ class CacheWriter:
     """Adds queries and records to a cache directory; knows which keys are already done (resume).
 
     Records are appended after their query line, so a record never refers to an unwritten query.
+    The writer holds the cache's lock (rollouts/locks.py) until closed: a second writer on the same
+    cache raises FolderLocked before touching anything.
     """
 
     def __init__(self, directory: str | Path, meta: dict[str, Any] | None = None):
+        from rollouts.locks import FolderLock
+
         self.dir = Path(directory)
+        self._lock = FolderLock(self.dir, "cache").acquire()
+        try:
+            self._open(meta)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, meta: dict[str, Any] | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         if _find(self.dir, "records") is not None and (self.dir / "records.jsonl").exists() is False:
             raise CacheError(f"{self.dir}: compressed caches are read-only; copy to a new directory to extend")
@@ -292,6 +304,7 @@ class CacheWriter:
     def close(self) -> None:
         self._queries.close()
         self._records.close()
+        self._lock.release()
 
     def __enter__(self) -> CacheWriter:
         return self

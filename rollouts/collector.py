@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from rollouts.backends import Backend, SamplingSpec, make_backend
 from rollouts.cache import CacheWriter
-from rollouts.config import CollectConfig
+from rollouts.config import CollectConfig, ConfigError
 from rollouts.datasets import Query, load_queries
 from rollouts.grading import grade
 from rollouts.latency import LatencyModel, Round, error_report
+from rollouts.locks import FolderLock
 from rollouts.models import resolve_model
 from rollouts.prompts import build_messages, prompt_token_ids
 from rollouts.scorers import StepScorer, make_scorer
@@ -78,9 +79,27 @@ class Collector:
     def __init__(self, cfg: CollectConfig, backend: Backend | None = None, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
+        # the cache's lock before the engine starts: a second collector on this output exits at once
+        self._lock = FolderLock(cfg.output, "cache").acquire()
+        try:
+            self._setup(backend)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, backend: Backend | None) -> None:
+        cfg = self.cfg
         self.model_path = resolve_model(cfg.model)
         self.queries: list[Query] = load_queries(cfg.dataset, cfg.limit, cfg.offset, cfg.question_field,
                                                  cfg.answer_field)
+        # the latency fit needs 4 direct measurements: say so now, not after featurizing and measuring
+        per_query = sum(len(cfg.budgets) if m["strategy"] == "sample_pool" else 1 for m in cfg.menu)
+        k = min(cfg.calibration_queries, len(self.queries))
+        if k and k * per_query < 4:
+            raise ConfigError(
+                f"calibration_queries={cfg.calibration_queries}: {k} queries x {per_query} configs give {k * per_query} "
+                "latency measurements, the latency model needs at least 4; raise calibration_queries or set it to 0"
+            )
         self.backend = backend or make_backend(cfg.backend, self.model_path, **cfg.backend_options)
         self.scorer: StepScorer = make_scorer(cfg.scorer, **cfg.scorer_options)
         self.spec = SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
@@ -261,3 +280,4 @@ class Collector:
     def close(self) -> None:
         self.writer.close()
         self.backend.close()
+        self._lock.release()

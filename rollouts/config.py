@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,60 @@ from rollouts.prompts import DEFAULT_SUFFIX
 
 class ConfigError(ValueError):
     """A config file or override is malformed or names something unknown."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-3`` and ``1E5`` are numbers (YAML 1.1 wants a dot
+    and a signed exponent, so PyYAML reads them as strings; YAML 1.2 and every user read them as floats)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text the one way every config, override and option of the project is parsed."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def parse_scalar(text: str) -> Any:
+    """A ``key=value`` / ``key:value`` override's value: YAML, or the text itself if it is not YAML."""
+    try:
+        return load_yaml_text(text)
+    except yaml.YAMLError:
+        return text
+
+
+_TYPES: dict[str, tuple[str, Any]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "dict": ("a mapping", lambda v: isinstance(v, dict)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+}
+
+
+def check_types(obj: Any, error: type[Exception] = ValueError, where: str = "") -> None:
+    """Raise ``error`` naming the first dataclass field whose value is not of its annotated type.
+
+    Understands the annotations the configs use (``int``, ``float``, ``bool``, ``str``, ``dict[...]``,
+    ``list[...]``, ``X | None``); anything else (``Any``) is left to the config's own checks.
+    """
+    for f in dataclasses.fields(obj):
+        ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        parts = [a.strip().split("[")[0] for a in ann.split("|")]
+        if not all(a in _TYPES or a == "None" for a in parts):
+            continue
+        v = getattr(obj, f.name)
+        if v is None and "None" in parts:
+            continue
+        if not any(_TYPES[a][1](v) for a in parts if a != "None"):
+            want = " or ".join(_TYPES[a][0] for a in parts if a != "None") + (" or null" if "None" in parts else "")
+            raise error(f"{where}{f.name} must be {want}, got {v!r}")
 
 
 STRATEGY_KEYS = {"sample_pool": {"n"}, "beam_search": {"n", "m", "max_iterations"}}
@@ -51,6 +106,7 @@ class CollectConfig:
     output: str = "runs/collect/cache"
 
     def validate(self) -> None:
+        check_types(self, ConfigError)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
         if self.backend not in ("vllm", "openai"):
@@ -89,7 +145,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.exists():
             raise ConfigError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = load_yaml_text(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}" if mark else str(p)
@@ -101,7 +159,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not sep:
             raise ConfigError(f"override {ov!r} is not key=value")
         try:
-            data[key.strip()] = yaml.safe_load(raw)
+            data[key.strip()] = load_yaml_text(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {ov!r}: malformed value ({exc})") from exc
     known = {f.name for f in dataclasses.fields(CollectConfig)}

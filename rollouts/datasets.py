@@ -63,6 +63,32 @@ def _clean_answer(value: Any) -> str:
     return str(value).strip()
 
 
+def check_text_file(path: str | Path) -> int:
+    """The number of non-blank lines of a UTF-8 text file (a folder: of its ``*.jsonl`` files; a
+    binary format such as ``.parquet`` is left to its reader, which returns 1).
+
+    DatasetError names the file and line of the first undecodable byte, or says the input is empty, so
+    an import fails before it creates anything.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p}: input not found")
+    if p.suffix == ".parquet":
+        return 1
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    n += bool(raw.decode("utf-8").strip())
+                except UnicodeDecodeError as exc:
+                    raise DatasetError(f"{f}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if n == 0:
+        raise DatasetError(f"{p}: empty input, nothing to import")
+    return n
+
+
 def load_queries(
     source: str,
     limit: int | None = None,
@@ -70,8 +96,14 @@ def load_queries(
     question_field: str | None = None,
     answer_field: str | None = None,
     name: str | None = None,
+    invalid_utf8: str = "error",
 ) -> list[Query]:
-    """Load queries from a source string (see module docstring)."""
+    """Load queries from a source string (see module docstring).
+
+    A JSONL line that is not UTF-8 is a DatasetError naming file and line, or with
+    ``invalid_utf8="keep"`` is decoded with lone surrogates, for a caller that refuses such questions
+    one by one (route.py, rollouts/questions.py).
+    """
     kind, _, rest = source.partition(":")
     if kind == "arith":
         from rollouts.arithmetic import generate
@@ -84,8 +116,16 @@ def load_queries(
         if not path.exists():
             raise DatasetError(f"dataset file {path} not found")
         rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    if invalid_utf8 != "keep":
+                        raise DatasetError(
+                            f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                        ) from exc
+                    line = raw.decode("utf-8", "surrogateescape")
                 if line.strip():
                     try:
                         rows.append(json.loads(line))

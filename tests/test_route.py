@@ -116,22 +116,35 @@ def test_live_features_and_choice_match_the_cache(bundled_run):
 
 @pytest.mark.slow
 def test_route_runs_the_chosen_strategy_on_vllm(bundled_run, tmp_path):
+    """Good questions are answered (streamed per batch); each bad one gets its own error line."""
     rows = _cached_queries(bundled_run, 3)
     qfile = tmp_path / "q.jsonl"
-    qfile.write_text(
-        "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
-    )
+    good = b"".join(json.dumps({"question": r["question"], "answer": r["answer"]}).encode() + b"\n" for r in rows)
+    qfile.write_bytes(good + b'{"question": "What is 2 \xff 2?", "answer": "4"}\n')  # line 4: not UTF-8
+    long_prompt = "1 + " * 700  # 2800 characters (under --max-chars), ~1400 tokens: over the 1024-token context
     cmd = [sys.executable, str(ROOT / "route.py"), "--export", str(bundled_run / "export"), "--dataset",
-           f"jsonl:{qfile}", "What is 2 + 3?", "--lambda-tokens", "1e-4", "--lambda-seconds", "0.02"]  # fmt: skip
+           f"jsonl:{qfile}", "What is 2 + 3?", "   ", "x" * 3500, long_prompt, "--max-chars", "3000",
+           "--lambda-tokens", "1e-4", "--lambda-seconds", "0.02"]  # fmt: skip
     out = subprocess.run(
         cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert out.returncode == 1, out.stderr[-3000:]  # some questions refused
+    assert "Traceback" not in out.stderr
+    lines = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["index"])  # fmt: skip
+    assert [r["index"] for r in lines] == list(range(8))
+    errors = {r["index"]: r["error"] for r in lines if "error" in r}
+    assert sorted(errors) == [1, 2, 3, 7], lines
+    assert errors[1] == "empty question"
+    assert "3500 characters exceeds the limit of 3000" in errors[2]
+    budget = json.loads((bundled_run / "export" / "policy.json").read_text())["serving"]["sampling"]["max_tokens"]
+    assert f"tokens exceeds the {1024 - budget} the engine's context" in errors[3]  # vLLM backend: 1024 tokens
+    assert "not valid UTF-8" in errors[7]
+    answered = [r for r in lines if "error" not in r]
     menu = json.loads((bundled_run / "export" / "policy.json").read_text())["menu"]
-    assert [r["question"] for r in lines] == ["What is 2 + 3?"] + [r["question"] for r in rows]
-    for r in lines:
+    assert [r["question"] for r in answered] == ["What is 2 + 3?"] + [r["question"] for r in rows]
+    for r in answered:
         assert r["action"] in menu and r["tokens"] > 0 and r["seconds"] > 0 and r["batch"] >= 1
         assert r["params"]["strategy"] in ("sample_pool", "beam_search")
-    assert "correct" not in lines[0]  # no reference given for the positional question
-    assert all(isinstance(r["correct"], bool) for r in lines[1:])
+    assert "correct" not in answered[0]  # no reference given for the positional question
+    assert all(isinstance(r["correct"], bool) for r in answered[1:])

@@ -164,15 +164,20 @@ def main(argv: list[str]) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     from rollouts.cache import CacheError
+    from rollouts.datasets import DatasetError, check_text_file
     from rollouts.importers import DEFAULT_FEATURIZER, Importer, load_featurizer, load_tokenizer
+    from rollouts.locks import FolderLock, FolderLocked
     from rollouts.models import ModelNotFound
 
     out = Path(args.out)
+    lock, existed = FolderLock(out, "cache"), out.exists()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
+        lock.acquire()  # before the featurizer loads: a second import into this cache exits at once
+        check_text_file(args.path)  # empty or undecodable input: file and line, before anything is written
         reader = make_reader(args.format, args.path, args)
         if args.limit is not None:
             reader = _Limited(reader, args.limit)
@@ -195,9 +200,16 @@ def main(argv: list[str]) -> int:
             print("note: no latency model (none given, none in the cache, configs/latency_cpu_smollm2.json absent); "
                   "missing seconds stay missing", file=sys.stderr)
         summary = importer.run(reader)
-    except (CacheError, ModelNotFound, FileNotFoundError, ValueError) as exc:
+    except (CacheError, ModelNotFound, FileNotFoundError, ValueError, DatasetError, FolderLocked) as exc:
+        q = out / "queries.jsonl"
+        if not isinstance(exc, FolderLocked) and not existed and out.is_dir() and not (q.exists() and q.stat().st_size):
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # this run made it and wrote no query: leave nothing behind
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        lock.release()
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
