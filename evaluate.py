@@ -213,12 +213,16 @@ def evaluate(
     from policies.gate import StaticFallback
     from policies.gate_fit import GatedPolicy, crossfit_router_gains, fit_gate, run_gate, shrink_gain
 
-    gated_model = load_model(model_path, table)
-    gate = run_gate(run_dir, gated_model, table, rows_of["train"], rows_of["val"], run_cfg)
-    if gate.shrinkage is not None:
-        shrink_gain(gated_model, gate.shrinkage)
-    ppo_gated = GatedPolicy(PPOPolicy(gated_model), gate)
     trval = np.concatenate([rows_of["train"], rows_of["val"]])
+    if onnx is not None:  # the export carries its gate and its shrunk actor: ppo is it with the gate off
+        gate = onnx.gate or run_gate(run_dir, None, table, rows_of["train"], rows_of["val"], run_cfg)
+        ppo, ppo_gated = ExportedPolicy(onnx, gated=False), ExportedPolicy(onnx)
+    else:
+        gated_model = load_model(model_path, table)
+        gate = run_gate(run_dir, gated_model, table, rows_of["train"], rows_of["val"], run_cfg)
+        if gate.shrinkage is not None:
+            shrink_gain(gated_model, gate.shrinkage)
+        ppo_gated = GatedPolicy(PPOPolicy(gated_model), gate)
     router_gate = fit_gate(
         gate.fallback,
         gate.regions,
@@ -318,12 +322,12 @@ def evaluate(
                     "static_trainval_best": a_trval,
                     "gate": {
                         name: {
-                            "open": g.gate.is_open(lt, ls),
+                            "open": g.is_open(lt, ls),
                             "deviation_share": float((a != a_fallback).mean()),
                         }
                         for name, g, a in (
-                            ("ppo", ppo_gated, a_ppo_g),
-                            ("probe_router", router_gated, a_router_g),
+                            ("ppo", gate, a_ppo_g),
+                            ("probe_router", router_gate, a_router_g),
                         )
                     },
                     "vs_static_train_best": {
@@ -406,14 +410,15 @@ class ExportedPolicy:
 
     name = "ppo"
 
-    def __init__(self, onnx: Any):
-        self.onnx = onnx
+    def __init__(self, onnx: Any, gated: bool = True):
+        self.onnx, self.gated = onnx, gated
 
     def choose(self, table: Any, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
         rows = np.asarray(rows)
         a = self.onnx.act_index(
-            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds, mask=table.mask[rows]
-        )
+            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds,
+            mask=table.mask[rows], use_gate=self.gated,
+        )  # fmt: skip
         return np.asarray(a, dtype=np.int64).reshape(len(rows))
 
 

@@ -256,7 +256,9 @@ def fit_run_gate(
 
 def run_gate(run_dir, model, table: OutcomeTable, train_rows, val_rows, run_cfg: dict[str, Any]) -> Gate:
     """The run's ``gate.json`` (written by ``train.py``), or the same gate fitted now for a run made
-    before gates existed or with ``gate: false`` (so the gated policy can always be reported)."""
+    before gates existed or with ``gate: false`` (so the gated policy can always be reported); with
+    no model to refit (``model=None``, an ONNX export without a gate) a gate open everywhere
+    (``method: none``)."""
     import json
     from pathlib import Path
 
@@ -265,6 +267,14 @@ def run_gate(run_dir, model, table: OutcomeTable, train_rows, val_rows, run_cfg:
     path = Path(run_dir) / "gate.json"
     if path.is_file():
         return Gate.from_dict(json.loads(path.read_text()))
+    if model is None:  # an export made without a gate, and no gate.json: nothing to fit it on
+        both = np.concatenate([np.asarray(train_rows), np.asarray(val_rows)])
+        from policies.base import lambda_grid
+
+        grid = lambda_grid(table, np.asarray(train_rows))
+        regions = LambdaRegions(grid["lambda_tokens"], grid["lambda_seconds"])
+        shape = (len(regions.lambda_tokens), len(regions.lambda_seconds))
+        return Gate(StaticFallback.fit(table, both), regions, np.ones(shape, dtype=bool), method="none")
     ppo_cfg = PPOConfig.from_dict(run_cfg.get("ppo") or {}).to_dict()
     return fit_run_gate(
         model, table, train_rows, val_rows, ppo_cfg,

@@ -95,8 +95,9 @@ class OnnxPolicy:
         return z.astype(np.float32)
 
     def act_index(
-        self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None
+        self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None, use_gate=True
     ) -> np.ndarray:
+        """Action indices; ``use_gate=False`` asks the network even where the gate is closed."""
         obs = self.observation(features, prompt_tokens, lambda_tokens, lambda_seconds)
         m = (
             np.ones((len(obs), len(self.menu)), dtype=bool)
@@ -108,7 +109,7 @@ class OnnxPolicy:
         if not m.any(axis=1).all():
             raise OnnxPolicyError("mask allows no action")
         m = np.broadcast_to(m, (len(obs), m.shape[1]))
-        if self.gate is not None and not self.gate.is_open(lambda_tokens, lambda_seconds):
+        if use_gate and self.gate is not None and not self.gate.is_open(lambda_tokens, lambda_seconds):
             return self.gate.fallback.choose(m, lambda_tokens, lambda_seconds)
         _, action = self.session.run(["logits", "action"], {"obs": obs, "mask": m.copy()})
         return action

@@ -177,3 +177,17 @@ def test_train_writes_and_logs_the_gate(tiny_run):
     (ev,) = ea.Scalars("ttc/gate/open_share")
     assert ev.value == pytest.approx(gate["open_share"]) and ev.step == 3072
     assert ea.Scalars("ttc/gate/shrinkage")[0].value == pytest.approx(gate["shrinkage"])
+
+
+def test_export_evaluation_plays_the_same_gated_policy(tiny_run, tmp_path):
+    """evaluate.py --export (the ONNX policy, its gate and its shrunk actor from policy.json) reports
+    the same gated policy as the checkpoint with gate.json."""
+    kw = {"grid_n": 3, "plots": False, "n_boot": 0}
+    ck = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "c"), **kw)
+    ex = evaluate.evaluate(export=str(tiny_run / "export"), run=str(tiny_run), out=str(tmp_path / "x"), **kw)
+    for a, b in zip(ck["points"], ex["points"], strict=True):
+        assert a["gate"] == b["gate"]
+        assert a["policies"]["ppo_gated"]["share"] == b["policies"]["ppo_gated"]["share"]
+        assert a["policies"]["ppo_gated"]["utility"] == pytest.approx(
+            b["policies"]["ppo_gated"]["utility"], abs=1e-12
+        )
