@@ -15,14 +15,16 @@ fallback, measured per query on queries the routed policy was *not* fitted on, i
 chosen confidence: the ``1 − confidence`` quantile of its bootstrap mean is > 0 (``TOL``). Where the
 policy never deviates the gain is 0 and the region stays closed (the choice is the same either way).
 
-The evidence is cross-fitted for the utility actor (:func:`crossfit_utility`): train + validation are
-cut into K folds; for each fold the gain head is refitted (warm start) on the others and routes the
-held-out fold, against the fallback picked on the same other folds. So every train + validation query
-contributes one out-of-fold paired gain per region. For any other policy whose fitting cannot be
-repeated cheaply (an SB3 ``MlpPolicy``), :func:`holdout_gains` uses its choices on the validation
-split against the train-picked static. The sequential policy (issue #12) can use the same gate: a
-fallback per λ and per-region gains (utilities of its own episodes minus the fallback's) from its
-held-out queries; nothing here assumes one action per query beyond :meth:`Gate.apply`.
+The evidence is cross-fitted for the utility actor (:func:`policies.gate_fit.crossfit_utility`):
+train + validation are cut into K folds; for each fold the gain head is refitted (warm start) on
+the others (early stopping on one of them) and routes the held-out fold, against the fallback picked
+on the same other folds. So every train + validation query contributes one out-of-fold paired gain
+per region. For a policy whose fitting cannot be repeated cheaply (an SB3 ``MlpPolicy``),
+:func:`policies.gate_fit.holdout_gains` uses its choices on the validation split against the
+train-picked static. The sequential policy (issue #12) can use the same gate: a fallback per λ
+(a :class:`StaticFallback`, or its best tuned stopping rule) and :func:`fit_gate` fed with per-query
+held-out gains (its episodes' utilities minus the fallback's); only :meth:`Gate.apply` assumes one
+action per query.
 
 **Shrinkage.** The per-query gain δ(q) of the utility actor is scaled by α ∈ [0, 1] before it is
 used: α is the least-squares coefficient of the out-of-fold residual correctness (y − c̄) on the
