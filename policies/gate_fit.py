@@ -89,7 +89,7 @@ def crossfit_utility(
     from policies.utility_head import UtilityExtractor, utility_spec, warm_start_gain
 
     rows = np.asarray(rows)
-    k = max(2, min(int(k), len(rows)))
+    k = max(3, min(int(k), len(rows)))  # fit, stop and held-out folds are all needed
     fold = folds_of(len(rows), k, seed)
     a_n = table.n_actions
     prior = np.zeros((len(rows), a_n))
