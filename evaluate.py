@@ -27,7 +27,8 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 ``results.md`` (per-point summary), ``pareto_tokens.png`` and ``pareto_seconds.png``, and with
 ``--json PATH`` the same numbers as JSON. JSON keys::
 
-    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids)
+    run, model, cache, split, n_queries, n_dropped_incomplete, menu (action ids),
+    latency ("seconds from the cache", or why λ_L is fixed at 0: the λ_L axis is then [0])
     grid: {lambda_tokens: [...], lambda_seconds: [...]}
     points: [ { lambda_tokens, lambda_seconds,
                 policies: { <policy>: {accuracy, mean_tokens, mean_seconds, utility, share: {action id: fraction}} },
@@ -39,7 +40,7 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
     summary: { n_points, ppo_ge_best_static (count), ppo_ge_probe_router (count), ppo_ge_static_train_best (count),
                static_train_best_ge_best_static (count: the no-routing reference for ppo_ge_best_static),
                ppo_gap_share_mean, ppo_gap_share_min, probe_router_gap_share_mean,
-               ppo_below_best_static_ci (count of points whose 90% CI upper end is < 0),
+               ppo_below_best_static_ci (count of points whose 90% CI upper end is < −1e-9),
                all_points_ge_best_static_p: {ppo, probe_router, static_train_best} (share of bootstrap
                resamples in which that policy is >= the re-picked best static at every point; null
                when --bootstrap 0), n_boot }
@@ -85,7 +86,14 @@ from rollouts.cache import CacheError
 from rollouts.config import load_yaml_text
 from rollouts.errors import report, user_errors
 
-TOL = 1e-9
+TOL = (
+    1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
+)
+
+
+def below(x: float) -> bool:
+    """x < 0 beyond the tie tolerance (an upper CI end of −1e-15 is a tie, not a loss)."""
+    return bool(x < -TOL)
 
 
 def resolve_model(
@@ -183,6 +191,8 @@ def evaluate(
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     check_menu(meta, table, str(model_path))
+    if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
+        raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
     splits = json.loads(splits_path.read_text())
     rows_of = {
         s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
@@ -353,6 +363,7 @@ def evaluate(
         "n_queries": int(len(rows)),
         "n_dropped_incomplete": n_dropped,
         "menu": list(table.action_ids),
+        "latency": table.latency_note or "seconds from the cache",
         "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
         "points": points,
         "summary": {
@@ -364,18 +375,18 @@ def evaluate(
             "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
-            "ppo_below_best_static_ci": sum(p["ppo_vs_best_static"]["ci90"][1] < 0 for p in points),
+            "ppo_below_best_static_ci": sum(below(p["ppo_vs_best_static"]["ci90"][1]) for p in points),
             "ppo_gated_ge_best_static": sum(p["ppo_gated_ge_best_static"] for p in points),
             "ppo_gated_ge_static_train_best": sum(p["ppo_gated_ge_static_train_best"] for p in points),
             "ppo_gated_gap_share_mean": float(np.mean(gshares)) if gshares else None,
             "ppo_gated_below_best_static_ci": sum(
-                p["ppo_gated_vs_best_static"]["ci90"][1] < -TOL for p in points
+                below(p["ppo_gated_vs_best_static"]["ci90"][1]) for p in points
             ),
             "below_static_train_best_ci": {
-                k: sum(p["vs_static_train_best"][k]["ci90"][1] < -TOL for p in points) for k in gated_names
+                k: sum(below(p["vs_static_train_best"][k]["ci90"][1]) for p in points) for k in gated_names
             },
             "below_static_trainval_best_ci": {
-                k: sum(p["vs_static_trainval_best"][k]["ci90"][1] < -TOL for p in points) for k in gated_names
+                k: sum(below(p["vs_static_trainval_best"][k]["ci90"][1]) for p in points) for k in gated_names
             },
             "gap_share_mean_boot_std": (
                 {k: mean_gap_share_spread(v) for k, v in gap_boot.items()} if weights is not None else None
@@ -559,6 +570,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
         f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
     ]
+    if result.get("latency", "seconds from the cache") != "seconds from the cache":
+        lines.append(f"Latency: {result['latency']}; the λ_L axis is [0].")
     joint = s.get("all_points_ge_best_static_p")
     if joint:
         lines.append(
@@ -630,6 +643,15 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
         xs = np.array([p0[s][cost] for s in statics])
         ys = np.array([p0[s]["accuracy"] for s in statics])
         ax.scatter(xs, ys, c="grey", s=18, label="static configs")
+        for x, y, name in zip(xs, ys, statics, strict=True):  # label each static config
+            ax.annotate(
+                name.removeprefix("static:").split("/")[-1],
+                (x, y),
+                fontsize=6,
+                color="dimgrey",
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         order = np.argsort(xs)
         fx, fy, best = [], [], -np.inf
         for i in order:
@@ -646,8 +668,9 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
             allx = [p["policies"][name][cost] for p in points]
             ally = [p["policies"][name]["accuracy"] for p in points]
             ax.scatter(allx, ally, c=color, marker=marker, s=14, alpha=0.35)
+            # the sweep's points in order of cost (in λ order a sweep can double back)
             line = [p for p in points if p[other] == 0.0]
-            line.sort(key=lambda p: p[axis_lam])
+            line.sort(key=lambda p: (p["policies"][name][cost], p[axis_lam]))
             ax.plot(
                 [p["policies"][name][cost] for p in line],
                 [p["policies"][name]["accuracy"] for p in line],

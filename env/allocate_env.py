@@ -10,6 +10,8 @@ It is a contextual bandit written as a one-step gymnasium env:
   correctness for that budget (``outcome="expected"``, the default: lower variance, the same
   optimum) or a sampled outcome (``outcome="sampled"``: a seed record and a subset of N samples drawn
   with ``self.np_random``). Masked actions are never legal; stepping one raises ``ConfigError``.
+- without latency in the cache (``OutcomeTable.latency_available`` false) λ_L is fixed at 0: it is
+  never drawn, a λ_L > 0 is a ``ConfigError``, and the env warns once;
 - ``info``: ``is_success`` (bool, correctness >= 0.5), ``correct`` (float), ``tokens``,
   ``seconds``, ``utility`` (unscaled reward), ``strategy`` (the action id), ``action_name``,
   ``query_id``, ``lambda_tokens``, ``lambda_seconds``.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,6 +332,13 @@ class AllocateEnv(gym.Env):
                 raise ConfigError("AllocateEnv needs a cache path or a table")
             table = get_table(cache, cfg.mc_subsets, cfg.outcome_seed)
         self.table = table
+        if not table.latency_available:
+            # no seconds in the cache (e.g. an import without timings): token costs only, said once
+            if cfg.lambda_seconds > 0:
+                raise ConfigError(f"env.lambda_seconds is {cfg.lambda_seconds} but {table.latency_note}")
+            if not getattr(table, "_latency_warned", False):
+                warnings.warn(table.latency_note, stacklevel=2)
+                table._latency_warned = True  # type: ignore[attr-defined]
         self.splits = (
             splits
             if splits is not None
@@ -404,6 +414,8 @@ class AllocateEnv(gym.Env):
                 validate_lambda("lambda_tokens", options.get("lambda_tokens", lam[0])),
                 validate_lambda("lambda_seconds", options.get("lambda_seconds", lam[1])),
             )
+        if lam[1] > 0 and not self.table.latency_available:
+            raise ConfigError(f"lambda_seconds {lam[1]} > 0 but {self.table.latency_note}")
         self._lam = lam
         base = self._base_obs[self._i]
         if self.config.obs_noise > 0 and not self.cycle:
@@ -426,7 +438,7 @@ class AllocateEnv(gym.Env):
         lt0, lt1, ls0, ls1 = self._log_ranges
         p0 = self.config.p_zero
         lt = 0.0 if r[0] < p0 else math.exp(lt0 + (lt1 - lt0) * r[1])
-        ls = 0.0 if r[2] < p0 else math.exp(ls0 + (ls1 - ls0) * r[3])
+        ls = 0.0 if r[2] < p0 or not self.table.latency_available else math.exp(ls0 + (ls1 - ls0) * r[3])
         return (lt, ls)
 
     def step(self, action):

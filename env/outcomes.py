@@ -18,9 +18,11 @@ mask (the config has records for that query with enough samples):
   replacement, in pool order) of the selected sample's correctness. Exact for N = 1 and N = K, exact
   enumeration when C(K, N) <= ``mc_subsets``, else a Monte-Carlo mean over ``mc_subsets`` seeded
   random subsets (the seed is ``outcome_seed``; the table is deterministic). Selection follows
-  :func:`rollouts.strategies.selectors.select` (vectorised here; tests check it against ``select``):
-  ties go to the earliest sample and ``None`` answers never win unless all are ``None``. Ungraded
-  samples (``correct`` is ``None``) count as wrong;
+  :func:`rollouts.strategies.selectors.select` (vectorised here; tests check it against ``select``),
+  with ties broken uniformly at random among the tied answers (``best_score``: tied samples), taken
+  in expectation (:func:`expected_selected_correct`), so a budget's correctness does not depend on
+  the order of the samples in the pool; ``None`` answers never win unless all are ``None``.
+  Ungraded samples (``correct`` is ``None``) count as wrong;
 - tokens: generated tokens of the N samples (expected value N/K of the pool's total), plus the
   samples' ``scorer_tokens`` for the selectors that use scores (``best_score``, ``weighted``). A
   sample with ``tokens`` ``None`` gets an equal share of what the record's total leaves unexplained.
@@ -32,9 +34,19 @@ mask (the config has records for that query with enough samples):
   Anything else is a :class:`CacheError`;
 - records of the same (query, config) with several seeds are averaged.
 
+Without latency: a cache with no seconds anywhere (no record has ``seconds`` or ``seconds_by_n``,
+and meta.json has no latency model, e.g. an import of API rollouts without timings and with
+``--no-latency-model``) gets seconds 0 everywhere and ``latency_available = False``: the env then
+fixes λ_L at 0 and says so, and ``evaluate.py`` grids only λ_T. A cache where only some seconds are
+missing is an error (it names a record), never a silent mix.
+
+Ragged pools: records of one pool config may hold fewer samples than the config's largest pool K;
+budgets N are offered up to K and masked for a query whose pool is smaller than N
+(``short_pools`` lists them).
+
 ``OutcomeTable.sample`` draws one outcome instead (the env's ``outcome="sampled"`` mode): a seed
 record uniformly, then a uniform subset of N samples, with the caller's generator, and applies the
-real ``select``.
+real ``select`` with the caller's generator breaking ties.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import numpy as np
 
 from rollouts.cache import CacheError, RolloutCache, load_cache
 from rollouts.latency import LatencyModel, Round
-from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, answer_key, select
+from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, TIE_TOL, answer_key, select
 
 SEARCH_STRATEGIES = ("beam_search", "search_result")
 
@@ -201,6 +213,44 @@ def select_many(selector: str, answers: np.ndarray, scores: np.ndarray | None) -
     return np.argmax(weight, axis=-1)
 
 
+def expected_selected_correct(
+    selector: str, answers: np.ndarray, scores: np.ndarray | None, correct: np.ndarray
+) -> np.ndarray:
+    """Vectorised expected correctness of :func:`select` with a uniformly random tie-break.
+
+    ``answers``/``scores``/``correct``: (..., N) (``correct`` 0/1 floats). Among the tied best answers
+    (``majority``, ``weighted``: each answer once, at its first sample) or the tied best samples
+    (``best_score``), each is chosen with equal probability: the result is the mean of their
+    correctness, the exact expectation of ``select(..., rng=...)`` over its draws.
+    """
+    valid = answers >= 0
+    any_valid = valid.any(axis=-1, keepdims=True)
+    eligible = valid | ~any_valid  # None never wins unless all are None
+    if selector == "best_score":
+        if scores is None:
+            raise ValueError("best_score needs scores")
+        weight = np.where(eligible, scores.astype(np.float64), -np.inf)
+        candidate = eligible
+    elif selector in ("majority", "weighted"):
+        eq = answers[..., :, None] == answers[..., None, :]
+        if selector == "majority":
+            weight = (eq & eligible[..., None, :]).sum(axis=-1).astype(np.float64)
+        else:
+            if scores is None:
+                raise ValueError("weighted needs scores")
+            weight = np.einsum("...ij,...j->...i", (eq & eligible[..., None, :]).astype(np.float64),
+                               scores.astype(np.float64))
+        weight = np.where(eligible, weight, -np.inf)
+        n = answers.shape[-1]
+        earlier = np.tril(np.ones((n, n), dtype=bool), k=-1)  # [i, j]: j < i
+        candidate = eligible & ~(eq & earlier).any(axis=-1)  # first sample of each answer
+    else:
+        raise ValueError(f"unknown selector {selector!r}")
+    top = np.max(np.where(candidate, weight, -np.inf), axis=-1, keepdims=True)
+    tied = candidate & (weight >= top - TIE_TOL)
+    return (tied * correct).sum(axis=-1) / tied.sum(axis=-1)
+
+
 def subsets_for(k: int, n: int, mc_subsets: int, seed: int) -> tuple[np.ndarray, bool]:
     """Index subsets (S, n) of range(k), ascending within a row; exact enumeration when small."""
     if n >= k:
@@ -295,6 +345,14 @@ class OutcomeTable:
             self.latency = LatencyModel.from_dict(lm) if lm else None
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{cache.path}/meta.json: unusable latency_model ({exc})") from exc
+        self.latency_available = self.latency is not None or any(
+            r.get("seconds") is not None or r.get("seconds_by_n") for r in cache.records
+        )
+        self.latency_note = (
+            None if self.latency_available else
+            f"{cache.path}: no record has seconds and meta.json has no latency model: λ_L is fixed at 0 "
+            "(token costs only)"
+        )
         q_n, a_n = len(self.query_ids), len(self.menu)
         self.correct = np.zeros((q_n, a_n))
         self.tokens = np.zeros((q_n, a_n))
@@ -304,6 +362,8 @@ class OutcomeTable:
         # sampled-mode material: (qi, config) -> prepared records
         self._pools: dict[tuple[int, str], list[_Pool]] = {}
         self._search: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+        # pool records smaller than their config's largest pool: {query_id, config_id, k, masked_budgets}
+        self.short_pools: list[dict[str, Any]] = []
         self._build(cache)
 
     # -- construction --------------------------------------------------------------------------
@@ -333,6 +393,8 @@ class OutcomeTable:
                         raise CacheError(
                             f"{cache.path}: record ({q!r}, {cfg!r}): malformed 'rounds' ({exc})"
                         ) from exc
+                if secs is None and not self.latency_available:
+                    secs = 0.0
                 if secs is None:
                     raise CacheError(
                         f"{cache.path}: record ({q!r}, {cfg!r}, seed {r['seed']}) has no seconds "
@@ -348,6 +410,8 @@ class OutcomeTable:
     def _pool_seconds(
         self, pool: _Pool, n: int, mean_max_tokens: float, prompt_tokens: int, where: str
     ) -> float:
+        if not self.latency_available:
+            return 0.0
         if str(n) in pool.seconds_by_n:
             return pool.seconds_by_n[str(n)]
         if self.latency is not None:
@@ -356,7 +420,9 @@ class OutcomeTable:
             return float(pool.seconds)
         raise CacheError(
             f"{self.cache_path}: no latency for {where} at budget {n}: the record has no "
-            f"seconds_by_n[{str(n)!r}] and meta.json has no latency_model"
+            f"seconds_by_n[{str(n)!r}] and meta.json has no latency_model (give every record its seconds, "
+            "import with a latency model, e.g. --latency-model api:a=..,b=..,c=.., or with none at all: "
+            "λ_L then stays 0)"
         )
 
     def _build_pool(self, cache: RolloutCache, cfg: str, ais: list[int]) -> None:
@@ -394,9 +460,9 @@ class OutcomeTable:
                         sl = slice(lo, lo + 64)
                         ans = answers[sl][:, subsets]
                         sc = scores[sl][:, subsets] if scores is not None else None
-                        pos = select_many(a.selector or "majority", ans, sc)  # (r, S)
-                        chosen = np.take_along_axis(subsets[None, :, :], pos[..., None], axis=2)[..., 0]
-                        exp_correct[sl] = np.take_along_axis(correct[sl], chosen, axis=1).mean(axis=1)
+                        cor = correct[sl][:, subsets]
+                        exp = expected_selected_correct(a.selector or "majority", ans, sc, cor)  # (r, S)
+                        exp_correct[sl] = exp.mean(axis=1)
                 per_sample = gen + (scorer if a.selector in SCORE_SELECTORS else 0.0)
                 exp_tokens = per_sample.mean(axis=1) * a.n
                 mean_max = gen[:, subsets].max(axis=2).mean(axis=1)
@@ -407,6 +473,15 @@ class OutcomeTable:
                     acc[1] += exp_tokens[j]
                     acc[2] += secs
                     acc[3] += 1
+        k_max = max(groups) if groups else 0
+        for k, items in groups.items():
+            if k < k_max:
+                masked = [self.menu[ai].n for ai in ais if self.menu[ai].n > k]
+                for qi, _, _ in items:
+                    self.short_pools.append(
+                        {"query_id": self.query_ids[qi], "config_id": cfg, "k": k,
+                         "masked_budgets": sorted(set(masked))}
+                    )
         for ai, per_q in sums.items():
             for qi, (c, t, s, cnt) in per_q.items():
                 self.correct[qi, ai], self.tokens[qi, ai], self.seconds[qi, ai] = c / cnt, t / cnt, s / cnt
@@ -447,7 +522,7 @@ class OutcomeTable:
             pick = int(idx[0])
         else:
             sc = None if p.scores is None else [float(p.scores[i]) for i in idx]
-            pick = int(idx[select(a.selector or "majority", [p.keys[i] for i in idx], sc)])
+            pick = int(idx[select(a.selector or "majority", [p.keys[i] for i in idx], sc, rng=rng)])
         tokens = float(p.gen_tokens[idx].sum())
         if a.selector in SCORE_SELECTORS:
             tokens += float(p.scorer_tokens[idx].sum())

@@ -73,7 +73,8 @@ def lambda_grid(table: OutcomeTable, rows: np.ndarray, n: int = 5) -> dict[str, 
 
     Per axis: 0 and n-1 points log-spaced up to λ_max with ratio sqrt(10) (n = 5: 0, 0.032, 0.1,
     0.32, 1 x λ_max), where λ_max = 1 / (largest per-action mean cost over ``rows``): at λ_max the
-    most expensive action's tokens (or seconds) alone cost one unit of accuracy.
+    most expensive action's tokens (or seconds) alone cost one unit of accuracy. A cache without
+    latency (``table.latency_available`` false) gets the λ_L axis [0] only.
     """
     if n < 2:
         raise ValueError("the λ grid needs n >= 2")
@@ -81,6 +82,8 @@ def lambda_grid(table: OutcomeTable, rows: np.ndarray, n: int = 5) -> dict[str, 
     mults = [0.0] + [10 ** (-(n - 2 - k) / 2) for k in range(n - 1)]
     lt = [float(f"{m / max(tok, 1e-12):.6g}") for m in mults]
     ls = [float(f"{m / max(sec, 1e-12):.6g}") for m in mults]
+    if not getattr(table, "latency_available", True):
+        ls = [0.0]  # no seconds in the cache: λ_L stays 0, only λ_T is gridded
     return {
         "lambda_tokens": lt,
         "lambda_seconds": ls,

@@ -162,11 +162,14 @@ def fit_cache(directory: str | Path) -> LatencyModel:
 
 
 def load_latency_model(path: str | Path, *, refit: bool = False) -> LatencyModel:
-    """A latency model from a model JSON, a measurements file, or a cache directory.
+    """A latency model from ``api:a=..,b=..,c=..`` (a user's API rates), a model JSON, a measurements
+    file, or a cache directory.
 
     For a cache, its stored ``meta["latency_model"]`` is used unless ``refit`` or absent, in which
     case one is fitted on its measurements.
     """
+    if isinstance(path, str) and path.startswith("api:"):
+        return LatencyModel.parse_api(path)
     p = Path(path)
     if p.is_dir():
         from rollouts.cache import read_meta

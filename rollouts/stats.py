@@ -8,7 +8,11 @@ JSON keys (documented in the README):
   and for pools ``majority_accuracy`` (majority vote over the whole pool) and ``pass_at_n``;
 - ``pass_rate_histogram_n1``: for each pool config, how many queries had k of K samples right
   (keys ``"k/K"``), the per-query variation an allocator can exploit;
-- ``latency_model``: the fitted latency model's error report, when present.
+- ``latency_model``: the fitted latency model's error report, when present;
+- ``tokens_approximate``: records whose token counts were counted on import with another model's
+  tokenizer (``provenance.tokens_approximate``), per config and in total (0 when none);
+- ``short_pools``: per pool config whose pools differ in size, its largest pool ``K`` and the number
+  of records per smaller size ``k`` (budgets above k are masked for those queries).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def _mean(xs: list[float]) -> float | None:
 def summarize(cache: RolloutCache) -> dict[str, Any]:
     configs: dict[str, Any] = {}
     hist: dict[str, dict[str, int]] = {}
+    short_pools: dict[str, Any] = {}
     for cid in cache.config_ids:
         recs = [r for r in cache.records if r["config_id"] == cid]
         strategy = recs[0]["strategy"]
@@ -40,6 +45,7 @@ def summarize(cache: RolloutCache) -> dict[str, Any]:
             "mean_tokens": _mean(toks),
             "mean_seconds": _mean(secs),
             "seconds_source": dict(Counter(r["seconds_source"] for r in recs)),
+            "tokens_approximate": sum(1 for r in recs if (r.get("provenance") or {}).get("tokens_approximate")),
         }
         if strategy == "sample_pool":
             per_sample, maj, pass_n = [], [], []
@@ -56,6 +62,9 @@ def summarize(cache: RolloutCache) -> dict[str, Any]:
             entry.update(accuracy=_mean(per_sample), majority_accuracy=_mean(maj), pass_at_n=_mean(pass_n))
             k = max((len(r["samples"]) for r in recs), default=0)
             hist[cid] = {f"{i}/{k}": counts.get(f"{i}/{k}", 0) for i in range(k + 1)}
+            short = Counter(len(r["samples"]) for r in recs if len(r["samples"]) < k)
+            if short:
+                short_pools[cid] = {"K": k, "records_by_k": {str(kk): v for kk, v in sorted(short.items())}}
         else:
             entry["accuracy"] = _mean([float(r["result"]["correct"]) for r in recs if r["result"]["correct"] is not None])
         configs[cid] = entry
@@ -68,7 +77,11 @@ def summarize(cache: RolloutCache) -> dict[str, Any]:
         "seconds": float(sum(r["seconds"] or 0.0 for r in cache.records)),
         "configs": configs,
         "pass_rate_histogram_n1": hist,
+        "tokens_approximate": sum(e["tokens_approximate"] for e in configs.values()),
+        "short_pools": short_pools,
     }
+    if cache.meta.get("tokenizer"):
+        out["tokenizer"] = cache.meta["tokenizer"]
     if "latency_model" in cache.meta:
         out["latency_model"] = cache.meta["latency_model"].get("fit")
     return out
@@ -84,6 +97,13 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{fmt(e['mean_tokens'], 1):>8} {fmt(e['mean_seconds'], 2):>8}")
     for cid, h in s["pass_rate_histogram_n1"].items():
         lines.append(f"pass-rate histogram at N=1 ({cid}): " + " ".join(f"{k}:{v}" for k, v in h.items()))
+    if s.get("tokens_approximate"):
+        tok = (s.get("tokenizer") or {}).get("name", "another model's tokenizer")
+        lines.append(f"approximate token counts: {s['tokens_approximate']} of {s['records']} records were counted "
+                     f"with {tok}, not the generating model's tokenizer (provenance.tokens_approximate)")
+    for cid, sp in (s.get("short_pools") or {}).items():
+        ks = ", ".join(f"{v} with k={k}" for k, v in sp["records_by_k"].items())
+        lines.append(f"short pools in {cid}: {ks} (of K={sp['K']}); budgets above a query's k are masked")
     if s.get("latency_model"):
         f = s["latency_model"]
         ho = f.get("holdout", f)

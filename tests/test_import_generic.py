@@ -67,7 +67,7 @@ GOOD = {"query_id": "q", "question": "What is 1+1?", "reference": "2", "strategy
         ({"result": {"answer": "2"}}, "give exactly one of 'samples'"),
         ({"refrence": "2"}, "unknown field(s) 'refrence'"),
         ({"seed": -1}, "'seed' must be a whole number >= 0"),
-        ({"params": {"n": 4}}, "params.n is 4 but the pool has 1 samples"),
+        ({"params": {"n": 0}}, "params.n is 0 but the pool has 1 samples"),
         ({"strategy": "beam_search"}, "takes a 'result', not 'samples'"),
         ({"score_scale": "percent"}, "'score_scale' must be one of"),
     ],

@@ -18,7 +18,7 @@ from rollouts.importers import Importer, load_featurizer
 from rollouts.importers.generic import GenericReader
 from rollouts.importers.search_and_learn import SearchAndLearnReader
 from rollouts.latency import LatencyModel, Round
-from rollouts.strategies.selectors import select
+from rollouts.strategies.selectors import tied_winners
 
 outcomes = pytest.importorskip("env.outcomes", reason="env/outcomes.py not there yet")
 
@@ -35,8 +35,12 @@ def brute_force(samples: list[dict], selector: str | None, n: int) -> float:
     vals = []
     for sub in itertools.combinations(range(len(samples)), n):
         ss = [samples[i] for i in sub]
-        i = 0 if selector is None else select(selector, [s["answer"] for s in ss], [s.get("score") for s in ss])
-        vals.append(float(bool(ss[i]["correct"])))
+        if selector is None:
+            vals.append(float(bool(ss[0]["correct"])))
+            continue
+        # ties broken uniformly at random: the mean over the tied winners
+        w = tied_winners(selector, [s["answer"] for s in ss], [s.get("score") for s in ss])
+        vals.append(float(np.mean([float(bool(ss[i]["correct"])) for i in w])))
     return float(np.mean(vals))
 
 

@@ -87,7 +87,7 @@ def test_beam_search_results_and_parquet(tmp_path):
     assert a["strategy"] == "search_result" and a["params"]["method"] == "beam_search"
     assert a["result"]["answer"] == "12" and a["result"]["correct"] is True
     assert a["tokens"] == 62 and "lower bound" in a["provenance"]["tokens"]
-    assert a["provenance"]["seconds"] == "modelled:synthetic-test:one-round approximation"
+    assert a["provenance"]["seconds"] == "modelled:synthetic-test:one-round approximation (width 2, params.n)"
     assert [b["score"] for b in a["result"]["beams"]] == [0.95, 0.4]
     b = recs["toy/sub/3.json"]
     assert b["result"]["correct"] is False and b["provenance"]["tokens"].startswith("tokenizer:")

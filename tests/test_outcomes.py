@@ -72,8 +72,11 @@ def test_menu_without_scores_offers_majority_only(tmp_path):
 
 
 def _brute(table, cache, qid, action):
-    """Exact expectation by enumerating every subset with the real select()."""
+    """Exact expectation by enumerating every subset with the real selector, ties broken uniformly
+    at random (the mean over ``tied_winners``)."""
     import itertools
+
+    from rollouts.strategies.selectors import tied_winners
 
     rec = cache.records_for(qid, action.config_id)[0]
     samples = rec["samples"]
@@ -81,8 +84,8 @@ def _brute(table, cache, qid, action):
     for sub in itertools.combinations(range(len(samples)), action.n):
         ans = [samples[i]["answer"] for i in sub]
         sc = [samples[i].get("score") for i in sub]
-        pick = sub[select(action.selector or "majority", ans, sc)] if action.n > 1 else sub[0]
-        vals.append(1.0 if samples[pick]["correct"] else 0.0)
+        picks = [sub[i] for i in tied_winners(action.selector or "majority", ans, sc)] if action.n > 1 else [sub[0]]
+        vals.append(float(np.mean([1.0 if samples[p]["correct"] else 0.0 for p in picks])))
     return float(np.mean(vals))
 
 

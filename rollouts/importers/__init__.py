@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,13 +124,63 @@ def load_featurizer(model: str = DEFAULT_FEATURIZER, layer: int = -1, batch_size
     return _FEATURIZERS[key]
 
 
-def load_tokenizer(name: str) -> Any:
-    """An HF tokenizer by bundled name, local folder or (offline-cached) HF id."""
+def load_tokenizer(name: str, allow_download: bool = False) -> Any:
+    """An HF tokenizer for counting tokens, found without the network unless ``allow_download``.
+
+    ``name`` is a bundled model name, a local folder (a model folder, or a tokenizer-only one: a
+    ``tokenizer.json`` with or without ``tokenizer_config.json``, no ``config.json`` needed), a single
+    ``tokenizer.json`` file (transformers' fast tokenizer loads it alone), or an HF id already in the
+    local HF cache. Anything else raises ``ModelNotFound`` at once, naming it.
+    """
+    from rollouts.models import BUNDLED, ModelNotFound, resolve_model
+
+    if name in BUNDLED:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    p = Path(name).expanduser()
+    if p.is_file():
+        if p.suffix != ".json":
+            raise ModelNotFound(f"tokenizer file {p} is not a tokenizer.json")
+        from transformers import PreTrainedTokenizerFast
+
+        try:
+            return PreTrainedTokenizerFast(tokenizer_file=str(p))
+        except Exception as exc:  # tokenizers raises its own exception types for a bad file
+            raise ModelNotFound(f"tokenizer file {p} cannot be read ({exc})") from None
+    if p.is_dir():
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        try:
+            return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except (OSError, ValueError, KeyError):
+            if not (p / "tokenizer.json").exists():
+                raise ModelNotFound(f"tokenizer folder {p} has no tokenizer.json and no loadable tokenizer") from None
+            return PreTrainedTokenizerFast(tokenizer_file=str(p / "tokenizer.json"))
+    if name.startswith((".", "/", "~")):
+        raise ModelNotFound(f"tokenizer path {name!r} does not exist")
+    if not allow_download:
+        # look in the local HF cache before importing transformers (seconds): a miss fails at once
+        from huggingface_hub import try_to_load_from_cache
+
+        def cached(f: str) -> bool:
+            try:
+                return isinstance(try_to_load_from_cache(name, f), str)
+            except ValueError:  # not even a valid repo id
+                return False
+
+        if not any(cached(f) for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise ModelNotFound(f"tokenizer {name!r}: not a bundled name, local folder or tokenizer.json file, and not "
+                                "in the local HF cache (no download without --tokenizer-download)")
     from transformers import AutoTokenizer
 
-    from rollouts.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=not allow_download)
+    except (OSError, ValueError) as exc:
+        how = ("the download failed" if allow_download else
+               "it is not in the local HF cache and --tokenizer-download was not given")
+        raise ModelNotFound(f"tokenizer {name!r}: not a bundled name, local folder or tokenizer.json file, and "
+                            f"{how} ({type(exc).__name__})") from None
 
 
 def default_messages_fn(suffix: str | None = None, system: str | None = None) -> tuple[Callable, dict[str, Any]]:
@@ -168,6 +220,16 @@ def config_id_for(run: Run, n: int | None) -> str:
     return run.method + (f":{extra}" if extra else "")
 
 
+def _import_identity(entry: dict[str, Any]) -> dict[str, Any]:
+    """An import entry of meta.json without what changes from run to run."""
+    return {k: v for k, v in entry.items() if k not in ("started_at", "counts")}
+
+
+def pool_signature(run: Run) -> str:
+    """What makes pool lines one config whatever their size: the config id without ``n``."""
+    return config_id_for(run, 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Summary
 
@@ -184,6 +246,7 @@ class ImportSummary:
     stopped: bool = False
     errors: ImportErrorReport = field(default_factory=ImportErrorReport)
     queries_new: int = 0
+    features_reused: int = 0  # new queries whose features came from the feature store
     samples: int = 0
     results: int = 0
     fields: Counter = field(default_factory=Counter)  # "<field>:<origin>" -> count, for this run
@@ -198,7 +261,7 @@ class ImportSummary:
         return {
             "format": self.format, "out": self.out, "lines": self.lines, "imported": self.imported,
             "already_present": self.already_present, "stopped": self.stopped, "errors": self.errors.lines(),
-            "queries_new": self.queries_new, "samples": self.samples, "results": self.results,
+            "queries_new": self.queries_new, "features_reused": self.features_reused, "samples": self.samples, "results": self.results,
             "fields": dict(self.fields), "cache": self.cache,
         }
 
@@ -263,6 +326,8 @@ class Importer:
         chunk_runs: int = 512,
         progress: bool = True,
         grade_timeout_s: int = 5,
+        tokenizer_exact: bool = False,
+        feature_store: Any | None = None,
     ):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}")
@@ -281,6 +346,12 @@ class Importer:
         self.progress = progress
         self.grade_timeout_s = grade_timeout_s
         self._prompt_cache: dict[str, list[int]] = {}
+        # counts from a tokenizer other than the generating model's are approximate, and say so
+        model = self.extra_meta.get("model")
+        self.tokens_exact = bool(tokenizer_exact or (model is not None and model == self.tokenizer_name))
+        self.feature_store = feature_store
+        self._pool_n: dict[str, int] = {}  # pool signature -> the config's K (largest pool)
+        self._fbar: Any = None
 
     # -- meta -------------------------------------------------------------------------------------
     def _meta(self, reader: Reader) -> dict[str, Any]:
@@ -289,7 +360,8 @@ class Importer:
             "source": "import",
             "featurizer": dict(self.featurizer.describe()),
             "prompt": {"builder": "rollouts.prompts.build_messages", **self.prompt_desc},
-            "tokenizer": {"name": self.tokenizer_name, "used_for": "token counts missing from the input"},
+            "tokenizer": {"name": self.tokenizer_name, "used_for": "token counts missing from the input",
+                          "exact": self.tokens_exact},
             "latency_definition": (
                 "wall-clock seconds one query sees when its strategy runs alone; imported records keep given "
                 "seconds ('measured', provenance 'given:<format>') or get meta.latency_model's estimate "
@@ -305,6 +377,13 @@ class Importer:
         if self.latency is not None:
             meta["latency_model"] = self.latency.to_dict()
         entry = {**desc, **{k: v for k, v in self.extra_meta.items() if k not in ("model", "dataset", "sampling")}}
+        entry.setdefault("started_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        entry.setdefault("options", {})
+        entry["options"] = {
+            **entry["options"], "tokenizer": self.tokenizer_name, "tokens_exact": self.tokens_exact,
+            "latency": self.latency_label or "none", "keep_text": self.keep_text, "score_scale": self.score_scale,
+            "on_error": self.on_error, "featurizer": meta["featurizer"].get("model"),
+        }
         meta["imports"] = [entry]
         return meta
 
@@ -326,7 +405,12 @@ class Importer:
                     raise CacheError(f"{self.out}: its queries were featurized with {key} {old['sampling'][key]!r}, "
                                      f"not {self.prompt_desc[key]!r}")
             imports = list(old.get("imports", []))
-            if new["imports"][0] not in imports:
+            # one entry per import (input path, sha256, options); a re-run of the same one (a resume) adds
+            # to its counts instead of adding an entry
+            same = [i for i, e in enumerate(imports) if _import_identity(e) == _import_identity(new["imports"][0])]
+            if same:
+                imports.append(imports.pop(same[0]))
+            else:
                 imports.append(new["imports"][0])
             new = {**old, **new, "imports": imports, "sampling": {**old.get("sampling", {}), **new["sampling"]}}
             if (old.get("latency_model") and self.latency is not None
@@ -470,7 +554,7 @@ class Importer:
             run.seconds, [s.seconds for s in samples], rounds, given, fields)
         params = {**run.params, "n": k}
         return {
-            "query_id": run.query_id, "config_id": config_id_for(run, k), "strategy": "sample_pool",
+            "query_id": run.query_id, "config_id": self._pool_config(run), "strategy": "sample_pool",
             "params": params, "seed": run.seed, "samples": out_samples,
             "tokens": int(sum(int(s.tokens or 0) for s in samples)), "scorer_tokens": int(scorer_total),
             "seconds": seconds, "seconds_source": source, "rounds": [r.__dict__ for r in rounds], "provenance": prov,
@@ -558,10 +642,15 @@ class Importer:
         its = res.iterations or []
         if its and all("width" in it and "max_gen_tokens" in it for it in its):
             rounds = [Round(int(it.get("prompt_tokens", p)), int(it["width"]), int(it["max_gen_tokens"])) for it in its]
+        elif run.width is not None:
+            # a declared width: the tokens are that many parallel sequences of one round
+            rounds = [Round(p, run.width, math.ceil(tokens / run.width))]
+            approx = f":one round of width {run.width} (declared)"
         else:
             width = int(run.params.get("n") or len(beams) or 1)
             rounds = [Round(p, width, math.ceil(tokens / width))]
-            approx = ":one-round approximation"
+            src = "params.n" if run.params.get("n") else "final beams" if beams else "no width declared"
+            approx = f":one-round approximation (width {width}, {src})"
         seconds, source, prov["seconds"] = self._seconds(
             run.seconds if run.seconds is not None else res.seconds, [], rounds, given, fields, approx)
         params = dict(run.params)
@@ -576,9 +665,38 @@ class Importer:
             rec["iterations"] = its
         return rec
 
+    def _pool_config(self, run: Run) -> str:
+        """One config per pool source whatever a line's K: ``pool:n=<largest K of that source>``."""
+        assert run.samples is not None
+        return config_id_for(run, self._pool_n.get(pool_signature(run), len(run.samples)))
+
     def key_of(self, run: Run) -> tuple[str, str, int]:
-        n = len(run.samples) if run.samples is not None else None
-        return (run.query_id, config_id_for(run, n), run.seed)
+        if run.samples is not None:
+            return (run.query_id, self._pool_config(run), run.seed)
+        return (run.query_id, config_id_for(run, None), run.seed)
+
+    def _scan_pool_sizes(self, reader: Reader, stored_keys: set[tuple[str, str, int]]) -> None:
+        """First pass: the largest pool of each pool source (and of the cache's own pool configs), so
+        short pools join their source's config instead of becoming configs of their own."""
+        sizes: dict[str, int] = {}
+        for file, line, obj in reader:
+            if isinstance(obj, LineError):
+                continue
+            try:
+                run = parse_run(obj, file, line, default_score_scale=self.score_scale)
+            except LineError:
+                continue  # reported by the main pass
+            if run.samples is not None:
+                sig = pool_signature(run)
+                sizes[sig] = max(sizes.get(sig, 0), len(run.samples))
+        stored: dict[str, int] = {}
+        for cid in {k[1] for k in stored_keys}:
+            m = re.match(r"^pool:n=(\d+)(,.*)?$", cid)
+            if m:
+                sig = "pool:n=0" + (m.group(2) or "")
+                stored[sig] = max(stored.get(sig, 0), int(m.group(1)))
+        # an extended cache keeps its config when the new pools fit in it
+        self._pool_n = {sig: (stored[sig] if stored.get(sig, 0) >= k else k) for sig, k in sizes.items()}
 
     def build_record(self, run: Run, given: str) -> tuple[dict[str, Any], list[int], Counter]:
         """The validated cache record for one run, its prompt token ids and its field origins."""
@@ -589,6 +707,10 @@ class Importer:
         else:
             rec = self._search_record(run, prompt_ids, fields, given)
         rec["provenance"]["source"] = f"{Path(run.file).name}:{run.line}"
+        if "tokenizer:" in rec["provenance"]["tokens"] and not self.tokens_exact:
+            rec["provenance"]["tokens_approximate"] = (
+                f"counted with {self.tokenizer_name}, not the generating model's tokenizer")
+            fields["tokens_approximate"] += 1
         try:
             validate_record(rec, run.where)
         except CacheError as exc:
@@ -605,6 +727,7 @@ class Importer:
         given = f"given:{fmt}"
         summary = ImportSummary(format=fmt, out=str(self.out))
         writer = self._open(reader)
+        self._scan_pool_sizes(reader, writer.keys)
         seen: dict[tuple[str, str, int], int] = {}
         questions: dict[str, tuple[str, str]] = {}  # query_id -> (sha256 of question, where)
         pending: list[_Pending] = []
@@ -658,9 +781,30 @@ class Importer:
             pass
         finally:
             bar.close()
+            if self._fbar is not None:
+                self._fbar.close()
+                self._fbar = None
+            if self.feature_store is not None:
+                self.feature_store.close()
+            self._record_counts(writer, summary)
             writer.close()
         self._finish(summary)
         return summary
+
+    def _record_counts(self, writer: CacheWriter, summary: ImportSummary) -> None:
+        """This run's counts into its meta.json ``imports`` entry (the last one)."""
+        imports = list(writer.meta.get("imports") or [])
+        if not imports:
+            return
+        prev = imports[-1].get("counts") or {}
+        added = {"imported": summary.imported, "queries_new": summary.queries_new,
+                 "features_reused": summary.features_reused, "samples": summary.samples, "results": summary.results,
+                 "tokens_approximate": summary.fields.get("tokens_approximate", 0)}
+        counts = {k: int(prev.get(k, 0)) + v for k, v in added.items()}
+        counts.update(lines=summary.lines, already_present=summary.already_present, bad_lines=len(summary.errors),
+                      stopped=summary.stopped, runs=int(prev.get("runs", 0)) + 1)
+        imports[-1] = {**imports[-1], "counts": counts}
+        writer.update_meta(imports=imports)
 
     def _check_stored_query(self, run: Run, sha: str) -> None:
         stored = getattr(self, "_stored_sha", None)
@@ -675,29 +819,62 @@ class Importer:
             raise LineError(f"query_id {run.query_id!r} is already in the cache for a different question")
 
     def _flush(self, writer: CacheWriter, pending: list[_Pending], summary: ImportSummary) -> None:
+        """Write pending records, featurizing their new queries batch by batch: each batch's queries and
+        records are on disk as soon as it is done, so a killed import loses at most one batch."""
         if not pending:
             return
-        new: dict[str, _Pending] = {}
+        from rollouts.feature_store import prompt_key
+
+        by_query: dict[str, list[_Pending]] = {}
         for p in pending:
-            if p.run.query_id not in writer.query_ids and p.run.query_id not in new:
-                new[p.run.query_id] = p
-        # Featurize in length order: batches of similar length waste little on padding.
-        order = sorted(new, key=lambda q: len(new[q].prompt_ids))
-        feats = self.featurizer.features([new[q].prompt_ids for q in order], progress=self.progress) if order else []
-        qfeat = dict(zip(order, feats, strict=True))
-        for p in pending:
-            qid = p.run.query_id
-            if qid in qfeat:
-                q = self._query(p, qfeat.pop(qid))
-                validate_query(q, p.run.where)
+            by_query.setdefault(p.run.query_id, []).append(p)
+        new = [q for q in by_query if q not in writer.query_ids]
+        desc = self.featurizer.describe()
+        keys = {q: prompt_key(by_query[q][0].prompt_ids) for q in new}
+        stored = self.feature_store.get(desc, list(keys.values())) if self.feature_store is not None else {}
+
+        def write(qid: str, feats: Any) -> None:
+            if qid not in writer.query_ids:
+                q = self._query(by_query[qid][0], feats)
+                validate_query(q, by_query[qid][0].run.where)
                 writer.add_query(q)
                 summary.queries_new += 1
-            if writer.add_record(p.record):
-                summary.imported += 1
-                if p.record["strategy"] == "sample_pool":
-                    summary.samples += len(p.record["samples"])
-                else:
-                    summary.results += 1
+            for p in by_query[qid]:
+                if writer.add_record(p.record):
+                    summary.imported += 1
+                    if p.record["strategy"] == "sample_pool":
+                        summary.samples += len(p.record["samples"])
+                    else:
+                        summary.results += 1
+
+        for qid in by_query:  # queries already in the cache, or featurized before
+            if qid in writer.query_ids:
+                write(qid, None)
+            elif keys[qid] in stored:
+                summary.features_reused += 1
+                write(qid, stored[keys[qid]])
+        todo = [q for q in new if keys[q] not in stored]
+        if not todo:
+            return
+        bar = self._features_bar(len(todo))
+        prompts = [by_query[q][0].prompt_ids for q in todo]
+        batches = (self.featurizer.iter_features(prompts, bar) if hasattr(self.featurizer, "iter_features")
+                   else iter([(list(range(len(todo))), self.featurizer.features(prompts, progress=False))]))
+        for pos, feats in batches:
+            if self.feature_store is not None:
+                self.feature_store.put(desc, [(keys[todo[i]], f) for i, f in zip(pos, feats, strict=True)])
+            for i, f in zip(pos, feats, strict=True):
+                write(todo[i], f)
+
+    def _features_bar(self, n: int) -> Any:
+        """One featurization bar (with ETA) for the whole import; its total grows as queries arrive."""
+        from tqdm.auto import tqdm
+
+        if self._fbar is None:
+            self._fbar = tqdm(total=0, desc="features", unit="q", disable=not self.progress, position=1)
+        self._fbar.total += n
+        self._fbar.refresh()
+        return self._fbar
 
     def _query(self, p: _Pending, feats: Any) -> dict[str, Any]:
         run = p.run

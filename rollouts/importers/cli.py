@@ -70,11 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model for query features: bundled name, local folder or HF id (default: smollm2-135m-instruct)")
     ap.add_argument("--layer", type=int, default=-1, help="hidden layer for features (default: %(default)s)")
     ap.add_argument("--tokenizer", default=None,
-                    help="tokenizer for missing token counts: bundled name, folder or HF id (default: the featurizer's)")
+                    help="tokenizer for missing token counts: bundled name, local folder (tokenizer-only is fine), "
+                         "a tokenizer.json file, or an HF id in the local HF cache (default: the featurizer's)")
+    ap.add_argument("--tokenizer-download", action="store_true",
+                    help="let --tokenizer download an HF id from the hub (default: local files only)")
+    ap.add_argument("--tokenizer-exact", action="store_true",
+                    help="the tokenizer is the generating model's own: counts are exact, not approximate "
+                         "(implied when --tokenizer equals --model)")
     ap.add_argument("--latency-model", default=None,
-                    help="latency model JSON, measurements file, or a measured cache directory to fit on "
-                         "(default: the target cache's, else configs/latency_cpu_smollm2.json)")
-    ap.add_argument("--no-latency-model", action="store_true", help="leave missing seconds missing")
+                    help="seconds for runs without timings: api:a=S,b=S_PER_PROMPT_TOKEN,c=S_PER_GENERATED_TOKEN "
+                         "(an API's rates; parallel samples are one round), a latency model JSON, a measurements "
+                         "file, or a measured cache directory (e.g. configs/latency_cpu_smollm2.json for this "
+                         "project's CPU engine). Default: the target cache's model, else none")
+    ap.add_argument("--no-latency-model", action="store_true",
+                    help="no latency model, even the target cache's: missing seconds stay missing (a cache with "
+                         "no seconds at all trains and evaluates with λ_L fixed at 0)")
+    ap.add_argument("--feature-store", default=None,
+                    help="folder of features already computed, reused for the same prompts and featurizer "
+                         "(default: ~/.cache/ttc-alloc/features; 'none' to disable)")
     ap.add_argument("--keep-text", action="store_true",
                     help="store question, reference and sample texts (default: dataset, index and sha256 only)")
     ap.add_argument("--score-scale", choices=("prob", "logit"), default="prob",
@@ -100,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_latency_model(args: argparse.Namespace, out: Path) -> Any:
     from rollouts.latency import LatencyModel
-    from rollouts.latency_fit import default_latency_model, load_latency_model
+    from rollouts.latency_fit import load_latency_model
 
     if args.no_latency_model:
         return None
@@ -112,7 +125,9 @@ def resolve_latency_model(args: argparse.Namespace, out: Path) -> Any:
         meta = read_meta(out)
         if meta.get("latency_model"):
             return LatencyModel.from_dict(meta["latency_model"])
-    return default_latency_model()
+    # never another engine's model by default: this project's CPU model would define the λ_L axis of
+    # an API model's rollouts (configs/latency_cpu_smollm2.json stays available as --latency-model)
+    return None
 
 
 def _pct(x: float | None) -> str:
@@ -130,7 +145,8 @@ def render(summary: Any, file: Any = None) -> None:
     con.print(f"[bold]import {s.format}[/] -> {s.out}: {s.lines} lines read, {s.imported} records imported, "
               f"{s.already_present} already present, {len(s.errors)} bad lines" + (" (stopped)" if s.stopped else ""))
     if c:
-        con.print(f"cache: {c['queries']} queries ({s.queries_new} new), {c['records']} records; this run: "
+        con.print(f"cache: {c['queries']} queries ({s.queries_new} new, {s.features_reused} of them with features "
+                  f"reused from the feature store), {c['records']} records; this run: "
                   f"{s.samples} samples in pools, {s.results} search results")
     f = s.fields
     tot = lambda k: sum(v for kk, v in f.items() if kk.startswith(k + ":"))  # noqa: E731
@@ -153,6 +169,14 @@ def render(summary: Any, file: Any = None) -> None:
                       fmt(e.get("best_score_accuracy")), fmt(e.get("weighted_accuracy")), fmt(e.get("pass_at_n")),
                       fmt(e.get("mean_tokens"), 1), fmt(e.get("mean_seconds"), 2))
         con.print(t)
+    if c and c.get("tokens_approximate"):
+        con.print(f"approximate token counts: {c['tokens_approximate']} of {c['records']} records counted with "
+                  f"{c.get('tokenizer', {}).get('name')}, not the generating model's tokenizer "
+                  "(--tokenizer NAME --tokenizer-exact if it is)")
+    for cid, sp in ((c or {}).get("short_pools") or {}).items():
+        ks = ", ".join(f"{v} with k={k}" for k, v in sp["records_by_k"].items())
+        con.print(f"[yellow]short pools[/] in {cid}: {ks} of K={sp['K']} samples; for those queries the budgets "
+                  "above k are masked (evaluate.py leaves queries without every action out of the comparison)")
     if s.errors:
         con.print(f"[red]{len(s.errors)} bad line(s)[/], listed on stderr as file:line: reason")
 
@@ -182,23 +206,34 @@ def main(argv: list[str]) -> int:
         if args.limit is not None:
             reader = _Limited(reader, args.limit)
         latency = resolve_latency_model(args, out)
+        # the tokenizer first: a name that cannot be found fails before the featurizer loads
+        tokenizer = load_tokenizer(args.tokenizer, allow_download=args.tokenizer_download) if args.tokenizer else None
         featurizer = load_featurizer(args.featurizer or DEFAULT_FEATURIZER, args.layer, args.batch_size)
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {
+            "path": str(Path(args.path).resolve()),
+            "options": {k: v for k, v in sorted(vars(args).items())
+                        if k not in ("format", "path", "out", "json", "no_progress") and v not in (None, False)},
+        }
         if args.model:
             meta["model"] = args.model
         if args.dataset:
             meta["dataset"] = args.dataset
+        store = None
+        if args.feature_store != "none":
+            from rollouts.feature_store import FeatureStore, default_store_dir
+
+            store = FeatureStore(args.feature_store or default_store_dir())
         importer = Importer(
             out, featurizer=featurizer, tokenizer=tokenizer,
             tokenizer_name=args.tokenizer or (args.featurizer or DEFAULT_FEATURIZER),
             latency_model=latency, on_error=args.on_error, keep_text=args.keep_text, score_scale=args.score_scale,
             prompt_suffix=args.prompt_suffix, system_prompt=args.system_prompt, meta=meta,
-            progress=not args.no_progress,
+            progress=not args.no_progress, tokenizer_exact=args.tokenizer_exact, feature_store=store,
         )
-        if latency is None and not args.no_latency_model:
-            print("note: no latency model (none given, none in the cache, configs/latency_cpu_smollm2.json absent); "
-                  "missing seconds stay missing", file=sys.stderr)
+        if latency is None:
+            print("note: no latency model: runs without timings keep seconds missing; if no record has seconds, "
+                  "train.py and evaluate.py run with λ_L fixed at 0 (give --latency-model api:a=..,b=..,c=.. "
+                  "for an API's rates, see docs/import.md)", file=sys.stderr)
         summary = importer.run(reader)
     except (CacheError, ModelNotFound, FileNotFoundError, ValueError, DatasetError, FolderLocked) as exc:
         q = out / "queries.jsonl"

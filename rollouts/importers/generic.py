@@ -34,7 +34,7 @@ SCORE_SCALES = ("prob", "logit")
 
 RUN_FIELDS = {
     "query_id", "question", "reference", "strategy", "params", "seed", "samples", "result",
-    "seconds", "scorer_tokens", "dataset", "index", "score_scale", "meta",
+    "seconds", "scorer_tokens", "dataset", "index", "score_scale", "meta", "width",
 }
 SAMPLE_KEYS = {"answer", "text", "correct", "tokens", "score", "seconds", "scorer_tokens", "finish_reason"}
 RESULT_KEYS = {"answer", "text", "correct", "tokens", "seconds", "scorer_tokens", "beams", "iterations", "score"}
@@ -92,6 +92,7 @@ class Run:
     index: int | None = None
     score_scale: str = "prob"
     meta: dict[str, Any] = field(default_factory=dict)
+    width: int | None = None  # search results: parallel sequences per round (e.g. an API's best_of=N)
 
     @property
     def where(self) -> str:
@@ -267,7 +268,8 @@ def parse_run(obj: Any, file: str, line: int, *, default_score_scale: str = "pro
         if not isinstance(raw, list) or not raw:
             raise LineError("'samples' must be a non-empty list")
         samples = [_sample(s, f"samples[{i}]: ") for i, s in enumerate(raw)]
-        if "n" in params and params["n"] != len(samples):
+        if "n" in params and (isinstance(params["n"], bool) or not isinstance(params["n"], int)
+                              or params["n"] < len(samples)):
             raise LineError(f"params.n is {params['n']!r} but the pool has {len(samples)} samples")
     else:
         if strategy == "sample_pool":
@@ -275,6 +277,9 @@ def parse_run(obj: Any, file: str, line: int, *, default_score_scale: str = "pro
         result = _result(obj["result"])
         if method == "beam_search" and result.iterations:
             strategy = "beam_search"
+    width = _count(obj, "width", "")
+    if width is not None and (has_s or width < 1):
+        raise LineError("'width' (parallel sequences per round) is for search results and must be >= 1")
     return Run(
         file=file,
         line=line,
@@ -293,6 +298,7 @@ def parse_run(obj: Any, file: str, line: int, *, default_score_scale: str = "pro
         index=index,
         score_scale=scale,
         meta=meta,
+        width=width,
     )
 
 
@@ -326,7 +332,9 @@ class GenericReader:
         self.path = Path(path)
 
     def describe(self) -> dict[str, Any]:
-        return {"format": self.name}
+        from rollouts.importers import file_sha256
+
+        return {"format": self.name, "files": [{"name": self.path.name, "sha256": file_sha256(self.path)}]}
 
     def __len__(self) -> int:
         return count_lines(self.path)

@@ -77,9 +77,14 @@ def best_of_n(
     the pool, and the tokens charged as the cache charges them (generated tokens, plus the scorer's
     for the score-based selectors). ``selector`` None means ``n`` = 1 (``sample@1``)."""
     out = []
-    for res in run_pool(backend, queries, n, spec, scorer, grade_fn, seed):
+    import numpy as np
+
+    for q, res in zip(queries, run_pool(backend, queries, n, spec, scorer, grade_fn, seed), strict=True):
         assert res.samples is not None
-        idx = select(selector or "majority", [s["answer"] for s in res.samples], [s["score"] for s in res.samples])
+        # ties are broken at random (seeded per query), as the outcome table assumes
+        tie_rng = np.random.default_rng(_request_seed(seed, q.query_id, "tie"))
+        idx = select(selector or "majority", [s["answer"] for s in res.samples], [s["score"] for s in res.samples],
+                     rng=tie_rng)
         charged = res.tokens + (res.scorer_tokens if selector in SCORE_SELECTORS else 0)
         out.append({"choice": res.samples[idx], "pool": res, "tokens": charged})
     return out
