@@ -48,7 +48,8 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
 Gated policies (``policies/gate.py``): ``ppo_gated`` is the run's policy with its gain shrinkage
 and its gate (``<run>/gate.json``, fitted now if the run has none), ``probe_router_gated`` the router
 behind a gate fitted here by the same cross-fitted rule; ``static_trainval_best`` is the static
-picked on train + validation (the gates' fallback). Extra point keys: ``ppo_gated_gap_share``,
+picked on train + validation (the gates' fallback). With ``--export``, ``ppo_gated`` is the export
+as shipped (its own gate and shrunk actor) and ``ppo`` the same network with the gate off. Extra point keys: ``ppo_gated_gap_share``,
 ``ppo_gated_ge_best_static``, ``ppo_gated_ge_static_train_best``, ``ppo_gated_vs_best_static``,
 ``static_trainval_best``, ``gate: {ppo|probe_router: {open, deviation_share}}`` (deviation share:
 queries whose choice differs from the fallback), ``vs_static_train_best`` and
