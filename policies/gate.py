@@ -14,6 +14,9 @@ The rule (:func:`decide`): a region opens only if the deviations' paired utility
 fallback, measured per query on queries the routed policy was *not* fitted on, is positive with the
 chosen confidence: the ``1 − confidence`` quantile of its bootstrap mean is > 0 (``TOL``). Where the
 policy never deviates the gain is 0 and the region stays closed (the choice is the same either way).
+For the utility actor, whose evidence comes from refits of its procedure, a region also stays closed
+where the shipped policy's own deviations lose on the validation split (mean paired gain against
+the train-picked static < 0; a consistency check, not evidence: that split chose its checkpoint).
 
 The evidence is cross-fitted for the utility actor (:func:`policies.gate_fit.crossfit_utility`):
 train + validation are cut into K folds; for each fold the gain head is refitted (warm start) on
@@ -222,14 +225,23 @@ def fit_gate(
     seed: int = 0,
     shrinkage: float | None = None,
     method: str = "crossfit",
+    check: Callable[[float, float], np.ndarray] | None = None,
 ) -> Gate:
     """A gate from ``gains(λ_T, λ_L)``: the per-query paired utility gains (policy − its fallback) on
-    held-out queries at each region's centre. Generic: any policy that can produce those gains."""
+    held-out queries at each region's centre. Generic: any policy that can produce those gains.
+
+    ``check``: optional per-query gains of the *shipped* policy itself on queries it was not fitted on
+    (when ``gains`` come from refits of its procedure): a region that ``gains`` opens stays closed if
+    their mean is below 0, i.e. where the shipped policy's own deviations already lose."""
     open_ = np.zeros((len(regions.lambda_tokens), len(regions.lambda_seconds)), dtype=bool)
     evidence = []
     for i, lt in enumerate(regions.lambda_tokens):
         for j, ls in enumerate(regions.lambda_seconds):
             d = decide(gains(lt, ls), confidence, n_boot, seed)
+            if check is not None:
+                c = np.asarray(check(lt, ls), dtype=np.float64)
+                d["check_gain"] = float(c.mean()) if len(c) else 0.0
+                d["open"] = bool(d["open"] and d["check_gain"] >= -TOL)
             open_[i, j] = d["open"]
             evidence.append({"lambda_tokens": lt, "lambda_seconds": ls, **d})
     return Gate(fallback, regions, open_, confidence, shrinkage, evidence, method)

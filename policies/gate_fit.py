@@ -6,6 +6,7 @@ Kept apart from :mod:`policies.gate` so that module loads with numpy alone (the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -233,8 +234,8 @@ def fit_run_gate(
 ) -> Gate:
     """The gate of a trained run: fallback on train + validation, regions = the evaluation grid
     (``policies.base.lambda_grid`` on the train split, as ``evaluate.py`` builds it), evidence
-    cross-fitted for the utility actor (refitted with the run's ``ppo_cfg``; with its shrinkage α),
-    held-out validation otherwise. The model itself is not changed (see :func:`shrink_gain`)."""
+    cross-fitted for the utility actor (refitted with the run's ``ppo_cfg``; with its shrinkage α;
+    checked against the shipped policy's own validation gains), held-out validation otherwise. The model itself is not changed (see :func:`shrink_gain`)."""
     from env.allocate_env import ObsEncoder
     from policies.base import lambda_grid
     from policies.ppo import PPOPolicy
@@ -247,9 +248,13 @@ def fit_run_gate(
     if hasattr(model.policy.mlp_extractor, "gain_net"):
         encoder = ObsEncoder.from_dict(meta["encoder"])
         cf = crossfit_utility(table, encoder, both, meta["env"], ppo_cfg, k=folds, seed=seed)
+        shipped = copy.deepcopy(model)
+        shrink_gain(shipped, cf.alpha)
+        check = holdout_gains(PPOPolicy(shipped), table, train_rows, val_rows)
         return fit_gate(
-            fallback, regions, crossfit_gains(table, cf), confidence, n_boot, seed, shrinkage=cf.alpha
-        )
+            fallback, regions, crossfit_gains(table, cf), confidence, n_boot, seed, shrinkage=cf.alpha,
+            check=check,
+        )  # fmt: skip
     gains = holdout_gains(PPOPolicy(model), table, train_rows, val_rows)
     return fit_gate(fallback, regions, gains, confidence, n_boot, seed, method="validation")
 
