@@ -227,3 +227,21 @@ def test_mlp_policy_gate_uses_validation_evidence(synthetic_cache, tmp_path):
     assert all(e["n"] == len(splits["val"]) for e in gate.evidence)
     doc = json.loads((tmp_path / "m" / "export" / "policy.json").read_text())
     assert Gate.from_dict(doc["gate"]).to_dict() == gate.to_dict()
+
+
+def test_fit_gate_check_keeps_a_region_closed():
+    from policies.gate import fit_gate
+
+    fb = StaticFallback(["a", "b"], np.array([0.5, 0.4]), np.array([1.0, 2.0]), np.array([1.0, 1.0]))
+    regions = LambdaRegions([0.0, 0.1], [0.0])
+    rng = np.random.default_rng(0)
+
+    def gains(lt, ls):
+        return 0.05 + 0.01 * rng.standard_normal(200)  # confident evidence everywhere
+
+    def check(lt, ls):  # ... but the shipped policy's own deviations lose at λ_T = 0.1
+        return np.full(50, -0.01 if lt > 0 else 0.02)
+
+    assert fit_gate(fb, regions, gains).open.tolist() == [[True], [True]]
+    gate = fit_gate(fb, regions, gains, check=check)
+    assert gate.open.tolist() == [[True], [False]] and gate.evidence[1]["check_gain"] == pytest.approx(-0.01)
