@@ -66,6 +66,10 @@ default 1000) of U_PPO − U_best static with the best static re-picked in each 
 split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a
 point where PPO is below it is a loss or noise.
 
+A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalate_eval` instead: the
+same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
+baselines, and the one-shot run given by ``--compare-run``.
+
 Errors (missing run, bad λ, other action menu, bad cache...) print one ``error: ...`` line and exit 2
 before anything is written.
 """
@@ -147,6 +151,8 @@ def evaluate(
     export: str | None = None,
     trust_checkpoint: bool = False,
     progress: bool = False,
+    compare_run: str | None = None,
+    n_orders: int = 16,
 ) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
@@ -174,6 +180,10 @@ def evaluate(
         if checkpoint:
             raise ConfigError("give --export or --checkpoint, not both")
         onnx = OnnxPolicy(export)
+        if onnx.doc.get("kind") == "escalate":
+            raise ConfigError(
+                f"{export}: a sequential export; evaluate its run with --run (the step policy needs the env)"
+            )
         source = onnx.doc.get("source") or {}
         run_dir, model_path = Path(run or source.get("run") or Path(export).resolve().parent), Path(export)
         cfg_path = run_dir / "config.yml"
@@ -189,6 +199,15 @@ def evaluate(
         raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
     run_cfg = load_yaml_text(cfg_path.read_text()) if cfg_path.is_file() else {}
     cache = cache or run_cfg.get("cache") or meta.get("cache")
+    if meta.get("kind") == "escalate":  # a sequential run: its own evaluation (policies/escalate_eval.py)
+        from policies.escalate_eval import evaluate_escalate
+
+        return evaluate_escalate(
+            run_dir, model_path, meta, cache, split, grid_n, lt_axis, ls_axis, out, json_path, plots,
+            n_boot, n_orders, compare_run, seed, progress,
+        )  # fmt: skip
+    if compare_run:
+        raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
     env_cfg = EnvConfig.from_dict(meta["env"])
     table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     check_menu(meta, table, str(model_path))
@@ -724,6 +743,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the Pareto PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compare-run", help="sequential runs: a one-shot run folder to compare with, on the same orders"
+    )
+    p.add_argument(
+        "--orders", type=int, default=16, help="sequential runs: sample orders per query (default 16)"
+    )
     return p
 
 
@@ -747,9 +772,17 @@ def main(argv: list[str] | None = None) -> int:
             export=args.export,
             trust_checkpoint=args.trust_checkpoint,
             progress=not args.no_progress,
+            compare_run=args.compare_run,
+            n_orders=args.orders,
         )
     except (AllocError, CacheError, *user_errors()) as exc:
         return report(exc)
+    if res.get("kind") == "escalate":
+        from policies.escalate_eval import markdown as escalate_markdown
+
+        print(escalate_markdown(res))
+        print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")
+        return 0
     print(markdown(res))
     print(f"written: {res['out_dir']}/results.csv, results.md, pareto_tokens.png, pareto_seconds.png")
     return 0

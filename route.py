@@ -42,6 +42,8 @@ class RouteError(ValueError):
 class LiveRouter:
     """An exported policy plus the engine and featurizer it was trained against."""
 
+    kind = "allocate"  # the env kind of the exports this router runs (policy.json "kind")
+
     def __init__(
         self,
         export_dir: str | Path,
@@ -56,6 +58,11 @@ class LiveRouter:
         from rollouts.scorers import scorer_from_description
 
         self.policy = OnnxPolicy(export_dir)
+        kind = self.policy.doc.get("kind", "allocate")
+        if kind != self.kind:  # a one-shot and a sequential export need different routers (--mode)
+            what = "sequential (ttc/Escalate-v0)" if kind == "escalate" else "one-shot (ttc/Allocate-v0)"
+            mode = "sequential" if kind == "escalate" else "oneshot"
+            raise RouteError(f"{export_dir}: a {what} export; route it with --mode {mode}")
         spec = self.policy.doc.get("serving")
         if not spec:
             raise RouteError(
@@ -250,6 +257,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="refuse questions longer than this many characters (default: %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
+    p.add_argument(
+        "--mode",
+        choices=["oneshot", "sequential"],
+        default="oneshot",
+        help="oneshot: a ttc/Allocate-v0 export; sequential: a ttc/Escalate-v0 export, decided round by round",
+    )
     return p
 
 
@@ -287,7 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         options = load_yaml_text(args.backend_options) or {}
         if not isinstance(options, dict):
             raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
-        router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
+        sequential = None
+        if args.mode == "sequential":  # policies/sequential_router.py: rounds drawn live, step by step
+            from policies.sequential_router import SequentialRouter
+
+            sequential = SequentialRouter(LiveRouter, args.export, backend_kind=args.backend, backend_options=options)
+            router = sequential.live
+        else:
+            router = LiveRouter(args.export, backend_kind=args.backend, backend_options=options)
         router.limits = QuestionLimits(args.max_chars, router.limits.max_prompt_tokens)
         good = []
         for i, q in enumerate(questions):  # each bad question gets its own error line; the rest run
@@ -297,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 failed += 1
                 print(json.dumps({"index": i, "question": _preview(q), "error": problem}), flush=True)
-        if good:
+        if good and sequential is not None:  # one question at a time, printed as each one finishes
+            rows = sequential.route_iter([questions[i] for i in good], [answers[i] for i in good], lt, ls)
+            for j, row in enumerate(rows):
+                print(json.dumps({"index": good[j], **row}), flush=True)
+        elif good:
             bar = tqdm(total=len(good), desc="route", unit="query", disable=args.no_progress, file=sys.stderr)
             batches = router.route_batches(
                 [questions[i] for i in good], [answers[i] for i in good], lt, ls, progress=not args.no_progress

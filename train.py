@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from env.allocate_env import EnvConfig, make_splits
+from env.allocate_env import make_splits
+from env.escalate_env import EscalateConfig, env_config_from
 from env.outcomes import AllocError, ConfigError
 from rollouts.cache import CacheError
 from rollouts.config import check_types, load_yaml_text
@@ -83,6 +84,8 @@ class TrainConfig:
     gate: bool = True  # fit the static fallback + gate (policies/gate.py) and ship it in the export
     gate_confidence: float = 0.9  # a λ region opens only if its held-out gain is > 0 at this confidence
     gate_folds: int = 5  # cross-fitting folds over train + validation
+    # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
+    warm_start_from: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +102,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a mapping of settings, got {d[name]!r}")
         cfg = cls(**d)
         check_types(cfg, ConfigError)
-        cfg.env = EnvConfig.from_dict(cfg.env).to_dict()
+        cfg.env = env_config_from(cfg.env).to_dict()
         cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
         for name in (
             "seed",
@@ -119,6 +122,8 @@ class TrainConfig:
             raise ConfigError(f"gate_confidence must be a number in [0.5, 1), got {c!r}")
         if cfg.gate_folds < 3:
             raise ConfigError(f"gate_folds must be an integer >= 3, got {cfg.gate_folds!r}")
+        if cfg.warm_start_from is not None and not isinstance(cfg.warm_start_from, str):
+            raise ConfigError(f"warm_start_from must be a run folder or null, got {cfg.warm_start_from!r}")
         if cfg.name is not None:
             check_name(cfg.name)
         for name in ("cache", "exp", "runs_dir"):
@@ -150,7 +155,7 @@ def parse_value(text: str) -> Any:
 def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
     from policies.ppo import PPOConfig
 
-    env_keys = {f.name for f in fields(EnvConfig)}
+    env_keys = {f.name for f in fields(EscalateConfig)}  # Allocate-v0's keys and the escalation ones
     ppo_keys = {f.name for f in fields(PPOConfig)}
     top_keys = {f.name for f in fields(TrainConfig)}
     if "." in key:
@@ -210,7 +215,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def default_name(cfg: TrainConfig) -> str:
-    return f"{ENV_NAME}__{cfg.exp}__{cfg.seed}__{int(time.time())}"
+    env_name = "ttc-Escalate-v0" if cfg.env.get("kind") == "escalate" else ENV_NAME
+    return f"{env_name}__{cfg.exp}__{cfg.seed}__{int(time.time())}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,8 +303,18 @@ def _train(
     )
     from policies.resume import load_latest_good, purging_logger
 
-    env_cfg = EnvConfig.from_dict(cfg.env)
+    env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
+    escalate = isinstance(env_cfg, EscalateConfig)
+    if escalate and ppo_cfg.policy != "mlp":
+        raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
+    if cfg.warm_start_from and not resume:
+        from policies.escalate_ppo import env_kind
+        from policies.ppo import read_meta
+
+        ws = Path(cfg.warm_start_from)
+        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws)) != "allocate":
+            raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
     table = OutcomeTable(cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
@@ -317,10 +333,18 @@ def _train(
     cfg.env = env_cfg.to_dict()
     cfg.name = name
     meta = make_meta(table, encoder, cfg.env)
+    env_cls, env_kwargs = AllocateEnv, {}
+    if escalate:  # the sequential env: same table, splits and encoder, plus its step menu and units
+        from env.escalate_env import EscalateEnv, EscalateMenu, fit_units
+        from policies.escalate_ppo import make_escalate_meta
+
+        esc_menu = EscalateMenu(table, env_cfg)
+        env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, train_rows)}
+        meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
 
     def make_env(split, cycle=False, lambdas=None):
         return Monitor(
-            AllocateEnv(
+            env_cls(
                 table=table,
                 config=env_cfg,
                 split=split,
@@ -328,6 +352,7 @@ def _train(
                 encoder=encoder,
                 cycle=cycle,
                 eval_lambdas=lambdas,
+                **env_kwargs,
             )
         )
 
@@ -336,6 +361,8 @@ def _train(
     val_lambdas = grid["points"] if grid else [(env_cfg.lambda_tokens, env_cfg.lambda_seconds)]
     eval_env = DummyVecEnv([lambda: make_env("val", cycle=True, lambdas=grid["points"] if grid else None)])
     n_eval = len(val_rows) * (len(grid["points"]) if grid else 1)
+    if escalate:  # queries without a pool record are not in the sequential env
+        n_eval = eval_env.envs[0].unwrapped.n_episodes_per_cycle
 
     tb_dir = run_dir / "tb"
     if resume:
@@ -370,6 +397,7 @@ def _train(
         fh.write(shlex.join(argv or sys.argv) + "\n")
 
     warm_start: dict[str, Any] | None = None
+    clone: dict[str, Any] | None = None
     if model is None:
         spec = None
         if ppo_cfg.policy == "utility":
@@ -396,6 +424,23 @@ def _train(
                 f"warm start of the gain head: {warm_start['epochs']} epochs, validation MSE "
                 f"{warm_start['val_mse']:.4f} (train means alone: {warm_start['val_mse_prior_only']:.4f})"
             )
+        if escalate and cfg.warm_start_from:
+            from policies.escalate_ppo import warm_start_from_oneshot
+            from policies.escalate_sim import Simulator, make_orders
+
+            tr = train_env.envs[0].unwrapped
+            tr.reset(seed=cfg.seed)
+            lams = [tr._draw_lambdas() for _ in range(32)]  # λ as the env draws them
+            o, pk = make_orders(table, tr.menu, tr.rows, 2, seed=cfg.seed + 1)
+            sim_tr = Simulator(table, tr.menu, encoder, tr.units, tr.rows, o, pk)
+            t_ws = time.time()
+            clone = warm_start_from_oneshot(
+                model, cfg.warm_start_from, table, sim_tr, lams, env_cfg, tr._cost_scale, seed=cfg.seed
+            )
+            clone["seconds"] = round(time.time() - t_ws, 2)
+            print(
+                f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
+            )
     model.ttc_meta = meta
     if resume:  # hide what the killed job logged after this checkpoint: those steps are logged anew
         model.set_logger(purging_logger(tb_dir, "PPO", int(model.num_timesteps) + 1))
@@ -419,7 +464,16 @@ def _train(
             )
             return True
 
-    after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
+    if escalate:
+        from policies.escalate_ppo import make_escalate_val_callback
+        from policies.escalate_sim import Simulator, make_orders
+
+        val_env = eval_env.envs[0].unwrapped
+        orders, picks = make_orders(table, val_env.menu, val_env.rows, 1, seed=env_cfg.outcome_seed)
+        val_sim = Simulator(table, val_env.menu, encoder, val_env.units, val_env.rows, orders, picks)
+        after_eval = make_escalate_val_callback(val_sim, val_lambdas)
+    else:
+        after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
     eval_cb = MaskableEvalCallback(
         eval_env,
         n_eval_episodes=n_eval,
@@ -453,9 +507,13 @@ def _train(
         def _on_step(self) -> bool:
             return True
 
-    callbacks = CallbackList(
-        [make_metrics_callback(table.action_ids, hparams), eval_cb, _EvalAtStart(), ckpt_cb]
-    )
+    if escalate:
+        from policies.escalate_ppo import make_escalate_metrics_callback
+
+        metrics_cb = make_escalate_metrics_callback(hparams)
+    else:
+        metrics_cb = make_metrics_callback(table.action_ids, hparams)
+    callbacks = CallbackList([metrics_cb, eval_cb, _EvalAtStart(), ckpt_cb])
     remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
     t0 = time.time()
     start_steps = model.num_timesteps
@@ -479,8 +537,12 @@ def _train(
     }
     if warm_start is not None:
         summary["warm_start"] = warm_start
+    if clone is not None:
+        summary["clone_of_oneshot"] = clone
     gate = None
-    if cfg.gate:
+    # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
+    # per region API is generic enough for it (fit_gate with its own held-out episode gains)
+    if cfg.gate and not escalate:
         from policies.gate_fit import fit_run_gate
 
         t_gate = time.time()

@@ -2,6 +2,7 @@
 
     python bench/env_speed.py [--cache data/default_cache] [--steps 200000] [--outcome expected|sampled]
     python bench/env_speed.py --train      # also: wall time of the default `python train.py` on that cache
+    python bench/env_speed.py --env escalate [--train]   # ttc/Escalate-v0 (goal >= 10k steps/s)
 
 Without a cache folder it uses the synthetic test fixture (written to a temp folder). Prints one JSON
 line: {"cache", "queries", "actions", "table_build_s", "outcome", "penalty_mode", "steps", "steps_per_s"}.
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--outcome", default="expected", choices=("expected", "sampled"))
     p.add_argument("--penalty-mode", default="sampled", choices=("sampled", "fixed"))
     p.add_argument("--train", action="store_true", help="also time the default train.py on this cache")
+    p.add_argument("--env", default="allocate", choices=("allocate", "escalate"), help="which env to time")
     args = p.parse_args(argv)
 
     from env.allocate_env import AllocateEnv
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     table = OutcomeTable(cache)
     build = time.perf_counter() - t0
+    if args.env == "escalate":
+        return _escalate(args, cache, table, build)
     env = AllocateEnv(table=table, outcome=args.outcome, penalty_mode=args.penalty_mode)
     env.reset(seed=0)
     n_a = table.n_actions
@@ -80,6 +84,55 @@ def main(argv=None) -> int:
                 "bench",
                 "--no-progress",
             ]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+            out["train_wall_s"] = round(time.perf_counter() - t0, 1)
+            out["train_summary"] = json.loads((Path(runs) / "bench" / "train_summary.json").read_text())[-1]
+    print(json.dumps(out))
+    return 0
+
+
+def _escalate(args, cache, table, build: float) -> int:
+    """Steps/s of ttc/Escalate-v0 under a policy that cycles through the legal step actions (draws
+    first, so episodes have several rounds); each step includes its action_masks() call."""
+    import numpy as np
+
+    from env.escalate_env import EscalateEnv
+
+    env = EscalateEnv(table=table, penalty_mode=args.penalty_mode)
+    env.reset(seed=0)
+    n_a = len(env.menu)
+    steps = episodes = 0
+    t0 = time.perf_counter()
+    while steps < args.steps:
+        env.reset()
+        episodes += 1
+        done = False
+        while not done:
+            m = env.action_masks()
+            legal = np.flatnonzero(m)
+            _, _, done, _, _ = env.step(int(legal[(steps * 7) % len(legal)]))
+            steps += 1
+    dt = time.perf_counter() - t0
+    out = {
+        "env": "ttc/Escalate-v0",
+        "cache": str(cache),
+        "queries": len(env.rows),
+        "step_actions": n_a,
+        "table_build_s": round(build, 3),
+        "penalty_mode": args.penalty_mode,
+        "steps": steps,
+        "episodes": episodes,
+        "steps_per_episode": round(steps / episodes, 2),
+        "steps_per_s": round(steps / dt),
+    }
+    if args.train:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[1]
+        with tempfile.TemporaryDirectory() as runs:
+            cmd = [sys.executable, "train.py", "--config", "configs/train_escalate.yaml", "--cache", str(cache),
+                   "--runs-dir", runs, "--name", "bench", "--no-progress"]  # fmt: skip
             t0 = time.perf_counter()
             subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
             out["train_wall_s"] = round(time.perf_counter() - t0, 1)

@@ -308,6 +308,7 @@ class AllocateEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    config_cls: type[EnvConfig] = EnvConfig  # subclasses with more settings (env/escalate_env.py) swap it
 
     def __init__(
         self,
@@ -324,9 +325,9 @@ class AllocateEnv(gym.Env):
     ):
         super().__init__()
         if isinstance(config, EnvConfig):
-            cfg = EnvConfig.from_dict({**config.to_dict(), **overrides})
+            cfg = self.config_cls.from_dict({**config.to_dict(), **overrides})
         else:
-            cfg = EnvConfig.from_dict({**(config or {}), **overrides})
+            cfg = self.config_cls.from_dict({**(config or {}), **overrides})
         if table is None:
             if cache is None:
                 raise ConfigError("AllocateEnv needs a cache path or a table")

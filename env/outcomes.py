@@ -530,6 +530,14 @@ class OutcomeTable:
         secs = self._pool_seconds(p, a.n, float(p.gen_tokens[idx].max()), int(self.prompt_tokens[qi]), where)
         return float(p.correct[pick]), tokens, secs
 
+    def pool_records(self, qi: int, config_id: str) -> list[_Pool]:
+        """The prepared records (one per seed) of pool config ``config_id`` for query row ``qi``."""
+        return self._pools.get((qi, config_id), [])
+
+    def search_outcomes(self, qi: int, config_id: str) -> list[tuple[float, float, float]]:
+        """(correct, tokens incl. scorer tokens, seconds) of each seed of search config ``config_id``."""
+        return self._search.get((qi, config_id), [])
+
     def cost_scale(self, rows: np.ndarray | None = None) -> tuple[float, float]:
         """The largest per-action mean tokens and mean seconds (over rows, where available)."""
         rows = np.arange(len(self.query_ids)) if rows is None else rows

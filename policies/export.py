@@ -169,6 +169,10 @@ def export_policy(
         "serving": serving,
         "gate": None if gate is None else gate.to_dict(),
     }
+    if meta.get("kind") == "escalate":  # a sequential step policy: its menu is the step menu
+        from policies.escalate_ppo import export_fields
+
+        doc.update(export_fields(meta))
     (out / "policy.json").write_text(json.dumps(doc, indent=1) + "\n")
     return parity
 

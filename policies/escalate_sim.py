@@ -1,0 +1,172 @@
+"""Run many ``ttc/Escalate-v0`` episodes in lockstep: the same :class:`env.escalate_env.Episode` and
+observation code as the env, batched so a policy network sees every active episode at once.
+
+Common random numbers: :func:`make_orders` gives each query R sample orders seeded by its query id, so
+every policy (the sequential PPO, the stopping rules, the statics, the one-shot PPO) is judged on the
+same samples in the same order.
+
+A *step policy* is ``act(obs (B, D) float32, masks (B, A) bool, episodes) -> actions (B,)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from env.allocate_env import ObsEncoder
+from env.escalate_env import SEEN_FEATURES, Episode, EscalateMenu, SeenUnits
+from env.outcomes import OutcomeTable
+
+StepPolicy = Callable[[np.ndarray, np.ndarray, list[Episode]], np.ndarray]
+
+
+def make_orders(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray, n_orders: int, seed: int = 0):
+    """(len(rows), R) permutations of each query's pool, and a (len(rows), R) record/beam pick in [0, 1);
+    seeded by (seed, query id, r), so a query's orders do not depend on which other queries are evaluated."""
+    orders, picks = [], []
+    for qi in rows:
+        recs = table.pool_records(int(qi), menu.pool_config)
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{table.query_ids[int(qi)]}".encode()).digest()[:8], "big")
+        rng = np.random.default_rng([h, n_orders])
+        if len({p.k for p in recs}) == 1:
+            orders.append([rng.permutation(recs[0].k) for _ in range(n_orders)])
+            picks.append(rng.random(n_orders))
+        else:  # records of different pool sizes: each order permutes the record its pick selects
+            pick = rng.random(n_orders)
+            orders.append([rng.permutation(recs[min(int(u * len(recs)), len(recs) - 1)].k) for u in pick])
+            picks.append(pick)
+    return orders, np.array(picks)
+
+
+@dataclass
+class SimResult:
+    """Per (query row, order) outcomes of one policy at one λ point; arrays (n_rows, R)."""
+
+    correct: np.ndarray
+    tokens: np.ndarray
+    seconds: np.ndarray
+    rounds: np.ndarray
+    samples: np.ndarray
+    beam: np.ndarray
+    final: list[list[str]]
+
+    def utility(self, lt: float, ls: float) -> np.ndarray:
+        return self.correct - lt * self.tokens - ls * self.seconds
+
+    def summary(self, lt: float, ls: float) -> dict[str, Any]:
+        finals: dict[str, int] = {}
+        for row in self.final:
+            for f in row:
+                finals[f] = finals.get(f, 0) + 1
+        n = self.correct.size
+        return {
+            "accuracy": float(self.correct.mean()),
+            "mean_tokens": float(self.tokens.mean()),
+            "mean_seconds": float(self.seconds.mean()),
+            "utility": float(self.utility(lt, ls).mean()),
+            "mean_rounds": float(self.rounds.mean()),
+            "mean_samples": float(self.samples.mean()),
+            "beam_share": float(self.beam.mean()),
+            "stop_share": {k: v / n for k, v in sorted(finals.items())},
+        }
+
+
+class Simulator:
+    """Episodes of ``rows`` x their orders at one λ point, stepped together by a step policy."""
+
+    def __init__(
+        self,
+        table: OutcomeTable,
+        menu: EscalateMenu,
+        encoder: ObsEncoder,
+        units: SeenUnits,
+        rows: np.ndarray,
+        orders,
+        picks: np.ndarray,
+    ):
+        self.table, self.menu, self.encoder, self.units = table, menu, encoder, units
+        self.rows = np.asarray(rows)
+        self.orders, self.picks = orders, picks
+        self.base = encoder.encode_base(table.features[self.rows], table.prompt_tokens[self.rows])
+
+    def run(self, policy: StepPolicy, lt: float, ls: float) -> SimResult:
+        n, r_n = len(self.rows), len(self.orders[0])
+        eps = [
+            Episode(self.table, self.menu, int(self.rows[i]), self.orders[i][r], float(self.picks[i, r]))
+            for i in range(n)
+            for r in range(r_n)
+        ]
+        row_of = np.repeat(np.arange(n), r_n)
+        pen = (
+            self.encoder.encode_penalties(np.array([lt]), np.array([ls]))[0]
+            if self.encoder.sample_penalties
+            else np.zeros(0, dtype=np.float32)
+        )
+        d_base = self.base.shape[1] + len(pen)
+        correct = np.zeros(len(eps))
+        active = list(range(len(eps)))
+        while active:
+            obs = np.empty((len(active), d_base + len(SEEN_FEATURES)), dtype=np.float32)
+            obs[:, : self.base.shape[1]] = self.base[row_of[active]]
+            obs[:, self.base.shape[1] : d_base] = pen
+            masks = np.empty((len(active), len(self.menu)), dtype=bool)
+            batch = [eps[j] for j in active]
+            for b, ep in enumerate(batch):
+                ep.state.features(self.units, obs[b, d_base:])
+                masks[b] = ep.mask()
+            actions = np.asarray(policy(obs, masks, batch), dtype=np.int64).reshape(len(active))
+            if not masks[np.arange(len(active)), actions].all():
+                bad = int(np.argmin(masks[np.arange(len(active)), actions]))
+                raise ValueError(f"the policy chose the masked step action {self.menu.ids[actions[bad]]!r}")
+            still = []
+            for j, ep, a in zip(active, batch, actions, strict=True):
+                _, _, done, c = ep.step(int(a))
+                if done:
+                    correct[j] = c
+                else:
+                    still.append(j)
+            active = still
+        shape = (n, r_n)
+        return SimResult(
+            correct=correct.reshape(shape),
+            tokens=np.array([e.state.tokens for e in eps]).reshape(shape),
+            seconds=np.array([e.state.seconds for e in eps]).reshape(shape),
+            rounds=np.array([len(e.state.widths) for e in eps]).reshape(shape),
+            samples=np.array([e.state.drawn for e in eps]).reshape(shape),
+            beam=np.array([e.menu.actions[e.menu.ids.index(e.final)].kind == "beam" for e in eps]).reshape(
+                shape
+            ),
+            final=[[eps[i * r_n + r].final or "" for r in range(r_n)] for i in range(n)],
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Step policies
+
+
+def model_policy(model) -> StepPolicy:
+    """A MaskablePPO model, deterministic (argmax over legal actions)."""
+
+    def act(obs, masks, episodes):
+        a, _ = model.predict(obs, action_masks=masks, deterministic=True)
+        return a
+
+    return act
+
+
+def plan_policy(plans: list[list[int]], row_plan: dict[int, int] | None = None) -> StepPolicy:
+    """Follow a fixed plan of step actions (a one-shot action as ``draw@N, stop:<sel>``, or a beam).
+    ``plans``: one plan per distinct choice; ``row_plan``: the plan index per query row (default 0)."""
+
+    def act(obs, masks, episodes):
+        out = np.empty(len(episodes), dtype=np.int64)
+        for b, ep in enumerate(episodes):
+            plan = plans[0 if row_plan is None else row_plan[ep.qi]]
+            out[b] = plan[len(ep.state.widths)]
+        return out
+
+    return act

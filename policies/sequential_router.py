@@ -1,0 +1,177 @@
+"""Live step-by-step routing with a sequential (``ttc/Escalate-v0``) export: ``route.py --mode sequential``.
+
+Per question: the same prompt and hidden-state features as the collection; then, round by round, the
+ONNX step policy sees ``[query features, encoded λ, seen]`` (``seen`` rebuilt by
+:class:`env.escalate_env.SeenState` from the samples the engine returned, the env's own code) and
+either draws k more samples (one engine call of ``run_pool`` with n = k, the collector's strategy
+code; the same prompt, so vLLM's prefix cache serves later rounds), stops and answers with a selector
+(``select``), or runs a beam search (``run_beam_search``). Questions run one after another, so each
+round's seconds are those of the query alone, as the cache's latency model defines them.
+
+Each result carries ``rounds``, ``widths``, ``round_tokens``, ``round_seconds`` (measured) and
+``predicted_round_seconds`` (the cache's latency model for the same round, what the env charges), plus
+``tokens``/``seconds`` totals and the ``steps`` taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenState, SeenUnits, step_mask
+from rollouts.strategies.selectors import answer_key
+
+
+class SequentialRouter:
+    """A sequential export plus the engine and featurizer it was trained against (see module doc).
+
+    ``live_router_cls`` is ``route.LiveRouter`` (passed in, so route.py's own error classes are the ones
+    raised): it loads the export, serving spec, featurizer, engine, sampling and scorer for both modes;
+    this class adds the decision loop."""
+
+    def __init__(self, live_router_cls: type, export_dir: Any, **kwargs: Any) -> None:
+        sequential_cls = type("SequentialLiveRouter", (live_router_cls,), {"kind": "escalate"})
+        self.live = live_router = sequential_cls(export_dir, **kwargs)
+        doc = live_router.policy.doc
+        esc = doc["escalate"]
+        self.menu = EscalateMenu.from_dict(esc)
+        self.actions = self.menu.actions
+        self.units = SeenUnits.from_dict(esc["units"])
+        self.pool_size = int(esc["pool_size"])
+        self.has_scores = bool(esc["has_scores"])
+        lm = esc.get("latency_model")  # the training cache's: what the env charged for a round
+        self.latency = None
+        if lm:
+            from rollouts.latency import LatencyModel
+
+            self.latency = LatencyModel.from_dict(lm)
+        serving = live_router.serving["actions"]
+        self.beam_runs = [serving.get(c) for c in self.menu.beam_configs]
+
+    def route(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """One result dict per question, in order."""
+        return list(self.route_iter(questions, answers, lambda_tokens, lambda_seconds))
+
+    def route_iter(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Route the questions one after another, yielding each result as it finishes."""
+        from rollouts.grading import grade
+        from rollouts.prompts import build_messages, prompt_token_ids
+        from rollouts.strategies.base import PromptedQuery
+
+        live = self.live
+        answers = answers or [None] * len(questions)
+        tok = live.featurizer.tokenizer
+        prompted = [
+            PromptedQuery(
+                "live-" + hashlib.sha256(q.encode()).hexdigest()[:16],
+                q,
+                a,
+                prompt_token_ids(tok, build_messages(q, live.suffix, live.system)),
+            )
+            for q, a in zip(questions, answers, strict=True)
+        ]
+        feats = live.featurizer.features([p.prompt_ids for p in prompted], progress=False)
+        base = live.policy.observation(
+            feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
+        )
+        backend = live.backend  # started before the first round, so no round's seconds include the start
+        for i, q in enumerate(prompted):
+            yield self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds)
+
+    def _one(self, backend, q, base_obs, grade_fn, lt, ls) -> dict[str, Any]:
+        from rollouts.latency import Round
+        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
+        from rollouts.strategies.best_of_n import run_pool
+
+        live = self.live
+        seed = int(live.serving.get("seed", 0))
+        st = SeenState(self.pool_size, self.has_scores)
+        drawn: list[dict[str, Any]] = []
+        obs = np.zeros((1, len(base_obs) + len(SEEN_FEATURES)), dtype=np.float32)
+        obs[0, : len(base_obs)] = base_obs
+        steps, predicted = [], []
+        beams_ok = [r is not None for r in self.beam_runs]
+        while True:
+            st.features(self.units, obs[0, len(base_obs) :])
+            mask = step_mask(self.menu, st, beams_ok)[None, :]
+            _, action = live.policy.session.run(["logits", "action"], {"obs": obs, "mask": mask})
+            act = self.actions[int(action[0])]
+            steps.append(act.id)
+            if act.kind == "draw":
+                t0 = time.perf_counter()
+                (res,) = run_pool(
+                    backend,
+                    [q],
+                    act.k,
+                    live.sampling,
+                    live.scorer,
+                    grade_fn,
+                    seed + 7919 * (len(st.widths) + 1),
+                )
+                secs = time.perf_counter() - t0
+                ss = res.samples or []
+                st.add_round(
+                    [answer_key(s["answer"]) for s in ss],
+                    [s["tokens"] for s in ss],
+                    [s["scorer_tokens"] for s in ss],
+                    [s["score"] for s in ss] if self.has_scores else None,
+                    secs,
+                )
+                drawn += ss
+                if self.latency is not None:
+                    gen = max((s["tokens"] for s in ss), default=0)
+                    predicted.append(self.latency.round_seconds(Round(len(q.prompt_ids), act.k, gen)))
+                continue
+            if act.kind == "stop":
+                pick = drawn[st.answer(act.selector or "majority")]
+                extra = st.stop_tokens(act.selector or "majority")
+                st.tokens += extra
+                answer, correct, beam = pick["answer"], pick["correct"], None
+            else:
+                run = self.beam_runs[self.menu.beam_configs.index(act.config_id)]
+                cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
+                t0 = time.perf_counter()
+                (out,) = run_beam_search(backend, [q], cfg, live.sampling, live.scorer, grade_fn, seed)
+                secs = time.perf_counter() - t0
+                st.tokens += out.tokens + out.scorer_tokens
+                st.seconds += secs
+                answer, correct = out.result["answer"], out.result["correct"]
+                beam = {
+                    "config": act.config_id,
+                    "tokens": out.tokens + out.scorer_tokens,
+                    "seconds": round(secs, 3),
+                }
+            return {
+                "question": q.question,
+                "mode": "sequential",
+                "steps": steps,
+                "final": act.id,
+                "answer": answer,
+                **({"correct": bool(correct)} if q.answer is not None else {}),
+                "rounds": len(st.widths),
+                "widths": list(st.widths),
+                "round_tokens": [int(t) for t in st.round_tokens],
+                "round_seconds": [round(s, 3) for s in st.round_seconds],
+                "predicted_round_seconds": [round(s, 3) for s in predicted],
+                "beam": beam,
+                "tokens": int(st.tokens),
+                "seconds": round(st.seconds, 3),
+                "lambda_tokens": lt,
+                "lambda_seconds": ls,
+            }

@@ -1,0 +1,149 @@
+"""Early-stopping baselines for ``ttc/Escalate-v0``, as step policies over :class:`env.escalate_env.SeenState`.
+
+Each rule draws rounds of a width schedule, then answers with a selector once its criterion holds, a
+cap on samples is reached or the pool is exhausted; it never switches to beam search. Families:
+
+- ``adaptive_consistency`` (Aggarwal et al., 2023, the Beta criterion): stop when
+  P(p₁ > p₂ | votes) = 1 − I₀.₅(v₁ + 1, v₂ + 1) ≥ C, with v₁, v₂ the two leading answers' votes;
+- ``esc`` (Li et al., 2024, Escape Sky-high Cost): windows of w samples; stop when every sample of the
+  latest window has the same (parsed) answer;
+- ``k_agree``: stop when the leading answer has k votes;
+- ``score_threshold``: stop when the best scorer score reaches τ (optionally also when 3 agree: the
+  issue's hand rule), answer by score.
+
+The criteria do not depend on λ, so each configuration is simulated once per split and
+:func:`tune` picks, per λ point, the configuration with the best mean validation utility.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import betainc
+
+from env.escalate_env import Episode, EscalateMenu, SeenState
+from policies.escalate_sim import SimResult, Simulator, StepPolicy
+
+SCHEDULES = {
+    "ones": (1,),
+    "twos": (2,),
+    "fours": (4,),
+    "doubling": (1, 1, 2, 4, 8),
+}
+FAMILIES = ("adaptive_consistency", "esc", "k_agree", "score_threshold")
+
+
+@dataclass(frozen=True)
+class Rule:
+    family: str
+    param: float  # C, w, k or τ
+    schedule: str
+    selector: str
+    cap: int
+    also_agree: int = 0  # score_threshold: also stop when this many agree (0: never)
+
+    @property
+    def name(self) -> str:
+        extra = f",agree={self.also_agree}" if self.also_agree else ""
+        return f"{self.family}(p={self.param:g},{self.schedule},{self.selector},cap={self.cap}{extra})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "param": self.param,
+            "schedule": self.schedule,
+            "selector": self.selector,
+            "cap": self.cap,
+            "also_agree": self.also_agree,
+            "name": self.name,
+        }
+
+
+def ac_confidence(v1: int, v2: int) -> float:
+    """Adaptive-Consistency's Beta stopping statistic P(p₁ > p₂) under Beta(v₁ + 1, v₂ + 1)."""
+    return float(1.0 - betainc(v1 + 1, v2 + 1, 0.5))
+
+
+def should_stop(rule: Rule, st: SeenState) -> bool:
+    if st.drawn == 0:
+        return False
+    if st.drawn >= rule.cap or st.left == 0:
+        return True
+    _, v1, v2 = st.top()
+    if rule.family == "adaptive_consistency":
+        return v1 > 0 and ac_confidence(v1, v2) >= rule.param
+    if rule.family == "k_agree":
+        return v1 >= rule.param
+    if rule.family == "esc":
+        w = int(rule.param)
+        last = st.keys[-w:]
+        return len(last) == w and last[0] is not None and all(k == last[0] for k in last)
+    if rule.family == "score_threshold":
+        return st.max_score >= rule.param or (rule.also_agree > 0 and v1 >= rule.also_agree)
+    raise ValueError(f"unknown rule family {rule.family!r}")
+
+
+def next_width(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
+    """The schedule's next width, cut to what the cap and the pool leave, as the largest draw size."""
+    if rule.family == "esc":
+        want = int(rule.param)
+    else:
+        sched = SCHEDULES[rule.schedule]
+        r = len(st.widths)
+        want = sched[r] if r < len(sched) else sched[-1] if len(sched) == 1 else 2 * sched[-1]
+    room = min(want, rule.cap - st.drawn, st.left)
+    fits = [k for k in menu.draw_index if k <= room]
+    return max(fits) if fits else min(menu.draw_index)
+
+
+def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
+    stop_a = menu.stop_index[rule.selector]
+
+    def act(obs, masks, episodes: list[Episode]):
+        out = np.empty(len(episodes), dtype=np.int64)
+        for b, ep in enumerate(episodes):
+            st = ep.state
+            out[b] = stop_a if should_stop(rule, st) else menu.draw_index[next_width(rule, menu, st)]
+        return out
+
+    return act
+
+
+def rule_grid(menu: EscalateMenu) -> dict[str, list[Rule]]:
+    """The configurations tuned per family (every threshold, schedule, selector and cap below)."""
+    k = menu.pool_size
+    caps = sorted({c for c in (4, 8, k) if c <= k})
+    sels = ["majority", "best_score"] if menu.has_scores else ["majority"]
+    grid: dict[str, list[Rule]] = {f: [] for f in FAMILIES}
+    for c, sched, sel, cap in itertools.product(
+        (0.6, 0.7, 0.8, 0.9, 0.95, 0.99), ("ones", "twos", "doubling"), sels, caps
+    ):
+        grid["adaptive_consistency"].append(Rule("adaptive_consistency", c, sched, sel, cap))
+    for w, sel, cap in itertools.product((2, 4, 8), sels, caps):
+        if w <= cap and w in menu.draw_index:
+            grid["esc"].append(Rule("esc", w, "window", sel, cap))
+    for kk, sched, sel, cap in itertools.product((1, 2, 3, 4, 5), ("ones", "twos", "doubling"), sels, caps):
+        if kk <= cap:
+            grid["k_agree"].append(Rule("k_agree", kk, sched, sel, cap))
+    if menu.has_scores:
+        for tau, sched, agree, cap in itertools.product(
+            (0.5, 0.6, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95), ("ones", "doubling"), (0, 3), caps
+        ):
+            grid["score_threshold"].append(Rule("score_threshold", tau, sched, "best_score", cap, agree))
+    return {f: rules for f, rules in grid.items() if rules}
+
+
+def simulate_rules(sim: Simulator, rules: list[Rule]) -> list[SimResult]:
+    """Each rule once (its decisions do not depend on λ; the utility is priced afterwards)."""
+    return [sim.run(rule_policy(r, sim.menu), 0.0, 0.0) for r in rules]
+
+
+def tune(results: list[SimResult], lambdas: list[tuple[float, float]]) -> list[int]:
+    """Per λ point, the index of the configuration with the best mean utility (first on ties)."""
+    acc = np.array([r.correct.mean() for r in results])
+    tok = np.array([r.tokens.mean() for r in results])
+    sec = np.array([r.seconds.mean() for r in results])
+    return [int(np.argmax(acc - lt * tok - ls * sec)) for lt, ls in lambdas]

