@@ -47,6 +47,22 @@ Outputs in ``--out`` (default ``<run>/eval/``): ``results.csv`` (one row per poi
                resamples in which that policy is >= the re-picked best static at every point; null
                when --bootstrap 0), n_boot }
 
+Gated policies (``policies/gate.py``): ``ppo_gated`` is the run's policy with its gain shrinkage
+and its gate (``<run>/gate.json``, fitted now if the run has none), ``probe_router_gated`` the router
+behind a gate fitted here by the same cross-fitted rule; ``static_trainval_best`` is the static
+picked on train + validation (the gates' fallback). With ``--export``, ``ppo_gated`` is the export
+as shipped (its own gate and shrunk actor) and ``ppo`` the same network with the gate off. Extra point keys: ``ppo_gated_gap_share``,
+``ppo_gated_ge_best_static``, ``ppo_gated_ge_static_train_best``, ``ppo_gated_vs_best_static``,
+``static_trainval_best``, ``gate: {ppo|probe_router: {open, deviation_share}}`` (deviation share:
+queries whose choice differs from the fallback), ``vs_static_train_best`` and
+``vs_static_trainval_best``: ``{ppo|ppo_gated|probe_router|probe_router_gated: {diff, ci90, p_ge}}``
+(paired bootstrap of U_policy − U_that static; ``p_ge`` = P(policy ≥ it)). Extra summary keys:
+``ppo_gated_ge_best_static``, ``ppo_gated_ge_static_train_best``, ``ppo_gated_gap_share_mean``,
+``ppo_gated_below_best_static_ci``, ``below_static_train_best_ci`` and
+``below_static_trainval_best_ci`` (per policy: points whose 90% CI upper end is < 0),
+``gap_share_mean_boot_std`` (the bootstrap spread of the mean gap share, PPO and gated), ``gate``
+(open shares, shrinkage α, evidence method, points open).
+
 ``ppo_vs_best_static`` is a paired bootstrap over the evaluated queries (``--bootstrap`` resamples,
 default 1000) of U_PPO − U_best static with the best static re-picked in each resample: on a test
 split of ~100 queries the hindsight best static is itself lucky, and the interval says whether a
@@ -86,7 +102,9 @@ from rollouts.cache import CacheError
 from rollouts.config import load_yaml_text
 from rollouts.errors import report, user_errors
 
-TOL = 1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
+TOL = (
+    1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
+)
 
 
 def below(x: float) -> bool:
@@ -243,13 +261,39 @@ def evaluate(
         )
     ppo = ExportedPolicy(onnx) if onnx is not None else PPOPolicy(load_model(model_path, table))
     router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
+    # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
+    # own gate from the same cross-fitted rule, so the router comparison stays fair
+    from policies.gate import StaticFallback
+    from policies.gate_fit import GatedPolicy, crossfit_router_gains, fit_gate, run_gate, shrink_gain
+
+    trval = np.concatenate([rows_of["train"], rows_of["val"]])
+    if onnx is not None:  # the export carries its gate and its shrunk actor: ppo is it with the gate off
+        gate = onnx.gate or run_gate(run_dir, None, table, rows_of["train"], rows_of["val"], run_cfg)
+        ppo, ppo_gated = ExportedPolicy(onnx, gated=False), ExportedPolicy(onnx)
+    else:
+        gated_model = load_model(model_path, table)
+        gate = run_gate(run_dir, gated_model, table, rows_of["train"], rows_of["val"], run_cfg)
+        if gate.shrinkage is not None:
+            shrink_gain(gated_model, gate.shrinkage)
+        ppo_gated = GatedPolicy(PPOPolicy(gated_model), gate)
+    router_gate = fit_gate(
+        gate.fallback,
+        gate.regions,
+        crossfit_router_gains(table, trval, seed=seed),
+        gate.confidence,
+        seed=seed,
+    )
+    router_gated = GatedPolicy(router, router_gate)
+    trval_static = StaticFallback.fit(table, trval)
     statics = static_policies(table)
     oracle = OraclePolicy()
     train_static = TrainBestStaticPolicy(rows_of["train"])
     # the same resampled test sets at every λ point: the share of resamples in which a policy clears
     # the hindsight best static at *all* points is how likely the grid criterion is on a fresh split
     weights = resample_weights(len(rows), n_boot, seed) if n_boot > 0 else None
-    all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in ("ppo", "probe_router", "static_train_best")}
+    gated_names = ("ppo", "ppo_gated", "probe_router", "probe_router_gated")
+    all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in (*gated_names, "static_train_best")}
+    gap_boot = {k: [] for k in ("ppo", "ppo_gated")}
     points = []
     bar = tqdm(total=len(lt_axis) * len(ls_axis), desc="evaluate", unit="λ point", disable=not progress)
     for lt in lt_axis:
@@ -259,6 +303,11 @@ def evaluate(
             a_ppo, a_router = ppo.choose(table, rows, lt, ls), router.choose(table, rows, lt, ls)
             pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
             pols["probe_router"] = score_choices(table, rows, a_router, lt, ls)
+            a_ppo_g = ppo_gated.choose(table, rows, lt, ls)
+            a_router_g = router_gated.choose(table, rows, lt, ls)
+            pols["ppo_gated"] = score_choices(table, rows, a_ppo_g, lt, ls)
+            pols["probe_router_gated"] = score_choices(table, rows, a_router_g, lt, ls)
+            a_fallback = trval_static.choose(table.mask[rows], lt, ls)
             pols["oracle"] = score_choices(table, rows, oracle.choose(table, rows, lt, ls), lt, ls)
             pols["random"] = score_choices(
                 table, rows, RandomPolicy(seed).choose(table, rows, lt, ls), lt, ls
@@ -269,16 +318,23 @@ def evaluate(
             a_train_idx = train_static.action(table, lt, ls)
             a_train = table.action_ids[a_train_idx]
             pols["static_train_best"] = pols[f"static:{a_train}"]
+            a_trval = table.action_ids[trval_static.action(lt, ls)]
+            pols["static_trainval_best"] = pols[f"static:{a_trval}"]
             best = max((sp.name for sp in statics), key=lambda n: pols[n]["utility"])
             u_rows = table.utility(lt, ls)[rows]
             if weights is not None:
                 picks = {
                     "ppo": a_ppo,
+                    "ppo_gated": a_ppo_g,
                     "probe_router": a_router,
+                    "probe_router_gated": a_router_g,
                     "static_train_best": np.full(len(rows), a_train_idx),
                 }
                 for k, a in picks.items():
                     all_points_ge[k] &= resampled_diff_to_best_static(u_rows, a, weights) >= -TOL
+                a_or = oracle.choose(table, rows, lt, ls)
+                for k in gap_boot:
+                    gap_boot[k].append(resampled_gap_share(u_rows, picks[k], a_or, weights))
             u_bs, u_or = pols[best]["utility"], pols["oracle"]["utility"]
             gap = u_or - u_bs
 
@@ -308,6 +364,34 @@ def evaluate(
                     "ppo_vs_best_static": bootstrap_vs_best_static(
                         u_rows, a_ppo, n_boot=n_boot, seed=seed, weights=weights
                     ),
+                    "ppo_gated_gap_share": share(pols["ppo_gated"]["utility"]),
+                    "ppo_gated_ge_best_static": bool(pols["ppo_gated"]["utility"] >= u_bs - TOL),
+                    "ppo_gated_ge_static_train_best": bool(
+                        pols["ppo_gated"]["utility"] >= pols["static_train_best"]["utility"] - TOL
+                    ),
+                    "ppo_gated_vs_best_static": bootstrap_vs_best_static(
+                        u_rows, a_ppo_g, n_boot=n_boot, seed=seed, weights=weights
+                    ),
+                    "static_trainval_best": a_trval,
+                    "gate": {
+                        name: {
+                            "open": g.is_open(lt, ls),
+                            "deviation_share": float((a != a_fallback).mean()),
+                        }
+                        for name, g, a in (
+                            ("ppo", gate, a_ppo_g),
+                            ("probe_router", router_gate, a_router_g),
+                        )
+                    },
+                    "vs_static_train_best": {
+                        name: bootstrap_vs_action(u_rows, a, a_train_idx, weights)
+                        for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
+                    },
+                    # the static one would pick from all the data the policy saw (= the gate's fallback)
+                    "vs_static_trainval_best": {
+                        name: bootstrap_vs_action(u_rows, a, trval_static.action(lt, ls), weights)
+                        for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
+                    },
                 }
             )
     bar.close()
@@ -322,6 +406,7 @@ def evaluate(
         )  # fmt: skip
     shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
     rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
+    gshares = [p["ppo_gated_gap_share"] for p in points if p["ppo_gated_gap_share"] is not None]
     result = {
         "run": str(run_dir),
         "model": str(model_path),
@@ -345,6 +430,28 @@ def evaluate(
             "ppo_gap_share_min": float(np.min(shares)) if shares else None,
             "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
             "ppo_below_best_static_ci": sum(below(p["ppo_vs_best_static"]["ci90"][1]) for p in points),
+            "ppo_gated_ge_best_static": sum(p["ppo_gated_ge_best_static"] for p in points),
+            "ppo_gated_ge_static_train_best": sum(p["ppo_gated_ge_static_train_best"] for p in points),
+            "ppo_gated_gap_share_mean": float(np.mean(gshares)) if gshares else None,
+            "ppo_gated_below_best_static_ci": sum(
+                below(p["ppo_gated_vs_best_static"]["ci90"][1]) for p in points
+            ),
+            "below_static_train_best_ci": {
+                k: sum(below(p["vs_static_train_best"][k]["ci90"][1]) for p in points) for k in gated_names
+            },
+            "below_static_trainval_best_ci": {
+                k: sum(below(p["vs_static_trainval_best"][k]["ci90"][1]) for p in points) for k in gated_names
+            },
+            "gap_share_mean_boot_std": (
+                {k: mean_gap_share_spread(v) for k, v in gap_boot.items()} if weights is not None else None
+            ),
+            "gate": {
+                "ppo": {"open_share": gate.open_share, "shrinkage": gate.shrinkage, "method": gate.method},
+                "probe_router": {"open_share": router_gate.open_share},
+                "points_open": {
+                    k: sum(p["gate"][k]["open"] for p in points) for k in ("ppo", "probe_router")
+                },
+            },
             "all_points_ge_best_static_p": (
                 {k: float(v.mean()) for k, v in all_points_ge.items()} if weights is not None else None
             ),
@@ -368,14 +475,15 @@ class ExportedPolicy:
 
     name = "ppo"
 
-    def __init__(self, onnx: Any):
-        self.onnx = onnx
+    def __init__(self, onnx: Any, gated: bool = True):
+        self.onnx, self.gated = onnx, gated
 
     def choose(self, table: Any, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
         rows = np.asarray(rows)
         a = self.onnx.act_index(
-            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds, mask=table.mask[rows]
-        )
+            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds,
+            mask=table.mask[rows], use_gate=self.gated,
+        )  # fmt: skip
         return np.asarray(a, dtype=np.int64).reshape(len(rows))
 
 
@@ -390,6 +498,43 @@ def resampled_diff_to_best_static(utility: np.ndarray, choice: np.ndarray, weigh
     """(n_boot,) U_policy − U_best static in each resample, the best static re-picked per resample."""
     u_pol = utility[np.arange(len(choice)), choice]
     return weights @ u_pol - (weights @ utility).max(axis=1)
+
+
+def resampled_gap_share(
+    utility: np.ndarray, choice: np.ndarray, oracle: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """(n_boot,) gap share of a policy in each resample (NaN where the resample's gap is < TOL)."""
+    idx = np.arange(len(choice))
+    best = (weights @ utility).max(axis=1)
+    gap = weights @ utility[idx, oracle] - best
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(gap >= TOL, (weights @ utility[idx, choice] - best) / gap, np.nan)
+
+
+def mean_gap_share_spread(per_point: list[np.ndarray]) -> float | None:
+    """The std over resamples of the mean gap share over points (points without a gap left out;
+    None when no resample has any)."""
+    shares = np.array(per_point)  # (points, n_boot)
+    ok = np.isfinite(shares)
+    n = ok.sum(axis=0)
+    if not n.any():
+        return None
+    means = np.where(ok, shares, 0.0).sum(axis=0)[n > 0] / n[n > 0]
+    return float(means.std())
+
+
+def bootstrap_vs_action(
+    utility: np.ndarray, choice: np.ndarray, action: int, weights: np.ndarray | None
+) -> dict[str, Any]:
+    """Paired bootstrap of U_policy − U_action (a fixed static action, e.g. the train-picked one):
+    ``diff``, ``ci90`` and ``p_ge`` = P(policy ≥ that static) over the resamples (tolerance TOL)."""
+    d_q = utility[np.arange(len(choice)), choice] - utility[:, action]
+    diff = float(d_q.mean())
+    if weights is None:
+        return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
+    d = weights @ d_q
+    lo, hi = np.percentile(d, [5, 95])
+    return {"diff": diff, "ci90": [float(lo), float(hi)], "p_ge": float((d >= -TOL).mean())}
 
 
 def bootstrap_vs_best_static(
@@ -442,7 +587,7 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
         )
         for p in result["points"]:
             for name, m in p["policies"].items():
-                gs = p.get(f"{name}_gap_share") if name in ("ppo", "probe_router") else None
+                gs = p.get(f"{name}_gap_share") if name in ("ppo", "probe_router", "ppo_gated") else None
                 w.writerow(
                     [
                         p["lambda_tokens"],
@@ -503,6 +648,35 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_fmt(p['ppo_gap_share'], 2)} | {_fmt(p['probe_router_gap_share'], 2)} | {_fmt(pol['ppo']['accuracy'])} | "
             f"{pol['ppo']['mean_tokens']:.1f} | {pol['ppo']['mean_seconds']:.3f} |"
         )
+    if "ppo_gated_ge_best_static" in s:
+        g = s["gate"]
+        below = s["below_static_train_best_ci"]
+        lines += [
+            "",
+            f"Gated (policies/gate.py): PPO's gate is open at {g['points_open']['ppo']}/{s['n_points']} points "
+            f"(gain shrinkage α = {_fmt(g['ppo']['shrinkage'], 3)}, evidence: {g['ppo']['method']}), the router's at "
+            f"{g['points_open']['probe_router']}/{s['n_points']}. Gated PPO ≥ best static at "
+            f"{s['ppo_gated_ge_best_static']}/{s['n_points']}, ≥ the train-picked static at "
+            f"{s['ppo_gated_ge_static_train_best']}/{s['n_points']}, mean gap share {_fmt(s['ppo_gated_gap_share_mean'], 3)} "
+            f"(ungated {_fmt(s['ppo_gap_share_mean'], 3)}), below the best static with 90% confidence at "
+            f"{s['ppo_gated_below_best_static_ci']}. Below the train-picked static with 90% confidence: PPO "
+            f"{below['ppo']}, gated {below['ppo_gated']}, router {below['probe_router']}, gated router "
+            f"{below['probe_router_gated']}; below the train+validation-picked static (the fallback): PPO "
+            f"{s['below_static_trainval_best_ci']['ppo']}, gated {s['below_static_trainval_best_ci']['ppo_gated']}.",
+            "",
+            "| λ_T | λ_L | train-picked static | fallback (train+val) | PPO gate | deviating | gated − train static [90% CI] | P(gated ≥) | P(PPO ≥) | router gate | P(router gated ≥) | P(router ≥) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in result["points"]:
+            v = p["vs_static_train_best"]
+            vg = v["ppo_gated"]
+            lines.append(
+                f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['static_train_best']} | "
+                f"{p['static_trainval_best']} | {'open' if p['gate']['ppo']['open'] else 'closed'} | "
+                f"{p['gate']['ppo']['deviation_share']:.2f} | {vg['diff']:+.3f} [{vg['ci90'][0]:+.3f}, {vg['ci90'][1]:+.3f}] | "
+                f"{vg['p_ge']:.2f} | {v['ppo']['p_ge']:.2f} | {'open' if p['gate']['probe_router']['open'] else 'closed'} | "
+                f"{v['probe_router_gated']['p_ge']:.2f} | {v['probe_router']['p_ge']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -524,8 +698,14 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> None:
         ys = np.array([p0[s]["accuracy"] for s in statics])
         ax.scatter(xs, ys, c="grey", s=18, label="static configs")
         for x, y, name in zip(xs, ys, statics, strict=True):  # label each static config
-            ax.annotate(name.removeprefix("static:").split("/")[-1], (x, y), fontsize=6, color="dimgrey",
-                        xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                name.removeprefix("static:").split("/")[-1],
+                (x, y),
+                fontsize=6,
+                color="dimgrey",
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         order = np.argsort(xs)
         fx, fy, best = [], [], -np.inf
         for i in order:

@@ -20,6 +20,7 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
     best_model.zip     best validation utility (MaskableEvalCallback on the val split x a λ grid; the
                        first evaluation is at step 0, before any PPO update)
     best.json          the best validation reward so far and the step it was reached (kept across --resume)
+    gate.json          the static fallback and gate of best_model.zip (policies/gate.py; ``gate: false`` skips it)
     final_model.zip    the model after the last step
     export/            policy.onnx + policy.json of best_model.zip (ONNX parity-checked against SB3);
                        ``python -m policies.export`` exports any other checkpoint
@@ -80,6 +81,9 @@ class TrainConfig:
     progress_bar: bool = True
     export: bool = True
     torch_threads: int = 1
+    gate: bool = True  # fit the static fallback + gate (policies/gate.py) and ship it in the export
+    gate_confidence: float = 0.9  # a λ region opens only if its held-out gain is > 0 at this confidence
+    gate_folds: int = 5  # cross-fitting folds over train + validation
     # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
     warm_start_from: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
@@ -108,10 +112,16 @@ class TrainConfig:
             "checkpoint_freq",
             "val_grid",
             "torch_threads",
+            "gate_folds",
         ):
             v = getattr(cfg, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+        c = cfg.gate_confidence
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0.5 <= c < 1:
+            raise ConfigError(f"gate_confidence must be a number in [0.5, 1), got {c!r}")
+        if cfg.gate_folds < 3:
+            raise ConfigError(f"gate_folds must be an integer >= 3, got {cfg.gate_folds!r}")
         if cfg.warm_start_from is not None and not isinstance(cfg.warm_start_from, str):
             raise ConfigError(f"warm_start_from must be a run folder or null, got {cfg.warm_start_from!r}")
         if cfg.name is not None:
@@ -533,12 +543,39 @@ def _train(
         summary["warm_start"] = warm_start
     if clone is not None:
         summary["clone_of_oneshot"] = clone
+    gate = None
+    # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
+    # per region API is generic enough for it (fit_gate with its own held-out episode gains)
+    if cfg.gate and not escalate:
+        from policies.gate_fit import fit_run_gate
+
+        t_gate = time.time()
+        gate = fit_run_gate(
+            load_model(run_dir / "best_model.zip", table), table, train_rows, val_rows, cfg.ppo,
+            confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
+        )  # fmt: skip
+        (run_dir / "gate.json").write_text(json.dumps(gate.to_dict(), indent=1) + "\n")
+        model.logger.record("ttc/gate/open_share", gate.open_share)
+        if gate.shrinkage is not None:
+            model.logger.record("ttc/gate/shrinkage", gate.shrinkage)
+        model.logger.dump(model.num_timesteps)
+        summary["gate"] = {
+            "open_share": gate.open_share,
+            "shrinkage": gate.shrinkage,
+            "method": gate.method,
+            "seconds": round(time.time() - t_gate, 2),
+        }
+        print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {gate.shrinkage}")
     if cfg.export:
         from policies.export import export_policy, serving_spec
         from policies.ppo import load_model
 
         # ship the policy evaluate.py reports by default: the validation-best checkpoint, not the last
         best = load_model(run_dir / "best_model.zip", table)
+        if gate is not None and gate.shrinkage is not None:
+            from policies.gate_fit import shrink_gain
+
+            shrink_gain(best, gate.shrinkage)  # the shipped actor routes on α·δ (parity is checked on it)
         summary["onnx_parity"] = export_policy(
             best,
             run_dir / "export",
@@ -549,6 +586,7 @@ def _train(
                 "run": str(run_dir),
             },
             serving=serving_spec(table),
+            gate=gate,
         )
     summary_path = run_dir / "train_summary.json"
     history = json.loads(summary_path.read_text()) if summary_path.exists() else []

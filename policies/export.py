@@ -104,7 +104,10 @@ def export_policy(
     n_check: int = 512,
     seed: int = 0,
     serving: dict[str, Any] | None = None,
+    gate=None,
 ) -> dict[str, Any]:
+    """``gate`` (a :class:`policies.gate.Gate`) goes into policy.json: :mod:`policies.onnx_policy`
+    plays its fallback where it is closed. ``model`` must already carry the gate's shrinkage."""
     import torch
 
     out = Path(out_dir)
@@ -164,6 +167,7 @@ def export_policy(
         "parity": parity,
         "source": source or {},
         "serving": serving,
+        "gate": None if gate is None else gate.to_dict(),
     }
     if meta.get("kind") == "escalate":  # a sequential step policy: its menu is the step menu
         from policies.escalate_ppo import export_fields

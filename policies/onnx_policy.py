@@ -8,6 +8,8 @@ Imports only numpy, onnxruntime and the standard library (json, math, pathlib)::
 
 ``features`` is the query's feature vector as stored in the cache (the featurizer's hidden state),
 ``prompt_tokens`` its prompt length; ``mask`` (optional, bool per menu entry) excludes actions.
+Where the export carries a gate (``policy.json``'s ``gate``, see :mod:`policies.gate`) and it is
+closed at (λ_T, λ_L), the policy plays the gate's static fallback instead of the network's choice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from policies.gate import Gate
 
 ort.disable_telemetry_events()  # no usage telemetry from policy loading (README, "Telemetry")
 
@@ -56,6 +60,7 @@ class OnnxPolicy:
         self.eps, self.center, self.scale = o["penalty_eps"], o["penalty_center"], o["penalty_scale"]
         self.pca = None if o.get("pca") is None else np.array(o["pca"], dtype=np.float64)
         self.pca_scale = None if self.pca is None else np.array(o["pca_scale"], dtype=np.float64)
+        self.gate = Gate.from_dict(doc["gate"]) if doc.get("gate") else None
         onnx_path = jpath.parent / doc["onnx"]
         if not onnx_path.is_file():
             raise OnnxPolicyError(f"{onnx_path}: ONNX model not found (named by {jpath})")
@@ -90,8 +95,9 @@ class OnnxPolicy:
         return z.astype(np.float32)
 
     def act_index(
-        self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None
+        self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None, use_gate=True
     ) -> np.ndarray:
+        """Action indices; ``use_gate=False`` asks the network even where the gate is closed."""
         obs = self.observation(features, prompt_tokens, lambda_tokens, lambda_seconds)
         m = (
             np.ones((len(obs), len(self.menu)), dtype=bool)
@@ -102,9 +108,10 @@ class OnnxPolicy:
             raise OnnxPolicyError(f"mask has {m.shape[1]} entries, the menu has {len(self.menu)}")
         if not m.any(axis=1).all():
             raise OnnxPolicyError("mask allows no action")
-        _, action = self.session.run(
-            ["logits", "action"], {"obs": obs, "mask": np.broadcast_to(m, (len(obs), m.shape[1])).copy()}
-        )
+        m = np.broadcast_to(m, (len(obs), m.shape[1]))
+        if use_gate and self.gate is not None and not self.gate.is_open(lambda_tokens, lambda_seconds):
+            return self.gate.fallback.choose(m, lambda_tokens, lambda_seconds)
+        _, action = self.session.run(["logits", "action"], {"obs": obs, "mask": m.copy()})
         return action
 
     def act(self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None) -> str:

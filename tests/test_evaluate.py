@@ -50,7 +50,7 @@ def test_outputs_and_json_keys(evaluated):
     for k in ("ppo_ge_static_train_best", "ppo_below_best_static_ci", "n_boot"):
         assert k in res["summary"]
     joint = res["summary"]["all_points_ge_best_static_p"]
-    assert set(joint) == {"ppo", "probe_router", "static_train_best"}
+    assert set(joint) == {"ppo", "ppo_gated", "probe_router", "probe_router_gated", "static_train_best"}
     # clearing every point in a resample implies clearing each one: never above any point's p_ge
     assert joint["ppo"] <= min(q["ppo_vs_best_static"]["p_ge"] for q in res["points"]) + 1e-12
     # the no-routing reference: the train-picked static is never above the hindsight best static
@@ -72,7 +72,9 @@ def test_outputs_and_json_keys(evaluated):
         pols = q["policies"]
         assert pols["oracle"]["utility"] >= max(v["utility"] for v in pols.values()) - 1e-12
     rows = list(csv.DictReader(open(evaluated / "results.csv")))
-    assert len(rows) == 9 * (5 + len(res["menu"]))
+    # ppo, probe_router, oracle, random, static_train_best, ppo_gated, probe_router_gated,
+    # static_trainval_best and every static
+    assert len(rows) == 9 * (8 + len(res["menu"]))
     assert sum(r["is_best_static"] == "True" for r in rows) == 9
 
 

@@ -22,6 +22,10 @@ def test_run_export_written_and_parity(tiny_run):
     assert doc["source"]["model"] == "best_model.zip"
     assert doc["source"]["timesteps"] == json.loads((tiny_run / "best.json").read_text())["timesteps"]
     model = load_model(tiny_run / "best_model.zip")
+    from policies.gate_fit import shrink_gain
+
+    # the export ships the actor with its gain shrunk by the gate's α (policies/gate.py)
+    shrink_gain(model, json.loads((tiny_run / "gate.json").read_text())["shrinkage"])
     rep = parity_check(model, tiny_run / "export" / "policy.onnx", n_check=256, seed=5)
     assert rep["ok"] and rep["max_abs_prob_diff"] < 1e-4
 
