@@ -122,16 +122,11 @@ class LiveRouter:
             self._backend = self._make_backend()
         return self._backend
 
-    def choose(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-        progress: bool = False,
-    ) -> tuple[list[Any], list[str]]:
-        """The prompted queries (the served model's chat template, as at collection) and the policy's
-        action id for each, from hidden-state features computed as the collection computed them."""
+    def prompted(
+        self, questions: list[str], answers: list[str | None] | None = None, progress: bool = False
+    ) -> tuple[list[Any], Any]:
+        """The prompted queries (the served model's chat template, as at collection) and their
+        hidden-state features, computed as the collection computed them (one-shot and sequential)."""
         from rollouts.prompts import build_messages, prompt_token_ids
         from rollouts.strategies.base import PromptedQuery
 
@@ -144,9 +139,21 @@ class LiveRouter:
                 a,
                 prompt_token_ids(tok, build_messages(q, self.suffix, self.system)),
             )
-            for q, a in zip(questions, answers)
+            for q, a in zip(questions, answers, strict=True)
         ]
-        feats = self.featurizer.features([p.prompt_ids for p in prompted], progress=progress)
+        return prompted, self.featurizer.features([p.prompt_ids for p in prompted], progress=progress)
+
+    def choose(
+        self,
+        questions: list[str],
+        answers: list[str | None] | None = None,
+        lambda_tokens: float = 0.0,
+        lambda_seconds: float = 0.0,
+        progress: bool = False,
+    ) -> tuple[list[Any], list[str]]:
+        """The prompted queries (the served model's chat template, as at collection) and the policy's
+        action id for each, from hidden-state features computed as the collection computed them."""
+        prompted, feats = self.prompted(questions, answers, progress)
         chosen = self.policy.act_index(
             feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )

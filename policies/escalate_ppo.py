@@ -16,7 +16,7 @@ import numpy as np
 from env.allocate_env import ObsEncoder
 from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenUnits
 from env.outcomes import OutcomeTable
-from policies.ppo import make_meta, tb_tag
+from policies.ppo import log_hparams, make_meta, tb_tag
 
 KIND = "escalate"
 
@@ -57,12 +57,7 @@ def make_escalate_metrics_callback(hparams: dict[str, Any] | None):
 
         def _on_training_start(self) -> None:
             if hparams is not None and self.model.num_timesteps == 0:
-                from stable_baselines3.common.logger import HParam
-
-                metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
-                self.logger.record(
-                    "hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv")
-                )
+                log_hparams(self.logger, hparams)
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", []):

@@ -251,6 +251,14 @@ def _base_callback():
     return BaseCallback
 
 
+def log_hparams(logger: Any, hparams: dict[str, Any]) -> None:
+    """The run's hyperparameters in TensorBoard's HPARAMS tab, with the metrics it should list beside them."""
+    from stable_baselines3.common.logger import HParam
+
+    metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
+    logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+
+
 def make_metrics_callback(action_ids: list[str], hparams: dict[str, Any] | None):
     """ttc/ scalars from the training episodes of each rollout, and the hyperparameters once."""
     BaseCallback = _base_callback()
@@ -267,12 +275,7 @@ def make_metrics_callback(action_ids: list[str], hparams: dict[str, Any] | None)
 
         def _on_training_start(self) -> None:
             if hparams is not None and self.model.num_timesteps == 0:
-                from stable_baselines3.common.logger import HParam
-
-                metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
-                self.logger.record(
-                    "hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv")
-                )
+                log_hparams(self.logger, hparams)
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", []):

@@ -15,7 +15,6 @@ Each result carries ``rounds``, ``widths``, ``round_tokens``, ``round_seconds`` 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -71,22 +70,9 @@ class SequentialRouter:
     ) -> Iterator[dict[str, Any]]:
         """Route the questions one after another, yielding each result as it finishes."""
         from rollouts.grading import grade
-        from rollouts.prompts import build_messages, prompt_token_ids
-        from rollouts.strategies.base import PromptedQuery
 
         live = self.live
-        answers = answers or [None] * len(questions)
-        tok = live.featurizer.tokenizer
-        prompted = [
-            PromptedQuery(
-                "live-" + hashlib.sha256(q.encode()).hexdigest()[:16],
-                q,
-                a,
-                prompt_token_ids(tok, build_messages(q, live.suffix, live.system)),
-            )
-            for q, a in zip(questions, answers, strict=True)
-        ]
-        feats = live.featurizer.features([p.prompt_ids for p in prompted], progress=False)
+        prompted, feats = live.prompted(questions, answers)
         base = live.policy.observation(
             feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )
