@@ -555,6 +555,10 @@ def _train(
             confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
         )  # fmt: skip
         (run_dir / "gate.json").write_text(json.dumps(gate.to_dict(), indent=1) + "\n")
+        # SB3 dumps a train() call's values at the next rollout, so the last call's are still pending:
+        # dumping them with the gate's would log the final step of train/* twice (resume tests read that)
+        for pending in (model.logger.name_to_value, model.logger.name_to_count, model.logger.name_to_excluded):
+            pending.clear()
         model.logger.record("ttc/gate/open_share", gate.open_share)
         if gate.shrinkage is not None:
             model.logger.record("ttc/gate/shrinkage", gate.shrinkage)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +95,10 @@ def test_serving_spec_of_the_bundled_cache(bundled_run):
 
 
 @pytest.mark.slow
-def test_live_features_and_choice_match_the_cache(bundled_run):
+def test_live_features_and_choice_match_the_cache(bundled_run, tmp_path):
     from env.outcomes import OutcomeTable
+    from policies.gate import Gate
+    from policies.gate_fit import GatedPolicy, shrink_gain
     from policies.ppo import PPOPolicy, load_model
 
     rows = _cached_queries(bundled_run, 12)
@@ -106,11 +109,26 @@ def test_live_features_and_choice_match_the_cache(bundled_run):
     live = router.featurizer.features([p.prompt_ids for p in prompted], progress=False)
     np.testing.assert_allclose(live, np.array([r["features"] for r in rows]), atol=2e-3)
     table = OutcomeTable(CACHE)
-    sb3 = PPOPolicy(load_model(bundled_run / "best_model.zip", table))
+    # the export ships the checkpoint's actor with its gain shrunk and its gate (policies/gate.py):
+    # compare with that policy built from the SB3 checkpoint and gate.json
+    gate = Gate.from_dict(json.loads((bundled_run / "gate.json").read_text()))
+    model = load_model(bundled_run / "best_model.zip", table)
+    if gate.shrinkage is not None:
+        shrink_gain(model, gate.shrinkage)
+    # and the same export with its gate opened everywhere: the network's own choice, live vs SB3
+    opened = tmp_path / "opened"
+    shutil.copytree(bundled_run / "export", opened)
+    doc = json.loads((opened / "policy.json").read_text())
+    doc["gate"]["open"] = [[True] * len(r) for r in doc["gate"]["open"]]
+    (opened / "policy.json").write_text(json.dumps(doc))
     idx = table.indices([r["query_id"] for r in rows])
-    for lt, ls in [(0.0, 0.0), (2e-4, 0.02), (2e-3, 0.25)]:
-        _, chosen = router.choose(questions, lambda_tokens=lt, lambda_seconds=ls)
-        assert chosen == [table.action_ids[a] for a in sb3.choose(table, idx, lt, ls)]
+    for live_router, sb3 in (
+        (router, GatedPolicy(PPOPolicy(model), gate)),
+        (route.LiveRouter(opened), PPOPolicy(model)),
+    ):
+        for lt, ls in [(0.0, 0.0), (2e-4, 0.02), (2e-3, 0.25)]:
+            _, chosen = live_router.choose(questions, lambda_tokens=lt, lambda_seconds=ls)
+            assert chosen == [table.action_ids[a] for a in sb3.choose(table, idx, lt, ls)]
     assert router._backend is None  # choosing never started the engine
 
 
