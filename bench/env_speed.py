@@ -69,25 +69,7 @@ def main(argv=None) -> int:
         "steps_per_s": round(args.steps / dt),
     }
     if args.train:
-        import subprocess
-
-        root = Path(__file__).resolve().parents[1]
-        with tempfile.TemporaryDirectory() as runs:
-            cmd = [
-                sys.executable,
-                "train.py",
-                "--cache",
-                str(cache),
-                "--runs-dir",
-                runs,
-                "--name",
-                "bench",
-                "--no-progress",
-            ]
-            t0 = time.perf_counter()
-            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
-            out["train_wall_s"] = round(time.perf_counter() - t0, 1)
-            out["train_summary"] = json.loads((Path(runs) / "bench" / "train_summary.json").read_text())[-1]
+        out.update(time_train(cache))
     print(json.dumps(out))
     return 0
 
@@ -127,18 +109,24 @@ def _escalate(args, cache, table, build: float) -> int:
         "steps_per_s": round(steps / dt),
     }
     if args.train:
-        import subprocess
-
-        root = Path(__file__).resolve().parents[1]
-        with tempfile.TemporaryDirectory() as runs:
-            cmd = [sys.executable, "train.py", "--config", "configs/train_escalate.yaml", "--cache", str(cache),
-                   "--runs-dir", runs, "--name", "bench", "--no-progress"]  # fmt: skip
-            t0 = time.perf_counter()
-            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
-            out["train_wall_s"] = round(time.perf_counter() - t0, 1)
-            out["train_summary"] = json.loads((Path(runs) / "bench" / "train_summary.json").read_text())[-1]
+        out.update(time_train(cache, "--config", "configs/train_escalate.yaml"))
     print(json.dumps(out))
     return 0
+
+
+def time_train(cache: Path, *config_args: str) -> dict:
+    """Wall time of the whole ``train.py`` command on ``cache`` (into a temp runs folder) and its summary."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as runs:
+        cmd = [sys.executable, "train.py", *config_args, "--cache", str(cache), "--runs-dir", runs,
+               "--name", "bench", "--no-progress"]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+        wall = round(time.perf_counter() - t0, 1)
+        summary = json.loads((Path(runs) / "bench" / "train_summary.json").read_text())[-1]
+    return {"train_wall_s": wall, "train_summary": summary}
 
 
 if __name__ == "__main__":
