@@ -11,7 +11,6 @@ Prints one JSON object (means over the queries) and writes the route.py lines to
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -41,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     from env.outcomes import OutcomeTable
     from policies.escalate_sim import Simulator, make_orders, model_policy
     from policies.ppo import load_model
+    from rollouts.cache import load_cache
 
     run = Path(args.run)
     model = load_model(run / "best_model.zip")
     meta = model.ttc_meta
     cache = Path(meta["cache"])
     ids = json.loads((run / "splits.json").read_text())["test"][: args.n]
-    rows = {json.loads(x)["query_id"]: json.loads(x) for x in gzip.open(cache / "queries.jsonl.gz", "rt")}
+    rows = load_cache(cache).queries  # packed (.gz) or as collected
     out = Path(args.out) if args.out else run / "live.jsonl"
     with tempfile.TemporaryDirectory() as tmp:
         qfile = Path(tmp) / "q.jsonl"
