@@ -546,12 +546,15 @@ def _train(
     gate = None
     # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
     # per region API is generic enough for it (fit_gate with its own held-out episode gains)
+    # the validation-best checkpoint (what evaluate.py reports by default), loaded once: the gate is fitted
+    # for it and the export ships it, not the last checkpoint
+    best = load_model(run_dir / "best_model.zip", table) if cfg.export or (cfg.gate and not escalate) else None
     if cfg.gate and not escalate:
         from policies.gate_fit import fit_run_gate
 
         t_gate = time.time()
         gate = fit_run_gate(
-            load_model(run_dir / "best_model.zip", table), table, train_rows, val_rows, cfg.ppo,
+            best, table, train_rows, val_rows, cfg.ppo,
             confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
         )  # fmt: skip
         (run_dir / "gate.json").write_text(json.dumps(gate.to_dict(), indent=1) + "\n")
@@ -572,10 +575,7 @@ def _train(
         print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {gate.shrinkage}")
     if cfg.export:
         from policies.export import export_policy, serving_spec
-        from policies.ppo import load_model
 
-        # ship the policy evaluate.py reports by default: the validation-best checkpoint, not the last
-        best = load_model(run_dir / "best_model.zip", table)
         if gate is not None and gate.shrinkage is not None:
             from policies.gate_fit import shrink_gain
 
