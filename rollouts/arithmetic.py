@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from rollouts.datasets import Query
+from rollouts.query import Query
 
 # name -> (operator word, sampler returning (a, b))
 TIERS = {

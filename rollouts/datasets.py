@@ -8,34 +8,21 @@ A source string picks the loader:
 - ``arith:<seed>``: bare arithmetic of graded difficulty from a seeded generator (``arithmetic.py``).
 
 Every query keeps its dataset name, its index in the source and a sha256 of its text, so a bundled
-cache can refer to third-party questions without storing them.
+cache can refer to third-party questions without storing them (``rollouts/query.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rollouts.arithmetic import generate
+from rollouts.query import Query
 
 
 class DatasetError(ValueError):
     """A query source is unknown, unreadable or lacks the needed fields."""
-
-
-@dataclass(frozen=True)
-class Query:
-    query_id: str
-    question: str
-    answer: str
-    dataset: str
-    index: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def text_sha256(self) -> str:
-        return hashlib.sha256(self.question.encode("utf-8")).hexdigest()
 
 
 # (question builder, answer getter) for known layouts, by field names present in a row.
@@ -106,8 +93,6 @@ def load_queries(
     """
     kind, _, rest = source.partition(":")
     if kind == "arith":
-        from rollouts.arithmetic import generate
-
         seed = int(rest or 0)
         n = (limit or 400) + offset
         return generate(seed=seed, n=n)[offset:]

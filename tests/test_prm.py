@@ -140,7 +140,7 @@ def test_prm_scores_steps_and_counts_tokens(scorer, tiny_prm):
 
 def test_prm_refuses_tokenizer_without_step_tag(tiny_prm):
     from rollouts.models import resolve_model
-    from rollouts.prm import PRMScorer
+    from rollouts.scorers.prm import PRMScorer
 
     # SmolLM2's own tokenizer lacks <extra_0>; the check runs before any engine starts.
     smol = resolve_model("smollm2-135m-instruct")

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollouts.scorers import ScoreBatch, StepScorer, Trajectory
+from rollouts.scorers.base import ScoreBatch, StepScorer, Trajectory
 
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 AGGREGATIONS = ("last", "min", "prod", "mean")
