@@ -8,19 +8,16 @@ collection pass (generation, scoring, grading, writes) and for building the Coll
 ``collect()`` call, which also runs the one-off featurisation forward pass over the queries
 (hidden states for the policy).
 
-    python bench/collect_throughput.py [--queries 64] [--n 16] [--max-tokens 96] [--rounds 2]
+    python -m bench.collect_throughput [--queries 64] [--n 16] [--max-tokens 96] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

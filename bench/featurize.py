@@ -1,6 +1,6 @@
 """Featurisation speed and memory: questions/s and peak RSS of the import's featurizer, and resume.
 
-    python bench/featurize.py [--n 120] [--long 8] [--max-tokens 1000] [--threads 1] [--json out.json]
+    python -m bench.featurize [--n 120] [--long 8] [--max-tokens 1000] [--threads 1] [--json out.json]
 
 Two measurements, each in a fresh child process (so its peak RSS, ``ru_maxrss`` from ``wait4``, is
 its own):
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
@@ -65,7 +64,7 @@ def bench_import(n: int, threads: int, kill_at: float, work: Path) -> dict:
     out, store = work / "cache", work / "features"
     cmd = [sys.executable, str(ROOT / "collect.py"), "import", "generic", str(src), "--out", str(out),
            "--feature-store", str(store), "--threads", str(threads), "--no-latency-model"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # collect.py run by path imports its checkout
     qfile = out / "queries.jsonl"
 
     def written() -> int:
@@ -161,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         res = {"import": bench_import(args.n, args.threads, args.kill_at, Path(tmp))}
-    child = subprocess.Popen([sys.executable, __file__, "--child-long", "--long", str(args.long), "--max-tokens",
-                              str(args.max_tokens), "--threads", str(args.threads)],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen([sys.executable, "-m", "bench.featurize", "--child-long", "--long", str(args.long),
+                              "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     out = child.stdout.read() if child.stdout else ""
     rc, rss = _wait(child)
     res["long"] = {**(json.loads(out) if rc == 0 else {"rc": rc}), "peak_rss_mb": round(rss, 1)}

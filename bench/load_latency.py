@@ -18,7 +18,7 @@ other requests. This script measures that on the machine at hand:
   measurements), and the load-1 model's error on every other load says what pricing an idle engine
   gets wrong.
 
-    python bench/load_latency.py --loads 1 4 16 --out configs/latency_load_cpu_smollm2.json
+    python -m bench.load_latency --loads 1 4 16 --out configs/latency_load_cpu_smollm2.json
 
 The output JSON (``ttc-alloc/latency-by-load``) is what ``env.latency_load: k`` reads
 (:mod:`rollouts.latency_load`): ``loads`` maps k to a LatencyModel dict, ``table`` has the measured
@@ -35,8 +35,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (label, strategy, params): the bundled cache's menu (configs/collect_default.yaml), one entry per engine
 # workload (a pool of n serves sample@1 / majority / best_score / weighted alike)

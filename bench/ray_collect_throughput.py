@@ -1,6 +1,6 @@
 """Collection throughput on Ray: 1 replica vs 2 replicas on the same work (fresh caches), as a ratio.
 
-    python bench/ray_collect_throughput.py [--limit 8] [--num-cpus 2] [--out runs/bench_ray]
+    python -m bench.ray_collect_throughput [--limit 8] [--num-cpus 2] [--out runs/bench_ray]
 
 Each run starts its replicas' engines first; the timed part is the main pass only (engine starts,
 featurisation and calibration excluded), the same span as ``collect.py``'s "this run" line.
@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 WORK = ["dataset=arith:11", "budgets=[1, 2, 4, 8]", "max_tokens=48", "batch_queries=2", "calibration_queries=0",
         "menu=[{strategy: sample_pool, n: 8}, {strategy: beam_search, n: 4, m: 2, max_iterations: 3}]",

@@ -5,7 +5,7 @@ answer (200) or a refusal/error with its HTTP status; the summary counts them, c
 was duplicated (reply ids and request tags are unique) and gives latency percentiles of the answered
 ones and throughput (answered requests per second of wall time).
 
-    python bench/serve_load.py --url http://127.0.0.1:8080/v1 --requests 64 --in-flight 16 \\
+    python -m bench.serve_load --url http://127.0.0.1:8080/v1 --requests 64 --in-flight 16 \\
         --lambda-tokens 2e-3 --lambda-seconds 0.25 [--api-key KEY] [--json out.json]
 """
 
@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 async def run_load(

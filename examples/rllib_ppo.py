@@ -1,7 +1,7 @@
 """Train RLlib PPO on the bundled cache through the masked env wrapper, then evaluate it like any policy.
 
-    python examples/rllib_ppo.py                                   # 3 small iterations, test split
-    python examples/rllib_ppo.py --iterations 10 --json runs/rllib_ppo.json
+    python -m examples.rllib_ppo                                   # 3 small iterations, test split
+    python -m examples.rllib_ppo --iterations 10 --json runs/rllib_ppo.json
 
 The env is ``ttc/Allocate-v0`` registered with ``ray.tune.registry.register_env`` (``env/rllib.py``):
 observations ``{"observations", "action_mask"}`` and RLlib's action-masking PPO module. The env
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere: the project's packages sit beside examples/
 
 
 def build_ppo(cache: str, env_cfg: dict, seed: int = 0, batch: int = 512, minibatch: int = 128, epochs: int = 2):

@@ -3,7 +3,7 @@ compare the realized rounds, tokens and seconds with what ``ttc/Escalate-v0`` pr
 queries at the same λ (its episodes over R cached sample orders), and each live round's measured
 seconds with the latency model's value for that round (what the env charges).
 
-    python scripts/escalate_live_vs_env.py --run runs/<escalate run> --n 20 --lambda-tokens 2e-4 --lambda-seconds 0.025
+    python -m scripts.escalate_live_vs_env --run runs/<escalate run> --n 20 --lambda-tokens 2e-4 --lambda-seconds 0.025
 
 Prints one JSON object (means over the queries) and writes the route.py lines to ``--out``.
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,8 @@ as evaluate.py does for PPO, and prints its gap share per point. For scale it al
 where the static config picked on train (+ validation) is >= that hindsight best: what the winner's
 curse of picking the best of 17 noisy test means costs a policy with no routing at all.
 
-    .venv/bin/python scripts/headroom_tier_policy.py [--run runs/<name>]   # splits from the run
-    .venv/bin/python scripts/headroom_tier_policy.py --split-seeds 10     # split seeds 0..9
+    .venv/bin/python -m scripts.headroom_tier_policy [--run runs/<name>]   # splits from the run
+    .venv/bin/python -m scripts.headroom_tier_policy --split-seeds 10     # split seeds 0..9
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from env.allocate_env import make_splits  # noqa: E402
-from env.outcomes import OutcomeTable  # noqa: E402
-from policies.base import lambda_grid  # noqa: E402
-from policies.baselines import TrainBestStaticPolicy  # noqa: E402
-from rollouts.arithmetic import generate  # noqa: E402
+from env.allocate_env import make_splits
+from env.outcomes import OutcomeTable
+from policies.base import lambda_grid
+from policies.baselines import TrainBestStaticPolicy
+from rollouts.arithmetic import generate
 
 
 def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, float, list[str]]:

@@ -229,9 +229,7 @@ def test_bad_requests_and_api_key_over_http(stack):
 
 @pytest.mark.slow
 def test_bounded_load_none_lost_or_duplicated(stack):
-    sys.path.insert(0, str(ROOT / "bench"))
-    from serve_load import run_load
-
+    from bench.serve_load import run_load
     from rollouts.datasets import load_queries
 
     _, _, base, _ = stack
