@@ -137,15 +137,20 @@ class Simulator:
             seconds=np.array([e.state.seconds for e in eps]).reshape(shape),
             rounds=np.array([len(e.state.widths) for e in eps]).reshape(shape),
             samples=np.array([e.state.drawn for e in eps]).reshape(shape),
-            beam=np.array([e.menu.actions[e.menu.ids.index(e.final)].kind == "beam" for e in eps]).reshape(
-                shape
-            ),
+            beam=np.array([_ended_on_beam(e) for e in eps]).reshape(shape),
             final=[[eps[i * r_n + r].final or "" for r in range(r_n)] for i in range(n)],
         )
 
 
 # ----------------------------------------------------------------------------------------------
 # Step policies
+
+
+def _ended_on_beam(ep: Episode) -> bool:
+    """Whether an ended episode's final action (set when it ends) was a beam."""
+    if ep.final is None:
+        raise ValueError("an episode that has not ended has no final action")
+    return ep.menu.actions[ep.menu.ids.index(ep.final)].kind == "beam"
 
 
 def model_policy(model) -> StepPolicy:

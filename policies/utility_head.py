@@ -27,10 +27,11 @@ policy gradient trains the actor from the env's rewards; the structure only fixe
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import create_mlp
 from torch import nn
@@ -99,12 +100,26 @@ class GainEnsemble(nn.Module):
                 members.append(nn.Sequential(body, nn.Linear(width, n_actions)))
         self.members = nn.ModuleList(members)
 
+    def member_nets(self) -> list[nn.Sequential]:
+        """The members as the ``nn.Sequential`` each is (a ``ModuleList`` hands them out as ``nn.Module``)."""
+        return [cast(nn.Sequential, m) for m in self.members]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 class UtilityExtractor(nn.Module):
     """SB3 ``mlp_extractor`` contract: ``latent_dim_pi`` / ``latent_dim_vf``, ``forward_actor/critic``."""
+
+    # buffers (register_buffer in __init__), declared so their type is known
+    prior_correct: torch.Tensor
+    mean_tokens: torch.Tensor
+    mean_seconds: torch.Tensor
+    penalty_eps: torch.Tensor
+    penalty_center: torch.Tensor
+    penalty_scale: torch.Tensor
+    fixed_lambda: torch.Tensor
+    norm_scale: torch.Tensor
 
     def __init__(
         self, obs_dim: int, n_actions: int, spec: dict[str, Any], net_arch: list[int], activation_fn
@@ -140,9 +155,10 @@ class UtilityExtractor(nn.Module):
 
     def reset_gain(self) -> None:
         """Zero the last layers: the untrained actor prices the train means, i.e. plays the best static."""
-        for member in self.gain_net.members:
-            nn.init.zeros_(member[-1].weight)
-            nn.init.zeros_(member[-1].bias)
+        for member in self.gain_net.member_nets():
+            last = cast(nn.Linear, member[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def restore_trainable(self) -> None:
         """The trainable set PPO works on: everything, or all but the traits (``ppo_trains: response``)."""
@@ -150,7 +166,7 @@ class UtilityExtractor(nn.Module):
 
     def set_trait_trainable(self, trainable: bool) -> None:
         """Freeze (or free) everything of the gain head before its last layers: the query traits."""
-        for member in self.gain_net.members:
+        for member in self.gain_net.member_nets():
             for layer in list(member)[:-1]:
                 for p in layer.parameters():
                     p.requires_grad_(trainable)
@@ -180,12 +196,18 @@ class UtilityExtractor(nn.Module):
 class UtilityPolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy with :class:`UtilityExtractor` as actor/critic and an identity action head."""
 
+    # SB3 annotates mlp_extractor as its MlpExtractor, but documents replacing it in _build_mlp_extractor
+    # with any module that keeps the latent_dim_pi/vf and forward_actor/critic contract, as this one does.
+    mlp_extractor: UtilityExtractor  # type: ignore[assignment]
+
     def __init__(self, *args, utility_spec: dict[str, Any], **kwargs) -> None:
         self.utility_spec = utility_spec
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
         arch = self.net_arch if isinstance(self.net_arch, list) else list(self.net_arch.get("pi", [64, 64]))
+        if not isinstance(self.action_space, spaces.Discrete):
+            raise TypeError(f"the utility policy needs a Discrete action space, not {self.action_space}")
         self.mlp_extractor = UtilityExtractor(
             self.features_dim, int(self.action_space.n), self.utility_spec, list(arch), self.activation_fn
         )
@@ -198,7 +220,10 @@ class UtilityPolicy(MaskableActorCriticPolicy):
         # "response": PPO moves each action's response to the (warm-started) query traits (weights and
         # bias), β and the critic; the traits themselves stay as the supervised fit left them
         self.mlp_extractor.restore_trainable()
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # type[Optimizer] has no lr parameter, though every optimizer class has one (SB3's _build ignores it too)
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -206,8 +231,15 @@ class UtilityPolicy(MaskableActorCriticPolicy):
         return data
 
 
+class HasUtilityExtractor(Protocol):
+    """What :func:`warm_start_gain` reads of a policy: a :class:`UtilityPolicy`, or a holder of a bare
+    extractor (policies/gate_fit.py)."""
+
+    mlp_extractor: UtilityExtractor
+
+
 def warm_start_gain(
-    policy: UtilityPolicy,
+    policy: HasUtilityExtractor,
     table: OutcomeTable,
     encoder: ObsEncoder,
     train_rows: np.ndarray,
@@ -216,13 +248,14 @@ def warm_start_gain(
     lr: float = 1e-3,
     patience: int = 20,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | list[int]]:
     """Fit the gain head to the train split's per-action correctness before PPO (supervised warm start).
 
     The cache knows every action's expected correctness for a train query; PPO only ever sees the reward
     of the action it drew. Regressing ``c̄_a + δ_a(q)`` on those values (masked MSE, Adam, early stopping
     on the validation split's MSE) hands PPO an actor that already routes by predicted gain, as the seed
-    paper's probe does, and PPO refines it from rewards. Returns the MSEs for the run's log.
+    paper's probe does, and PPO refines it from rewards. Returns the MSEs (and each member's epochs) for
+    the run's log.
     """
     ext: UtilityExtractor = policy.mlp_extractor
     net = ext.gain_net

@@ -14,9 +14,9 @@ yields each batch as soon as it is done, so a caller can write as it goes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,9 +63,10 @@ class Featurizer:
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(out, dict) or hasattr(out, "input_ids"):
-            out = out["input_ids"]
-        return list(out)
+        # transformers 5 returns a BatchEncoding (a Mapping), older versions the ids themselves; the
+        # declared return type is the union over every tokenize/return_dict setting, this call's is ids
+        ids = out["input_ids"] if isinstance(out, Mapping) else out
+        return list(cast(list[int], ids))
 
     def _batches(self, prompts: Sequence[list[int]]) -> Iterator[list[int]]:
         """Positions of prompts, by length, cut into batches under the row and token budgets."""

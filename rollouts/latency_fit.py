@@ -74,7 +74,7 @@ def measurements_from_records(cache: Any) -> list[Measurement]:
                 continue
             out.append(([Round(p, len(toks), max(toks))], float(r["seconds"])))
         elif r["strategy"] == "beam_search":
-            rounds = []
+            rounds: list[Round] = []
             for it in r.get("iterations", []):
                 if not isinstance(it, dict) or "width" not in it or "max_gen_tokens" not in it:
                     rounds = []

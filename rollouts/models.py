@@ -52,7 +52,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
     # already dequantised to fp32, so drop the marker.
-    model.hf_quantizer = None
+    # (not declared on PreTrainedModel: transformers sets it on quantized loads, so the type is nn.Module's)
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)

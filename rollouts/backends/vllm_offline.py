@@ -108,7 +108,7 @@ class VLLMBackend(Backend):
             for c in out.outputs:
                 lps = None
                 if c.logprobs is not None:
-                    lps = [float(step[tid].logprob) for step, tid in zip(c.logprobs, c.token_ids)]
+                    lps = [_sampled_logprob(step, tid) for step, tid in zip(c.logprobs, c.token_ids)]
                 comps.append(Completion(
                     text=c.text,
                     token_ids=list(c.token_ids),
@@ -118,3 +118,10 @@ class VLLMBackend(Backend):
                 ))
             result.append(comps)
         return result
+
+
+def _sampled_logprob(step: dict[int, Any] | None, token_id: int) -> float:
+    """The sampled token's log-prob from one step of vLLM's per-token log-prob dicts (``Logprob`` values)."""
+    if step is None:
+        raise BackendError(f"vLLM returned no log-probs for sampled token {token_id}")
+    return float(step[token_id].logprob)

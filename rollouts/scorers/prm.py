@@ -154,9 +154,12 @@ class PRMScorer(StepScorer):
 
     def format_prompt(self, question: str, steps: list[str]) -> str:
         """The conversation text the PRM reads (chat template, no generation prompt)."""
-        return self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             self.format_messages(question, steps), tokenize=False, add_generation_prompt=False
         )
+        if not isinstance(text, str):  # the declared type covers tokenize=True too
+            raise TypeError(f"PRM {self.model!r}: the chat template gave {type(text).__name__}, not text")
+        return text
 
     def encode_prompt(self, question: str, steps: list[str]) -> list[int]:
         """Token ids sent to the engine; their count is the scorer's cost for this trajectory."""
