@@ -268,16 +268,16 @@ def _train(
     from policies import training as stage
     from policies.run_folder import write_run_folder
 
-    job = stage.set_up(cfg, name, run_dir, resume)  # the table, splits, encoder; λ ranges resolved
+    job = stage.set_up(cfg, name, run_dir, resume)  # table, splits, encoder; cfg.env gets its λ ranges
     envs = stage.make_envs(job)  # n_envs training envs, one validation env cycling over val x λ grid
     model = stage.load_resumed_model(job, envs) if resume else None  # refused before anything is written
     lock.acquire()  # everything validated: take the folder (another job may have started meanwhile)
-    write_run_folder(run_dir, cfg.to_dict(), job.splits, resume, argv, args_dict)  # config.yml, splits.json..
-    warm_start: dict[str, Any] = {}  # what a fresh model's warm start reports, for train_summary.json
+    write_run_folder(run_dir, cfg.to_dict(), job.splits, resume, argv, args_dict)
+    start_report: dict[str, Any] = {}  # a fresh model's warm start / one-shot clone, for train_summary.json
     if model is None:
-        model, warm_start = stage.make_fresh_model(job, envs)
-    callbacks = stage.make_callbacks(job, envs, warm_start.get("warm_start"))
-    summary = {**stage.learn(job, model, callbacks), **warm_start}  # final_model.zip, timing
+        model, start_report = stage.make_fresh_model(job, envs)
+    callbacks = stage.make_callbacks(job, envs, start_report.get("warm_start"))
+    summary = {**stage.learn(job, model, callbacks), **start_report}  # final_model.zip; steps, wall time
     stage.save_and_export(job, model, summary)  # gate.json, export/, train_summary.json
     envs.close()
     return run_dir

@@ -178,6 +178,7 @@ class BestTracker(BaseCallback):
         self.best_path = best_path
 
     def _on_step(self) -> bool:
+        assert isinstance(self.parent, EvalCallback)  # callback_on_new_best of the EvalCallback
         best = {"best_mean_reward": float(self.parent.best_mean_reward), "timesteps": int(self.num_timesteps)}
         self.best_path.write_text(json.dumps(best) + "\n")
         return True

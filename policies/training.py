@@ -3,9 +3,9 @@ ExperimentManager splits its ``train.py``): :func:`set_up` (validate, load the t
 encoder), :func:`make_envs`, :func:`load_resumed_model`, :func:`policies.run_folder.write_run_folder`,
 :func:`make_fresh_model`, :func:`make_callbacks`, :func:`learn`, :func:`save_and_export`.
 
-Everything that can be refused is checked in the stages before :func:`write_run_folder`, so a bad
+Everything that can be refused is checked in the stages before ``write_run_folder``, so a bad
 config or an unusable checkpoint leaves no trace. The run folder's layout is in ``train.py``'s
-docstring.
+docstring; the callbacks the job trains with are in :mod:`policies.callbacks`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class TrainingEnvs:
 
 
 def check_splits(splits: dict[str, Any]) -> None:
+    """No query in two splits (a hand-edited or foreign splits.json is refused)."""
     seen: dict[str, str] = {}
     for s in ("train", "val", "test"):
         for q in splits[s]:
@@ -168,7 +169,8 @@ def make_envs(job: TrainingJob) -> TrainingEnvs:
     val_env = DummyVecEnv([lambda: make_env("val", cycle=True, lambdas=grid["points"] if grid else None)])
     n_eval = len(job.val_rows) * (len(grid["points"]) if grid else 1)
     if job.escalate:  # queries without a pool record are not in the sequential env
-        n_eval = val_env.envs[0].unwrapped.n_episodes_per_cycle
+        escalate_val: Any = val_env.envs[0].unwrapped
+        n_eval = escalate_val.n_episodes_per_cycle
     return TrainingEnvs(train_env, val_env, val_lambdas, n_eval)
 
 
@@ -359,6 +361,8 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
     gate = _fit_gate(job, model, best, summary) if gate_it else None
     if cfg.export:
         from policies.export import export_policy, serving_spec
+
+        assert best is not None
 
         if gate is not None and gate.shrinkage is not None:
             from policies.gate_fit import shrink_gain

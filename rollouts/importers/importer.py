@@ -109,6 +109,7 @@ class Importer:
         self.tokens_exact = bool(tokenizer_exact or (model is not None and model == self.tokenizer_name))
         self.feature_store = feature_store
         self._fbar: Any = None
+        self._stored_sha: dict[str, str | None] | None = None  # query id -> sha256 of the cache's question
         self.records = RecordBuilder(
             featurizer=featurizer, messages_fn=self.messages_fn, tokenizer=self.tokenizer,
             tokenizer_name=self.tokenizer_name, tokens_exact=self.tokens_exact, latency_model=latency_model,
@@ -280,15 +281,13 @@ class Importer:
         writer.update_meta(imports=imports)
 
     def _check_stored_query(self, run: Run, sha: str) -> None:
-        stored = getattr(self, "_stored_sha", None)
-        if stored is None:
-            stored = self._stored_sha = {}
-            qp = self.out / "queries.jsonl"
+        """Refuse a query id that the cache holds for another question (read once per import)."""
+        if self._stored_sha is None:
             from rollouts.cache import iter_jsonl
 
-            for _, q in iter_jsonl(qp):
-                stored[q["query_id"]] = q.get("text_sha256")
-        if stored.get(run.query_id) not in (None, sha):
+            queries = iter_jsonl(self.out / "queries.jsonl")
+            self._stored_sha = {q["query_id"]: q.get("text_sha256") for _, q in queries}
+        if self._stored_sha.get(run.query_id) not in (None, sha):
             raise LineError(f"query_id {run.query_id!r} is already in the cache for a different question")
 
     def _flush(self, writer: CacheWriter, pending: list[_Pending], summary: ImportSummary) -> None:

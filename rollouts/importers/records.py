@@ -206,9 +206,10 @@ class RecordBuilder:
         if line_seconds is not None:
             fields[f"seconds:{given}"] += 1
             return round(line_seconds, 4), "measured", given
-        if sample_seconds and all(s is not None for s in sample_seconds):
+        known = [s for s in sample_seconds if s is not None]
+        if sample_seconds and len(known) == len(sample_seconds):
             fields[f"seconds:{given}"] += 1
-            return round(max(sample_seconds), 4), "measured", f"{given}:max over samples"  # type: ignore[type-var]
+            return round(max(known), 4), "measured", f"{given}:max over samples"
         if self.latency is not None:
             fields[f"seconds:modelled:{self.latency_label}"] += 1
             return round(self.latency.predict(rounds), 4), "modelled", f"modelled:{self.latency_label}{approx}"
