@@ -107,7 +107,7 @@ def cmd_pack(argv: list[str]) -> int:
     ap.add_argument("dst", help="directory to write the compressed copy to")
     ap.add_argument("--drop-text", action="store_true", help="drop generated texts (keep answers and counts)")
     args = ap.parse_args(argv)
-    from rollouts.cache import write_compressed_copy
+    from rollouts.cache_rewrite import write_compressed_copy
     from rollouts.locks import FolderLock
 
     with FolderLock(args.dst, "cache"):

@@ -41,9 +41,6 @@ Errors (bad cache, unknown key, bad λ, other action menu...) print one ``error:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -52,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from env.allocate_env import make_splits
 from env.escalate_env import EscalateConfig, env_config_from
 from env.outcomes import AllocError, ConfigError
 from rollouts.cache import CacheError
@@ -223,25 +219,6 @@ def default_name(cfg: TrainConfig) -> str:
 # Training
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint's path (``--resume`` falls back to older ones if it does not load)."""
-    from policies.resume import checkpoints
-
-    cps = checkpoints(run_dir)
-    if not cps:
-        raise ConfigError(f"{run_dir}: no checkpoint to resume from in {run_dir / 'checkpoints'}")
-    return cps[0][1]
-
-
-def check_splits(splits: dict[str, Any]) -> None:
-    seen: dict[str, str] = {}
-    for s in ("train", "val", "test"):
-        for q in splits[s]:
-            if q in seen:
-                raise ConfigError(f"split leakage: query {q!r} is in both {seen[q]} and {s}")
-            seen[q] = s
-
-
 def train(
     cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None
 ) -> Path:
@@ -252,6 +229,7 @@ def train(
     """
     import torch
 
+    from policies.resume import require_checkpoints
     from rollouts.locks import FolderLock, FolderLocked, is_locked
 
     torch.set_num_threads(cfg.torch_threads)
@@ -265,7 +243,7 @@ def train(
             lock.acquire()
             if not (run_dir / "config.yml").is_file():
                 raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
-            latest_checkpoint(run_dir)
+            require_checkpoints(run_dir)
         elif run_dir.exists():
             raise ConfigError(
                 f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
@@ -284,320 +262,24 @@ def _train(
     run_dir: Path,
     lock: FolderLock,
 ) -> Path:
-    """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run)."""
-    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run),
+    as named stages (policies/training.py): set up → make envs → model → run folder → callbacks →
+    learn → save and export."""
+    from policies import training as stage
+    from policies.run_folder import write_run_folder
 
-    from env.allocate_env import AllocateEnv, ObsEncoder
-    from env.outcomes import OutcomeTable
-    from policies.base import lambda_grid
-    from policies.ppo import (
-        PPOConfig,
-        load_model,
-        make_meta,
-        make_metrics_callback,
-        make_model,
-        make_val_metrics_callback,
-    )
-    from policies.resume import load_latest_good, purging_logger
-
-    env_cfg = env_config_from(cfg.env)
-    ppo_cfg = PPOConfig.from_dict(cfg.ppo)
-    escalate = isinstance(env_cfg, EscalateConfig)
-    if escalate and ppo_cfg.policy != "mlp":
-        raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
-    if cfg.warm_start_from and not resume:
-        from policies.escalate_ppo import env_kind
-        from policies.ppo import read_meta
-
-        ws = Path(cfg.warm_start_from)
-        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws)) != "allocate":
-            raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
-    table = OutcomeTable(
-        cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed,
-        latency_load=getattr(env_cfg, "latency_load", None),
-        latency_load_models=getattr(env_cfg, "latency_load_models", None),
-    )  # fmt: skip
-    if resume:
-        splits = json.loads((run_dir / "splits.json").read_text())
-    else:
-        splits = make_splits(table.query_ids, env_cfg.split_seed, env_cfg.split_fractions)
-    check_splits(splits)
-    for s in ("train", "val"):
-        if not [q for q in splits[s] if q in table.qindex]:
-            raise ConfigError(
-                f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions"
-            )
-    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
-    val_rows = table.indices([q for q in splits["val"] if q in table.qindex])
-    env_cfg.resolve_ranges(table, train_rows)
-    encoder = ObsEncoder.fit(table, train_rows, env_cfg)
-    cfg.env = env_cfg.to_dict()
-    cfg.name = name
-    meta = make_meta(table, encoder, cfg.env)
-    env_cls, env_kwargs = AllocateEnv, {}
-    if escalate:  # the sequential env: same table, splits and encoder, plus its step menu and units
-        from env.escalate_env import EscalateEnv, EscalateMenu, fit_units
-        from policies.escalate_ppo import make_escalate_meta
-
-        esc_menu = EscalateMenu(table, env_cfg)
-        env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, train_rows)}
-        meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
-
-    def make_env(split, cycle=False, lambdas=None):
-        return Monitor(
-            env_cls(
-                table=table,
-                config=env_cfg,
-                split=split,
-                splits=splits,
-                encoder=encoder,
-                cycle=cycle,
-                eval_lambdas=lambdas,
-                **env_kwargs,
-            )
-        )
-
-    train_env = DummyVecEnv([lambda: make_env("train") for _ in range(cfg.n_envs)])
-    grid = lambda_grid(table, train_rows, cfg.val_grid) if env_cfg.penalty_mode == "sampled" else None
-    val_lambdas = grid["points"] if grid else [(env_cfg.lambda_tokens, env_cfg.lambda_seconds)]
-    eval_env = DummyVecEnv([lambda: make_env("val", cycle=True, lambdas=grid["points"] if grid else None)])
-    n_eval = len(val_rows) * (len(grid["points"]) if grid else 1)
-    if escalate:  # queries without a pool record are not in the sequential env
-        n_eval = eval_env.envs[0].unwrapped.n_episodes_per_cycle
-
-    tb_dir = run_dir / "tb"
-    if resume:
-        ckpt, model = load_latest_good(
-            run_dir, lambda p: load_model(p, table, env=train_env, tensorboard_log=str(tb_dir))
-        )
-        old_env = model.ttc_meta["env"]
-        if old_env != cfg.env:
-            diff = sorted(k for k in set(old_env) | set(cfg.env) if old_env.get(k) != cfg.env.get(k))
-            raise ConfigError(
-                f"{ckpt}: trained with other env settings ({', '.join(diff)}); resume with the run's config"
-            )
-        if model.num_timesteps >= cfg.total_timesteps:
-            raise ConfigError(
-                f"{run_dir}: already trained {model.num_timesteps} >= total_timesteps {cfg.total_timesteps}; "
-                "raise --total-timesteps to train further"
-            )
-    else:
-        model = None
-
-    # ---- everything validated: take the folder (another job may have started meanwhile), write it
-    lock.acquire()
-    if not resume and run_dir.exists():
-        raise ConfigError(f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if not resume:
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    if not (run_dir / "args.yml").exists():  # the run's original arguments; resumes add to command.txt
-        (run_dir / "args.yml").write_text(yaml.safe_dump(args_dict or {}, sort_keys=False))
-    with open(run_dir / "command.txt", "a") as fh:
-        fh.write(shlex.join(argv or sys.argv) + "\n")
-
-    warm_start: dict[str, Any] | None = None
-    clone: dict[str, Any] | None = None
+    job = stage.set_up(cfg, name, run_dir, resume)  # table, splits, encoder; cfg.env gets its λ ranges
+    envs = stage.make_envs(job)  # n_envs training envs, one validation env cycling over val x λ grid
+    model = stage.load_resumed_model(job, envs) if resume else None  # refused before anything is written
+    lock.acquire()  # everything validated: take the folder (another job may have started meanwhile)
+    write_run_folder(run_dir, cfg.to_dict(), job.splits, resume, argv, args_dict)
+    start_report: dict[str, Any] = {}  # a fresh model's warm start / one-shot clone, for train_summary.json
     if model is None:
-        spec = None
-        if ppo_cfg.policy == "utility":
-            from policies.utility_head import utility_spec
-
-            spec = utility_spec(
-                table,
-                train_rows,
-                encoder,
-                cfg.env,
-                ppo_cfg.utility_beta,
-                ppo_cfg.utility_rank,
-                ppo_trains=ppo_cfg.utility_ppo_trains,
-                ensemble=ppo_cfg.utility_ensemble,
-            )
-        model = make_model(train_env, ppo_cfg, cfg.seed, str(tb_dir), meta, utility_spec=spec)
-        if ppo_cfg.policy == "utility" and ppo_cfg.utility_warm_start:
-            from policies.utility_head import warm_start_gain
-
-            t_ws = time.time()
-            warm_start = warm_start_gain(model.policy, table, encoder, train_rows, val_rows, seed=cfg.seed)
-            warm_start["seconds"] = round(time.time() - t_ws, 2)
-            print(
-                f"warm start of the gain head: {warm_start['epochs']} epochs, validation MSE "
-                f"{warm_start['val_mse']:.4f} (train means alone: {warm_start['val_mse_prior_only']:.4f})"
-            )
-        if escalate and cfg.warm_start_from:
-            from policies.escalate_ppo import warm_start_from_oneshot
-            from policies.escalate_sim import Simulator, make_orders
-
-            tr = train_env.envs[0].unwrapped
-            tr.reset(seed=cfg.seed)
-            lams = [tr._draw_lambdas() for _ in range(32)]  # λ as the env draws them
-            o, pk = make_orders(table, tr.menu, tr.rows, 2, seed=cfg.seed + 1)
-            sim_tr = Simulator(table, tr.menu, encoder, tr.units, tr.rows, o, pk)
-            t_ws = time.time()
-            clone = warm_start_from_oneshot(
-                model, cfg.warm_start_from, table, sim_tr, lams, env_cfg, tr._cost_scale, seed=cfg.seed
-            )
-            clone["seconds"] = round(time.time() - t_ws, 2)
-            print(
-                f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
-            )
-    model.ttc_meta = meta
-    if resume:  # hide what the killed job logged after this checkpoint: those steps are logged anew
-        model.set_logger(purging_logger(tb_dir, "PPO", int(model.num_timesteps) + 1))
-
-    hparams = {"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "n_envs": cfg.n_envs}
-    for sec in ("env", "ppo"):
-        for k, v in getattr(cfg, sec).items():
-            hparams[f"{sec}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    best_path = run_dir / "best.json"
-
-    class _BestTracker(BaseCallback):
-        """Called on each new best validation result: records its value and when it happened."""
-
-        def _on_step(self) -> bool:
-            parent = self.parent
-            best_path.write_text(
-                json.dumps(
-                    {"best_mean_reward": float(parent.best_mean_reward), "timesteps": int(self.num_timesteps)}
-                )
-                + "\n"
-            )
-            return True
-
-    if escalate:
-        from policies.escalate_ppo import make_escalate_val_callback
-        from policies.escalate_sim import Simulator, make_orders
-
-        val_env = eval_env.envs[0].unwrapped
-        orders, picks = make_orders(table, val_env.menu, val_env.rows, 1, seed=env_cfg.outcome_seed)
-        val_sim = Simulator(table, val_env.menu, encoder, val_env.units, val_env.rows, orders, picks)
-        after_eval = make_escalate_val_callback(val_sim, val_lambdas)
-    else:
-        after_eval = make_val_metrics_callback(table, val_rows, val_lambdas)
-    eval_cb = MaskableEvalCallback(
-        eval_env,
-        n_eval_episodes=n_eval,
-        eval_freq=max(cfg.eval_freq // cfg.n_envs, 1),
-        best_model_save_path=str(run_dir),
-        log_path=str(run_dir / "eval"),
-        deterministic=True,
-        callback_after_eval=after_eval,
-        callback_on_new_best=_BestTracker(),
-        verbose=0,
-    )
-    if resume and best_path.is_file():
-        eval_cb.best_mean_reward = float(json.loads(best_path.read_text())["best_mean_reward"])
-    ckpt_cb = CheckpointCallback(
-        save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1),
-        save_path=str(run_dir / "checkpoints"),
-        name_prefix="ppo",
-    )
-
-    class _EvalAtStart(BaseCallback):
-        """One validation pass before the first PPO update of a fresh run, so the starting policy (the
-        warm-started utility actor) is a candidate for best_model.zip: PPO is kept only if it helps."""
-
-        def _on_training_start(self) -> None:
-            if warm_start is not None:
-                for k in ("train_mse", "val_mse", "val_mse_prior_only"):
-                    self.logger.record(f"ttc/warm_start/{k}", warm_start[k])
-            if not resume:
-                eval_cb._on_step()  # n_calls == 0: EvalCallback evaluates, logs at step 0, saves if best
-
-        def _on_step(self) -> bool:
-            return True
-
-    if escalate:
-        from policies.escalate_ppo import make_escalate_metrics_callback
-
-        metrics_cb = make_escalate_metrics_callback(hparams)
-    else:
-        metrics_cb = make_metrics_callback(table.action_ids, hparams)
-    callbacks = CallbackList([metrics_cb, eval_cb, _EvalAtStart(), ckpt_cb])
-    remaining = cfg.total_timesteps - (model.num_timesteps if resume else 0)
-    t0 = time.time()
-    start_steps = model.num_timesteps
-    model.learn(
-        total_timesteps=remaining,
-        callback=callbacks,
-        reset_num_timesteps=not resume,
-        tb_log_name="PPO",
-        progress_bar=cfg.progress_bar,
-    )
-    wall = time.time() - t0
-    model.save(run_dir / "final_model.zip")
-    if not (run_dir / "best_model.zip").exists():
-        model.save(run_dir / "best_model.zip")
-    summary: dict[str, Any] = {
-        "timesteps": int(model.num_timesteps),
-        "steps_this_run": int(model.num_timesteps - start_steps),
-        "train_wall_seconds": round(wall, 2),
-        "steps_per_second": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
-        "resumed": resume,
-    }
-    if warm_start is not None:
-        summary["warm_start"] = warm_start
-    if clone is not None:
-        summary["clone_of_oneshot"] = clone
-    gate = None
-    # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
-    # per region API is generic enough for it (fit_gate with its own held-out episode gains)
-    # the validation-best checkpoint (what evaluate.py reports by default), loaded once: the gate is fitted
-    # for it and the export ships it, not the last checkpoint
-    best = load_model(run_dir / "best_model.zip", table) if cfg.export or (cfg.gate and not escalate) else None
-    if cfg.gate and not escalate:
-        from policies.gate_fit import fit_run_gate
-
-        t_gate = time.time()
-        gate = fit_run_gate(
-            best, table, train_rows, val_rows, cfg.ppo,
-            confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
-        )  # fmt: skip
-        (run_dir / "gate.json").write_text(json.dumps(gate.to_dict(), indent=1) + "\n")
-        # SB3 dumps a train() call's values at the next rollout, so the last call's are still pending:
-        # dumping them with the gate's would log the final step of train/* twice (resume tests read that)
-        for pending in (model.logger.name_to_value, model.logger.name_to_count, model.logger.name_to_excluded):
-            pending.clear()
-        model.logger.record("ttc/gate/open_share", gate.open_share)
-        if gate.shrinkage is not None:
-            model.logger.record("ttc/gate/shrinkage", gate.shrinkage)
-        model.logger.dump(model.num_timesteps)
-        summary["gate"] = {
-            "open_share": gate.open_share,
-            "shrinkage": gate.shrinkage,
-            "method": gate.method,
-            "seconds": round(time.time() - t_gate, 2),
-        }
-        print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {gate.shrinkage}")
-    if cfg.export:
-        from policies.export import export_policy, serving_spec
-
-        if gate is not None and gate.shrinkage is not None:
-            from policies.gate_fit import shrink_gain
-
-            shrink_gain(best, gate.shrinkage)  # the shipped actor routes on α·δ (parity is checked on it)
-        summary["onnx_parity"] = export_policy(
-            best,
-            run_dir / "export",
-            source={
-                "model": "best_model.zip",
-                "timesteps": int(best.num_timesteps),
-                "cache": cfg.cache,
-                "run": str(run_dir),
-            },
-            serving=serving_spec(table),
-            gate=gate,
-        )
-    summary_path = run_dir / "train_summary.json"
-    history = json.loads(summary_path.read_text()) if summary_path.exists() else []
-    history = history if isinstance(history, list) else [history]
-    summary_path.write_text(json.dumps([*history, summary], indent=1) + "\n")
-    train_env.close()
-    eval_env.close()
+        model, start_report = stage.make_fresh_model(job, envs)
+    callbacks = stage.make_callbacks(job, envs, start_report.get("warm_start"))
+    summary = {**stage.learn(job, model, callbacks), **start_report}  # final_model.zip; steps, wall time
+    stage.save_and_export(job, model, summary)  # gate.json, export/, train_summary.json
+    envs.close()
     return run_dir
 
 
@@ -667,5 +349,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""MaskablePPO on ``ttc/Escalate-v0``: the checkpoint meta, the TensorBoard callbacks, the val metrics.
+"""MaskablePPO on ``ttc/Escalate-v0``: the checkpoint meta, the export fields and the warm start
+from a one-shot run (its TensorBoard callbacks are in :mod:`policies.callbacks`).
 
 A sequential checkpoint carries the same ``ttc_meta`` as a one-shot one (``format``, ``menu`` = the
 cache's one-shot action ids, so :func:`policies.ppo.check_menu` still refuses another cache's menu,
@@ -16,7 +17,7 @@ import numpy as np
 from env.allocate_env import ObsEncoder
 from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenUnits
 from env.outcomes import OutcomeTable
-from policies.ppo import log_hparams, make_meta, tb_tag
+from policies.ppo import make_meta
 
 KIND = "escalate"
 
@@ -40,85 +41,6 @@ def make_escalate_meta(
     return meta
 
 
-def make_escalate_metrics_callback(hparams: dict[str, Any] | None):
-    """ttc/ scalars of each rollout's finished episodes: accuracy, tokens, seconds, utility,
-    ttc/rounds, ttc/samples, ttc/beam_share and ttc/stop/<final step action> shares."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class EscalateMetricsCallback(BaseCallback):
-        def __init__(self):
-            super().__init__()
-            self._reset()
-
-        def _reset(self):
-            self.n = 0
-            self.sums = np.zeros(7)
-            self.stops: dict[str, int] = {}
-
-        def _on_training_start(self) -> None:
-            if hparams is not None and self.model.num_timesteps == 0:
-                log_hparams(self.logger, hparams)
-
-        def _on_step(self) -> bool:
-            for info in self.locals.get("infos", []):
-                if "utility" in info:
-                    self.sums += (
-                        info["correct"],
-                        info["tokens"],
-                        info["seconds"],
-                        info["utility"],
-                        info["rounds"],
-                        info["samples"],
-                        info["beam"],
-                    )
-                    self.stops[info["stop"]] = self.stops.get(info["stop"], 0) + 1
-                    self.n += 1
-            return True
-
-        def _on_rollout_end(self) -> None:
-            if self.n == 0:
-                return
-            acc, tok, sec, util, rounds, samples, beam = self.sums / self.n
-            for k, v in (
-                ("accuracy", acc),
-                ("mean_tokens", tok),
-                ("mean_seconds", sec),
-                ("utility", util),
-                ("rounds", rounds),
-                ("samples", samples),
-                ("beam_share", beam),
-            ):
-                self.logger.record(f"ttc/{k}", v)
-            for k, c in self.stops.items():
-                self.logger.record(f"ttc/stop/{tb_tag(k)}", c / self.n)
-            self._reset()
-
-    return EscalateMetricsCallback()
-
-
-def make_escalate_val_callback(sim, lambdas: list[tuple[float, float]]):
-    """After each evaluation: ttc/val/ accuracy, tokens, seconds, utility, rounds over (val query, order, λ)."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from policies.escalate_sim import model_policy
-
-    class EscalateValCallback(BaseCallback):
-        def _on_step(self) -> bool:
-            pol = model_policy(self.model)
-            agg = np.zeros(5)
-            for lt, ls in lambdas:
-                s = sim.run(pol, lt, ls).summary(lt, ls)
-                agg += (s["accuracy"], s["mean_tokens"], s["mean_seconds"], s["utility"], s["mean_rounds"])
-            agg /= len(lambdas)
-            for k, v in zip(
-                ("accuracy", "mean_tokens", "mean_seconds", "utility", "rounds"), agg, strict=True
-            ):
-                self.logger.record(f"ttc/val/{k}", float(v))
-            return True
-
-    return EscalateValCallback()
-
-
 def export_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """What ``policy.json`` of a sequential export adds or replaces (see :mod:`policies.export`)."""
     esc = meta["escalate"]
@@ -132,39 +54,44 @@ def export_fields(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def warm_start_from_oneshot(
-    model,
-    oneshot_run: str,
+def env_simulator(env: Any, table: OutcomeTable, encoder: ObsEncoder, n_orders: int, seed: int) -> Any:
+    """A :class:`policies.escalate_sim.Simulator` over an Escalate-v0 env's queries, menu and units,
+    with ``n_orders`` sample orders per query drawn from ``seed``."""
+    from policies.escalate_sim import Simulator, make_orders
+
+    orders, picks = make_orders(table, env.menu, env.rows, n_orders, seed=seed)
+    return Simulator(table, env.menu, encoder, env.units, env.rows, orders, picks)
+
+
+def clone_oneshot_into(
+    model, oneshot_run: str, table: OutcomeTable, encoder: ObsEncoder, train_env: Any, env_cfg: Any, seed: int
+) -> dict[str, Any]:
+    """:func:`warm_start_from_oneshot` on the training env's queries (two sample orders each) at 32 λ
+    drawn as the env draws them; the report gains the seconds it took."""
+    import time
+
+    train_env.reset(seed=seed)
+    lambdas = [train_env._draw_lambdas() for _ in range(32)]
+    sim = env_simulator(train_env, table, encoder, 2, seed=seed + 1)
+    t0 = time.time()
+    cost_scale = train_env._cost_scale
+    clone = warm_start_from_oneshot(model, oneshot_run, table, sim, lambdas, env_cfg, cost_scale, seed=seed)
+    clone["seconds"] = round(time.time() - t0, 2)
+    return clone
+
+
+def _clone_targets(
+    oneshot: Any,
     table: OutcomeTable,
-    sim,
+    sim: Any,
     lambdas: list[tuple[float, float]],
     env_cfg: Any,
     cost_scale: tuple[float, float],
-    epochs: int = 20,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Behaviour-clone a one-shot run before PPO: the actor learns to play the one-shot policy's choice
-    as its first move (``draw@N`` then ``stop:<selector>``, or the beam), the critic the normalised
-    return-to-go of those episodes. PPO then starts at the one-shot policy and learns where watching
-    the samples pays (validation at step 0 keeps the clone if PPO does not improve on it).
-
-    ``sim``: a :class:`policies.escalate_sim.Simulator` over the train split's queries and orders;
-    ``lambdas``: the (λ_T, λ_L) pairs to clone at (drawn as the env draws them)."""
-    from pathlib import Path
-
-    import torch
-
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Observations, masks, actions and normalised returns-to-go of the step episodes that play the
+    one-shot policy's choice, at each λ (λ where it picks what the step menu cannot play are skipped)."""
     from policies.escalate_sim import plan_policy
-    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
 
-    p = Path(oneshot_run)
-    path = p / "best_model.zip" if p.is_dir() else p
-    if env_kind(read_meta(path)) != "allocate":
-        from env.outcomes import ConfigError
-
-        raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
-    check_menu(read_meta(path), table, str(path))
-    oneshot = PPOPolicy(load_model(path, table))
     plans = [sim.menu.oneshot_plan(a) for a in table.menu]
     obs_l, mask_l, act_l, rtg_l = [], [], [], []
     for lt, ls in lambdas:
@@ -189,19 +116,47 @@ def warm_start_from_oneshot(
             if env_cfg.reward_norm == "context"
             else 1.0
         )
-        rtg_l.append(
-            np.array(
-                [
-                    (ep.correct - lt * (ep.state.tokens - t0) - ls * (ep.state.seconds - s0)) / norm
-                    for ep, t0, s0 in seen
-                ]
-            )
-            * env_cfg.reward_scale
-        )
-    obs = torch.as_tensor(np.concatenate(obs_l))
-    masks = np.concatenate(mask_l)
-    acts = torch.as_tensor(np.concatenate(act_l))
-    rtg = torch.as_tensor(np.concatenate(rtg_l), dtype=torch.float32)
+        rtg = [
+            (ep.correct - lt * (ep.state.tokens - t0) - ls * (ep.state.seconds - s0)) / norm for ep, t0, s0 in seen
+        ]
+        rtg_l.append(np.array(rtg) * env_cfg.reward_scale)
+    return np.concatenate(obs_l), np.concatenate(mask_l), np.concatenate(act_l), np.concatenate(rtg_l)
+
+
+def warm_start_from_oneshot(
+    model,
+    oneshot_run: str,
+    table: OutcomeTable,
+    sim,
+    lambdas: list[tuple[float, float]],
+    env_cfg: Any,
+    cost_scale: tuple[float, float],
+    epochs: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Behaviour-clone a one-shot run before PPO: the actor learns to play the one-shot policy's choice
+    as its first move (``draw@N`` then ``stop:<selector>``, or the beam), the critic the normalised
+    return-to-go of those episodes. PPO then starts at the one-shot policy and learns where watching
+    the samples pays (validation at step 0 keeps the clone if PPO does not improve on it).
+
+    ``sim``: a :class:`policies.escalate_sim.Simulator` over the train split's queries and orders;
+    ``lambdas``: the (λ_T, λ_L) pairs to clone at (drawn as the env draws them)."""
+    from pathlib import Path
+
+    import torch
+
+    from env.outcomes import ConfigError
+    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
+
+    p = Path(oneshot_run)
+    path = p / "best_model.zip" if p.is_dir() else p
+    if env_kind(read_meta(path)) != "allocate":
+        raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
+    check_menu(read_meta(path), table, str(path))
+    oneshot = PPOPolicy(load_model(path, table))
+    obs_np, masks, acts_np, rtg_np = _clone_targets(oneshot, table, sim, lambdas, env_cfg, cost_scale)
+    obs, acts = torch.as_tensor(obs_np), torch.as_tensor(acts_np)
+    rtg = torch.as_tensor(rtg_np, dtype=torch.float32)
     policy = model.policy
     opt = torch.optim.Adam(policy.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)

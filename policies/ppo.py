@@ -1,5 +1,5 @@
-"""PPO (sb3-contrib MaskablePPO) for the allocation bandit: construction, checkpoints, the policy wrapper
-and the TensorBoard callbacks.
+"""PPO (sb3-contrib MaskablePPO) for the allocation bandit: construction, checkpoints and the policy
+wrapper (the training callbacks are in :mod:`policies.callbacks`).
 
 Every saved model carries ``model.ttc_meta`` (SB3 stores plain attributes in the zip's ``data``):
 ``{"format": "ttc-alloc/ppo", "menu": [action ids], "menu_names": [...], "encoder": ObsEncoder dict,
@@ -13,7 +13,6 @@ The problem is a contextual bandit (one-step episodes, ``terminated=True``): ret
 
 from __future__ import annotations
 
-import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from env.allocate_env import ObsEncoder
 from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference, reject_unknown_keys
-from policies.base import AllocationPolicy, score_choices
+from policies.base import AllocationPolicy
 from rollouts.config import check_types
 
 META_FORMAT = "ttc-alloc/ppo"
@@ -235,85 +234,3 @@ class PPOPolicy(AllocationPolicy):
         obs = self.observations(table, rows, lambda_tokens, lambda_seconds)
         actions, _ = self.model.predict(obs, action_masks=table.mask[rows], deterministic=True)
         return np.asarray(actions, dtype=np.int64).reshape(len(rows))
-
-
-# ----------------------------------------------------------------------------------------------
-# Callbacks
-
-
-def tb_tag(action_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@=,/-]", "_", action_id)
-
-
-def _base_callback():
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    return BaseCallback
-
-
-def log_hparams(logger: Any, hparams: dict[str, Any]) -> None:
-    """The run's hyperparameters in TensorBoard's HPARAMS tab, with the metrics it should list beside them."""
-    from stable_baselines3.common.logger import HParam
-
-    metrics = {"ttc/utility": 0.0, "ttc/accuracy": 0.0, "eval/mean_reward": 0.0}
-    logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
-
-
-def make_metrics_callback(action_ids: list[str], hparams: dict[str, Any] | None):
-    """ttc/ scalars from the training episodes of each rollout, and the hyperparameters once."""
-    BaseCallback = _base_callback()
-
-    class TTCMetricsCallback(BaseCallback):
-        def __init__(self):
-            super().__init__()
-            self._reset()
-
-        def _reset(self):
-            self.n = 0
-            self.sums = np.zeros(4)
-            self.counts = np.zeros(len(action_ids))
-
-        def _on_training_start(self) -> None:
-            if hparams is not None and self.model.num_timesteps == 0:
-                log_hparams(self.logger, hparams)
-
-        def _on_step(self) -> bool:
-            for info in self.locals.get("infos", []):
-                if "utility" in info:
-                    self.sums += (info["correct"], info["tokens"], info["seconds"], info["utility"])
-                    self.counts[info["action"]] += 1
-                    self.n += 1
-            return True
-
-        def _on_rollout_end(self) -> None:
-            if self.n == 0:
-                return
-            acc, tok, sec, util = self.sums / self.n
-            self.logger.record("ttc/accuracy", acc)
-            self.logger.record("ttc/mean_tokens", tok)
-            self.logger.record("ttc/mean_seconds", sec)
-            self.logger.record("ttc/utility", util)
-            for i, a in enumerate(action_ids):
-                self.logger.record(f"ttc/share/{tb_tag(a)}", self.counts[i] / self.n)
-            self._reset()
-
-    return TTCMetricsCallback()
-
-
-def make_val_metrics_callback(table: OutcomeTable, rows: np.ndarray, lambdas: list[tuple[float, float]]):
-    """After each evaluation: ttc/val/ accuracy, tokens, seconds, utility over (val query, λ) pairs."""
-    BaseCallback = _base_callback()
-
-    class ValMetricsCallback(BaseCallback):
-        def _on_step(self) -> bool:
-            pol = PPOPolicy(self.model)
-            agg = np.zeros(4)
-            for lt, ls in lambdas:
-                r = score_choices(table, rows, pol.choose(table, rows, lt, ls), lt, ls)
-                agg += (r["accuracy"], r["mean_tokens"], r["mean_seconds"], r["utility"])
-            agg /= len(lambdas)
-            for k, v in zip(("accuracy", "mean_tokens", "mean_seconds", "utility"), agg, strict=True):
-                self.logger.record(f"ttc/val/{k}", float(v))
-            return True
-
-    return ValMetricsCallback()

@@ -31,6 +31,14 @@ def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def require_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """:func:`checkpoints`, or ConfigError if there is none to resume from."""
+    cps = checkpoints(run_dir)
+    if not cps:
+        raise ConfigError(f"{run_dir}: no checkpoint to resume from in {Path(run_dir) / 'checkpoints'}")
+    return cps
+
+
 def _intact(path: Path) -> None:
     """Raise if the zip is truncated or a member's CRC is wrong (a write cut short by a kill)."""
     with zipfile.ZipFile(path) as zf:
@@ -51,11 +59,8 @@ def load_latest_good(run_dir: str | Path, load: Callable[[Path], T]) -> tuple[Pa
     """
     from policies.ppo import CheckpointError
 
-    cps = checkpoints(run_dir)
-    if not cps:
-        raise ConfigError(f"{run_dir}: no checkpoint to resume from in {Path(run_dir) / 'checkpoints'}")
     problems = []
-    for _, path in cps:
+    for _, path in require_checkpoints(run_dir):
         try:
             _intact(path)
             return path, load(path)

@@ -9,7 +9,7 @@ A cache is a directory::
 
 Either JSONL file may be gzip-compressed (``.jsonl.gz``, used for the bundled cache); the reader
 accepts both. Writers only append whole lines, each with one ``write`` + ``fsync``; a line torn by a
-kill is the last line of a file without a trailing newline, which ``open_for_append`` cuts off (it
+kill is the last line of a file without a trailing newline, which ``JsonlAppender`` cuts off (it
 was never acknowledged, so nothing is lost). Any other unreadable line is corruption: ``CacheError``
 names the file and the line number.
 
@@ -26,7 +26,7 @@ import gzip
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,27 +38,14 @@ STRATEGIES = ("sample_pool", "beam_search", "search_result")
 SECONDS_SOURCES = ("measured", "modelled", "missing")
 
 #: Required keys per line kind, with the accepted Python types (None allowed where listed).
-QUERY_FIELDS: dict[str, tuple[type, ...]] = {
-    "query_id": (str,),
-    "prompt_tokens": (int,),
-    "features": (list,),
-}
+QUERY_FIELDS: dict[str, tuple[type, ...]] = {"query_id": (str,), "prompt_tokens": (int,), "features": (list,)}
 RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "query_id": (str,),
-    "config_id": (str,),
-    "strategy": (str,),
-    "params": (dict,),
-    "seed": (int,),
-    "tokens": (int,),
-    "scorer_tokens": (int,),
-    "seconds": (float, int, type(None)),
-    "seconds_source": (str,),
-}
+    "query_id": (str,), "config_id": (str,), "strategy": (str,), "params": (dict,), "seed": (int,),
+    "tokens": (int,), "scorer_tokens": (int,), "seconds": (float, int, type(None)), "seconds_source": (str,),
+}  # fmt: skip
 SAMPLE_FIELDS: dict[str, tuple[type, ...]] = {
-    "answer": (str, type(None)),
-    "correct": (bool, type(None)),
-    "tokens": (int, type(None)),
-}
+    "answer": (str, type(None)), "correct": (bool, type(None)), "tokens": (int, type(None)),
+}  # fmt: skip
 
 
 class CacheError(ValueError):
@@ -75,11 +62,8 @@ def record_key(rec: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def _find(directory: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
-        p = directory / name
-        if p.exists():
-            return p
-    return None
+    """``<stem>.jsonl`` in ``directory``, else ``<stem>.jsonl.gz``, else None."""
+    return next((p for p in (directory / f"{stem}.jsonl", directory / f"{stem}.jsonl.gz") if p.exists()), None)
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -159,7 +143,8 @@ def validate_record(r: dict[str, Any], where: str) -> None:
 # Writing
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (best effort where it cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -180,7 +165,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class JsonlAppender:
@@ -326,14 +311,20 @@ def _check_meta_compatible(old: dict[str, Any], new: dict[str, Any], where: Path
 # Reading
 
 
+def read_json_file(path: Path, missing: str, what: str, error: type[ValueError] = CacheError) -> Any:
+    """The JSON document in ``path``; ``error`` says ``path: <missing>`` if there is no such file, and
+    names the line of a syntax error."""
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: malformed {what} ({exc.msg})") from exc
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "meta.json"
-    if not path.exists():
-        raise CacheError(f"{path}: not a rollout cache (meta.json missing)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CacheError(f"{path}:{exc.lineno}: malformed meta.json ({exc.msg})") from exc
+    meta = read_json_file(path, "not a rollout cache (meta.json missing)", "meta.json")
     if meta.get("schema") != SCHEMA_NAME:
         raise CacheError(f"{path}: not a ttc-alloc rollout cache (schema {meta.get('schema')!r})")
     if meta.get("schema_version") != SCHEMA_VERSION:
@@ -363,22 +354,11 @@ class RolloutCache:
 
     @property
     def config_ids(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.records:
-            seen.setdefault(r["config_id"], None)
-        return list(seen)
+        """Config ids in the order of their first record."""
+        return list(dict.fromkeys(r["config_id"] for r in self.records))
 
     def records_for(self, query_id: str, config_id: str) -> list[dict[str, Any]]:
         return self.by_query.get(query_id, {}).get(config_id, [])
-
-    def config_params(self, config_id: str) -> tuple[str, dict[str, Any]]:
-        for r in self.records:
-            if r["config_id"] == config_id:
-                return r["strategy"], r["params"]
-        raise KeyError(config_id)
-
-    def features(self, query_id: str) -> list[float]:
-        return self.queries[query_id]["features"]
 
 
 def load_cache(directory: str | Path) -> RolloutCache:
@@ -415,57 +395,3 @@ def load_cache(directory: str | Path) -> RolloutCache:
         keys.add(key)
         records.append(r)
     return RolloutCache(path=d, meta=meta, queries=queries, records=records)
-
-
-def rewrite_records(directory: str | Path, fn: Any) -> int:
-    """Apply ``fn`` to every record of a plain cache and replace the file atomically. Returns the count."""
-    d = Path(directory)
-    rp = d / "records.jsonl"
-    recs = [fn(r) for _, r in iter_jsonl(rp)]
-    for i, r in enumerate(recs, 1):
-        validate_record(r, f"{rp}:{i} (rewritten)")
-    tmp = rp.with_name(f".{rp.name}.rewrite")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in recs:
-            fh.write(json.dumps(r, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, rp)
-    _fsync_dir(d)
-    return len(recs)
-
-
-def _without_text(rec: dict[str, Any]) -> dict[str, Any]:
-    rec = dict(rec)
-    if "samples" in rec:
-        rec["samples"] = [{k: v for k, v in s.items() if k != "text"} for s in rec["samples"]]
-    if "result" in rec:
-        rec["result"] = {k: v for k, v in rec["result"].items() if k != "text"}
-    return rec
-
-
-def write_compressed_copy(src: str | Path, dst: str | Path, drop_text: bool = False) -> None:
-    """Copy a cache into ``dst`` with gzip-compressed JSONL files (the bundled form).
-
-    ``drop_text`` removes generated texts (answers, correctness and counts stay): model outputs can
-    quote a third-party question, which a bundled cache must not carry.
-    """
-    src, dst = Path(src), Path(dst)
-    cache = load_cache(src)  # validates before packing
-    dst.mkdir(parents=True, exist_ok=True)
-    meta = dict(cache.meta)
-    if drop_text:
-        meta["texts_dropped"] = True
-    records = [_without_text(r) for r in cache.records] if drop_text else cache.records
-    queries = [cache.queries[q] for q in cache.query_ids]  # only queries with records
-    for stem, objs in (("queries", queries), ("records", records)):
-        _write_gz_lines(dst / f"{stem}.jsonl.gz", objs)
-    write_json_atomic(dst / "meta.json", meta)
-
-
-def _write_gz_lines(path: Path, objs: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as fh:
-        for o in objs:
-            fh.write(json.dumps(o, sort_keys=True, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)

@@ -243,7 +243,7 @@ class Collector:
         atomically (temp file + rename) with the new model's seconds for their stored rounds.
         Returns the number of records updated.
         """
-        from rollouts.cache import rewrite_records
+        from rollouts.cache_rewrite import rewrite_records
 
         old = self.writer.meta.pop("latency_calibration", [])
         self.writer.update_meta(latency_calibration_previous=old, latency_calibration=[])

@@ -11,9 +11,9 @@ load.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from rollouts.cache import read_json_file
 from rollouts.latency import LatencyModel
 
 FORMAT = "ttc-alloc/latency-by-load"
@@ -24,12 +24,8 @@ DEFAULT_PATH = Path(__file__).resolve().parents[1] / "configs" / "latency_load_c
 def load_models(path: str | Path | None = None) -> dict[int, LatencyModel]:
     """k -> LatencyModel from a latency-by-load JSON (default: the shipped one); ValueError names the file."""
     p = Path(path) if path else DEFAULT_PATH
-    if not p.is_file():
-        raise ValueError(f"{p}: latency-by-load file not found (make one with bench/load_latency.py --out {p})")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+    missing = f"latency-by-load file not found (make one with bench/load_latency.py --out {p})"
+    doc = read_json_file(p, missing, "JSON", error=ValueError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("loads"), dict):
         raise ValueError(f"{p}: not a {FORMAT} file (needs 'format' and a 'loads' mapping)")
     try:

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from rollouts.cache import CacheError, CacheWriter, load_cache, write_compressed_copy
+from rollouts.cache import CacheError, CacheWriter, load_cache
+from rollouts.cache_rewrite import write_compressed_copy
 
 
 def _query(qid: str) -> dict:
@@ -113,7 +114,7 @@ def test_not_a_cache(tmp_path):
 
 
 def test_rewrite_records_is_whole(tmp_path):
-    from rollouts.cache import rewrite_records
+    from rollouts.cache_rewrite import rewrite_records
 
     with CacheWriter(tmp_path, meta={}) as w:
         w.add_query(_query("a"))

@@ -332,7 +332,7 @@ class GenericReader:
         self.path = Path(path)
 
     def describe(self) -> dict[str, Any]:
-        from rollouts.importers import file_sha256
+        from rollouts.importers.base import file_sha256
 
         return {"format": self.name, "files": [{"name": self.path.name, "sha256": file_sha256(self.path)}]}
 

@@ -92,7 +92,7 @@ class QwenHarnessReader:
         self.scorer = scorer
 
     def describe(self) -> dict[str, Any]:
-        from rollouts.importers import file_sha256
+        from rollouts.importers.base import file_sha256
 
         return {
             "format": self.name,

@@ -147,7 +147,7 @@ class SearchAndLearnReader:
         self.prm = prm
 
     def describe(self) -> dict[str, Any]:
-        from rollouts.importers import file_sha256
+        from rollouts.importers.base import file_sha256
 
         return {
             "format": self.name,
