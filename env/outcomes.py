@@ -234,7 +234,7 @@ class OutcomeTable:
             self._pools[(qi, cfg)] = pools
             for r, p in zip(recs, pools, strict=True):
                 groups.setdefault(p.k, []).append((qi, p, f"record ({q!r}, {cfg!r}, seed {r['seed']})"))
-        sums = {ai: {} for ai in ais}  # ai -> qi -> [sum_correct, sum_tokens, sum_seconds, count]
+        sums: dict[int, dict[int, list[float]]] = {ai: {} for ai in ais}  # ai -> qi -> [sum_correct, sum_tokens, sum_seconds, count]
         for k, items in groups.items():
             group = PoolGroup.stack([p for _, p, _ in items])
             for ai in ais:

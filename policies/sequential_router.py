@@ -79,7 +79,8 @@ class SequentialRouter:
         drawn: list[dict[str, Any]] = []
         obs = np.zeros((1, len(base_obs) + len(SEEN_FEATURES)), dtype=np.float32)
         obs[0, : len(base_obs)] = base_obs
-        steps, predicted = [], []
+        steps: list[str] = []
+        predicted: list[float] = []
         beams_ok = [r is not None for r in self.beam_runs]
         while True:
             st.features(self.units, obs[0, len(base_obs) :])
@@ -136,8 +137,8 @@ class SequentialRouter:
             predicted.append(self.latency.round_seconds(Round(len(q.prompt_ids), k, gen)))
         return ss
 
-    def _beam(self, backend, q, config_id: str, st: SeenState, grade_fn, seed: int) -> tuple[Any, Any, dict]:
-        """The final beam search ``config_id``, charged to ``st``: its answer, correctness and summary."""
+    def _beam(self, backend, q, config_id: str | None, st: SeenState, grade_fn, seed: int) -> tuple[Any, Any, dict]:
+        """The final beam search ``config_id`` (a beam step's), charged to ``st``: its answer, correctness and summary."""
         beam = self.beam_runs[self.menu.beam_configs.index(config_id)]
         assert beam is not None  # the step mask offers only the beams the serving spec can run
         t0 = time.perf_counter()

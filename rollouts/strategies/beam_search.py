@@ -50,7 +50,7 @@ class BeamSpec(StrategySpec):
         """What a search costs: every generated token (pruned candidates included) plus the scorer's."""
         return generated + scorer_tokens
 
-    def calibration_runs(self, budgets: Sequence[int]) -> list[BeamSpec]:
+    def calibration_runs(self, budgets: Sequence[int]) -> list[StrategySpec]:
         return [self]
 
     def run(self, backend: Backend, queries: Sequence[PromptedQuery], sampling: SamplingSpec,
@@ -127,7 +127,7 @@ def run_beam_search(
             prefix = sum(len(st.query.prompt_ids) + len(p.token_ids) for s2, p in owners if s2 == si)
             n_parents = sum(1 for s2, _ in owners if s2 == si)
             st.rounds.append(Round(prefix // max(n_parents, 1), len(cands), max(t for _, _, t in cands)))
-            open_c = []
+            open_c: list[tuple[Trajectory, float]] = []
             for (child, complete, _), score in zip(cands, sb.scores):
                 (st.done if complete else open_c).append((child, float(score)))
             open_c.sort(key=lambda x: -x[1])

@@ -2,7 +2,7 @@
 one engine request, then select (best-of-N).
 
 Collection runs it with N = N_max and stores the whole pool; budgets N < N_max are derived from it
-later (``env/outcomes.py``) with the same selectors. Live routing calls :meth:`PoolSpec.answer` with
+later (``env/pool_outcomes.py``) with the same selectors. Live routing calls :meth:`PoolSpec.answer` with
 the chosen N and selector: the same sampling and scoring code, then ``select``.
 """
 
@@ -44,7 +44,7 @@ class PoolSpec(StrategySpec):
     def serving_action(self, selector: str | None) -> dict[str, Any]:
         return {**self.to_item(), "selector": selector}
 
-    def calibration_runs(self, budgets: Sequence[int]) -> list[PoolSpec]:
+    def calibration_runs(self, budgets: Sequence[int]) -> list[StrategySpec]:
         return [PoolSpec(b) for b in budgets]
 
     def run(self, backend: Backend, queries: Sequence[PromptedQuery], sampling: SamplingSpec,
