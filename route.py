@@ -34,6 +34,8 @@ import yaml
 
 from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
 
+Answers = list[str | None] | None  # the questions' reference answers (None: none has one)
+
 
 class RouteError(ValueError):
     pass
@@ -123,7 +125,7 @@ class LiveRouter:
         return self._backend
 
     def prompted(
-        self, questions: list[str], answers: list[str | None] | None = None, progress: bool = False
+        self, questions: list[str], answers: Answers = None, progress: bool = False
     ) -> tuple[list[Any], Any]:
         """The prompted queries (the served model's chat template, as at collection) and their
         hidden-state features, computed as the collection computed them (one-shot and sequential)."""
@@ -143,14 +145,8 @@ class LiveRouter:
         ]
         return prompted, self.featurizer.features([p.prompt_ids for p in prompted], progress=progress)
 
-    def choose(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-        progress: bool = False,
-    ) -> tuple[list[Any], list[str]]:
+    def choose(self, questions: list[str], answers: Answers = None, lambda_tokens: float = 0.0,
+               lambda_seconds: float = 0.0, progress: bool = False) -> tuple[list[Any], list[str]]:
         """The prompted queries (the served model's chat template, as at collection) and the policy's
         action id for each, from hidden-state features computed as the collection computed them."""
         prompted, feats = self.prompted(questions, answers, progress)
@@ -165,49 +161,22 @@ class LiveRouter:
         without a reference), ``tokens`` (charged as the cache charges them), ``generated_tokens`` (every
         token the engine generated for it) and ``rounds`` (its engine calls)."""
         from rollouts.grading import grade
-        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
-        from rollouts.strategies.best_of_n import best_of_n
+        from rollouts.strategies import parse_serving_action
 
-        run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
+        strategy, selector = parse_serving_action(self.serving["actions"][action])  # written by serving_spec
         seed = int(self.serving.get("seed", 0))
-        if run["strategy"] == "sample_pool":
-            outs = best_of_n(
-                self.backend, group, run["n"], run["selector"], self.sampling, self.scorer, grade, seed
-            )
-            return [
-                {"answer": o["choice"]["answer"], "text": o["choice"]["text"], "correct": o["choice"]["correct"],
-                 "tokens": int(o["tokens"]), "generated_tokens": int(o["pool"].tokens), "rounds": o["pool"].rounds}
-                for o in outs
-            ]  # fmt: skip
-        cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-        outs = run_beam_search(self.backend, group, cfg, self.sampling, self.scorer, grade, seed)
-        return [
-            {"answer": o.result["answer"], "text": o.result["text"], "correct": o.result["correct"],
-             "tokens": int(o.tokens + o.scorer_tokens), "generated_tokens": int(o.tokens), "rounds": o.rounds}
-            for o in outs
-        ]  # fmt: skip
+        return strategy.answer(self.backend, group, self.sampling, self.scorer, grade, seed, selector)
 
-    def route(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-    ) -> list[dict[str, Any]]:
+    def route(self, questions: list[str], answers: Answers = None, lambda_tokens: float = 0.0,
+              lambda_seconds: float = 0.0) -> list[dict[str, Any]]:
         """Choose and run an action for each question; one result dict per question, in order."""
         results: dict[int, dict[str, Any]] = {}
         for batch in self.route_batches(questions, answers, lambda_tokens, lambda_seconds):
             results.update(batch)
         return [results[i] for i in range(len(questions))]
 
-    def route_batches(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-        progress: bool = False,
-    ) -> Iterator[dict[int, dict[str, Any]]]:
+    def route_batches(self, questions: list[str], answers: Answers = None, lambda_tokens: float = 0.0,
+                      lambda_seconds: float = 0.0, progress: bool = False) -> Iterator[dict[int, dict[str, Any]]]:
         """Like :meth:`route`, yielding ``{question index: result}`` as each batched engine call ends.
 
         A batch the engine fails on yields ``{"question", "action", "error"}`` rows for its questions.

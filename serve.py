@@ -46,6 +46,8 @@ from typing import Any
 # module level: FastAPI resolves the handlers' (postponed) annotations in this module's globals
 from fastapi import FastAPI, Request
 
+from rollouts.strategies import POOL
+
 OPENAI_KEYS = {  # accepted and ignored: the strategy samples as the collection did
     "model", "messages", "ttc", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
     "stream", "user", "stop", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
@@ -402,7 +404,7 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
                       "total_tokens": out["prompt_tokens"] + out["generated_tokens"]},
             "ttc": {
                 "action": out["action"], "strategy": run["strategy"], "n": run["n"],
-                "selector": run.get("selector") if run["strategy"] == "sample_pool" else "best_score",
+                "selector": run.get("selector") if run["strategy"] == POOL else "best_score",
                 "rounds": len(out["rounds"]), "tokens": out["tokens"], "generated_tokens": out["generated_tokens"],
                 "seconds": round(out["seconds"], 4), "answer": out["answer"],
                 "lambda_tokens": out["lambda_tokens"], "lambda_seconds": out["lambda_seconds"],

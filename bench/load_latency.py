@@ -60,8 +60,9 @@ def measure(
 ) -> list[dict[str, Any]]:
     """Run ``n_measured`` queries of one strategy with k in flight; one measurement dict per query."""
     from rollouts.grading import grade
-    from rollouts.strategies.beam_search import BeamConfig, run_beam_search
-    from rollouts.strategies.best_of_n import run_pool
+    from rollouts.strategies import parse_strategy
+
+    run = parse_strategy({"strategy": strategy, **params})
 
     lock = threading.Lock()
     state = {"next": 0, "done": 0}
@@ -69,10 +70,7 @@ def measure(
     stop = threading.Event()
 
     def one(q: Any) -> Any:
-        if strategy == "sample_pool":
-            return run_pool(backend, [q], params["n"], sampling, scorer, grade, seed)[0]
-        cfg = BeamConfig(params["n"], params["m"], params["max_iterations"])
-        return run_beam_search(backend, [q], cfg, sampling, scorer, grade, seed)[0]
+        return run.run(backend, [q], sampling, scorer, grade, seed)[0]
 
     def worker() -> None:
         while not stop.is_set():
@@ -267,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_one(backend: Any, queries: list[Any], sampling: Any, scorer: Any) -> None:
     from rollouts.grading import grade
-    from rollouts.strategies.best_of_n import run_pool
+    from rollouts.strategies import PoolSpec
 
-    run_pool(backend, queries, 4, sampling, scorer, grade, 0)
+    PoolSpec(4).run(backend, queries, sampling, scorer, grade, 0)
 
 
 if __name__ == "__main__":

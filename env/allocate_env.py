@@ -475,7 +475,7 @@ class AllocateEnv(gym.Env):
             "tokens": float(tokens),
             "seconds": float(seconds),
             "utility": utility,
-            "strategy": t.action_ids[a],
+            "action_id": t.action_ids[a],
             "action": a,
             "action_name": t.action_names[a],
             "query_id": t.query_ids[qi],

@@ -44,9 +44,11 @@ import numpy as np
 from gymnasium import spaces
 
 from env.allocate_env import OBS_BOUND, AllocateEnv, EnvConfig
-from env.outcomes import SEARCH_STRATEGIES, ConfigError, OutcomeTable, pool_budgets
+from env.menu import pool_budgets
+from env.outcomes import ConfigError, OutcomeTable
 from rollouts.cache import CacheError
 from rollouts.latency import Round
+from rollouts.strategies import SEARCH_STRATEGIES
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, select
 
 SEEN_FEATURES = (

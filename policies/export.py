@@ -65,27 +65,16 @@ def serving_spec(table) -> dict[str, Any] | None:
         k in meta for k in ("model", "sampling", "scorer", "featurizer")
     ):
         return None
-    from rollouts.strategies.beam_search import BeamConfig
+    from rollouts.strategies import BEAM, PoolSpec, StrategySpec, parse_strategy
 
-    beams = {
-        BeamConfig(m["n"], m["m"], m["max_iterations"]).config_id: m
-        for m in meta.get("menu", [])
-        if m.get("strategy") == "beam_search"
-    }
+    # the collection menu's beam configs; a pool action is a pool run of its budget
+    beams = {s.config_id: s for s in (parse_strategy(m) for m in meta.get("menu", []) if m.get("strategy") == BEAM)}
     actions: dict[str, Any] = {}
     for a in table.menu:
-        if a.strategy == "sample_pool":
-            actions[a.id] = {"strategy": "sample_pool", "n": a.n, "selector": a.selector}
-        elif a.config_id in beams:
-            b = beams[a.config_id]
-            actions[a.id] = {
-                "strategy": "beam_search",
-                "n": b["n"],
-                "m": b["m"],
-                "max_iterations": b["max_iterations"],
-            }
-        else:
+        run: StrategySpec | None = PoolSpec(a.n) if a.is_pool else beams.get(a.config_id)
+        if run is None:
             return None
+        actions[a.id] = run.serving_action(a.selector)
     return {
         "model": meta["model"],
         "backend": (meta.get("backend") or {}).get("backend", "vllm"),
@@ -195,7 +184,6 @@ def parity_check(
     logits_onnx, act_onnx = sess.run(["logits", "action"], {"obs": obs, "mask": mask})
     with torch.no_grad():
         dist = model.policy.get_distribution(torch.as_tensor(obs), action_masks=mask)
-        logits_sb3 = dist.distribution.logits.numpy()
         probs_sb3 = dist.distribution.probs.numpy()
     act_sb3, _ = model.predict(obs, action_masks=mask, deterministic=True)
     # SB3 normalises logits (log-softmax); compare the softmax over legal actions and the argmax
@@ -208,7 +196,6 @@ def parity_check(
         "actions_equal": same,
         "ok": bool(diff <= atol and same == n_check),
     }
-    del logits_sb3
     if not report["ok"]:
         raise ExportError(
             f"ONNX parity check failed: {n_check - same}/{n_check} actions differ, max |Δp| = {diff:.2e} (> {atol:g})"

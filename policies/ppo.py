@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from env.allocate_env import ObsEncoder
-from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference, reject_unknown_keys
+from env.menu import menu_difference
+from env.outcomes import AllocError, ConfigError, OutcomeTable, reject_unknown_keys
 from policies.base import AllocationPolicy
 from rollouts.config import check_types
 

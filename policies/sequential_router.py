@@ -3,9 +3,9 @@
 Per question: the same prompt and hidden-state features as the collection; then, round by round, the
 ONNX step policy sees ``[query features, encoded λ, seen]`` (``seen`` rebuilt by
 :class:`env.escalate_env.SeenState` from the samples the engine returned, the env's own code) and
-either draws k more samples (one engine call of ``run_pool`` with n = k, the collector's strategy
+either draws k more samples (one engine call of the pool strategy with n = k, the collector's strategy
 code; the same prompt, so vLLM's prefix cache serves later rounds), stops and answers with a selector
-(``select``), or runs a beam search (``run_beam_search``). Questions run one after another, so each
+(``select``), or runs a beam search (``BeamSpec``). Questions run one after another, so each
 round's seconds are those of the query alone, as the cache's latency model defines them.
 
 Each result carries ``rounds``, ``widths``, ``round_tokens``, ``round_seconds`` (measured) and
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenState, SeenUnits, step_mask
+from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
 from rollouts.strategies.selectors import answer_key
 
 
@@ -48,26 +49,18 @@ class SequentialRouter:
             from rollouts.latency import LatencyModel
 
             self.latency = LatencyModel.from_dict(lm)
-        serving = live_router.serving["actions"]
-        self.beam_runs = [serving.get(c) for c in self.menu.beam_configs]
+        serving = live_router.serving["actions"]  # the beam configs the serving spec can run (else None)
+        self.beam_runs: list[StrategySpec | None] = [
+            parse_serving_action(serving[c])[0] if c in serving else None for c in self.menu.beam_configs
+        ]
 
-    def route(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-    ) -> list[dict[str, Any]]:
+    def route(self, questions: list[str], answers: list[str | None] | None = None, lambda_tokens: float = 0.0,
+              lambda_seconds: float = 0.0) -> list[dict[str, Any]]:
         """One result dict per question, in order."""
         return list(self.route_iter(questions, answers, lambda_tokens, lambda_seconds))
 
-    def route_iter(
-        self,
-        questions: list[str],
-        answers: list[str | None] | None = None,
-        lambda_tokens: float = 0.0,
-        lambda_seconds: float = 0.0,
-    ) -> Iterator[dict[str, Any]]:
+    def route_iter(self, questions: list[str], answers: list[str | None] | None = None, lambda_tokens: float = 0.0,
+                   lambda_seconds: float = 0.0) -> Iterator[dict[str, Any]]:
         """Route the questions one after another, yielding each result as it finishes."""
         from rollouts.grading import grade
 
@@ -81,68 +74,29 @@ class SequentialRouter:
             yield self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds)
 
     def _one(self, backend, q, base_obs, grade_fn, lt, ls) -> dict[str, Any]:
-        from rollouts.latency import Round
-        from rollouts.strategies.beam_search import BeamConfig, run_beam_search
-        from rollouts.strategies.best_of_n import run_pool
-
-        live = self.live
-        seed = int(live.serving.get("seed", 0))
+        seed = int(self.live.serving.get("seed", 0))
         st = SeenState(self.pool_size, self.has_scores)
         drawn: list[dict[str, Any]] = []
         obs = np.zeros((1, len(base_obs) + len(SEEN_FEATURES)), dtype=np.float32)
         obs[0, : len(base_obs)] = base_obs
-        steps, predicted = [], []
+        steps: list[str] = []
+        predicted: list[float] = []
         beams_ok = [r is not None for r in self.beam_runs]
         while True:
             st.features(self.units, obs[0, len(base_obs) :])
             mask = step_mask(self.menu, st, beams_ok)[None, :]
-            _, action = live.policy.session.run(["logits", "action"], {"obs": obs, "mask": mask})
+            _, action = self.live.policy.session.run(["logits", "action"], {"obs": obs, "mask": mask})
             act = self.actions[int(action[0])]
             steps.append(act.id)
             if act.kind == "draw":
-                t0 = time.perf_counter()
-                (res,) = run_pool(
-                    backend,
-                    [q],
-                    act.k,
-                    live.sampling,
-                    live.scorer,
-                    grade_fn,
-                    seed + 7919 * (len(st.widths) + 1),
-                )
-                secs = time.perf_counter() - t0
-                ss = res.samples or []
-                st.add_round(
-                    [answer_key(s["answer"]) for s in ss],
-                    [s["tokens"] for s in ss],
-                    [s["scorer_tokens"] for s in ss],
-                    [s["score"] for s in ss] if self.has_scores else None,
-                    secs,
-                )
-                drawn += ss
-                if self.latency is not None:
-                    gen = max((s["tokens"] for s in ss), default=0)
-                    predicted.append(self.latency.round_seconds(Round(len(q.prompt_ids), act.k, gen)))
+                drawn += self._draw(backend, q, act.k, st, grade_fn, seed, predicted)
                 continue
             if act.kind == "stop":
                 pick = drawn[st.answer(act.selector or "majority")]
-                extra = st.stop_tokens(act.selector or "majority")
-                st.tokens += extra
+                st.tokens += st.stop_tokens(act.selector or "majority")
                 answer, correct, beam = pick["answer"], pick["correct"], None
             else:
-                run = self.beam_runs[self.menu.beam_configs.index(act.config_id)]
-                cfg = BeamConfig(run["n"], run["m"], run["max_iterations"])
-                t0 = time.perf_counter()
-                (out,) = run_beam_search(backend, [q], cfg, live.sampling, live.scorer, grade_fn, seed)
-                secs = time.perf_counter() - t0
-                st.tokens += out.tokens + out.scorer_tokens
-                st.seconds += secs
-                answer, correct = out.result["answer"], out.result["correct"]
-                beam = {
-                    "config": act.config_id,
-                    "tokens": out.tokens + out.scorer_tokens,
-                    "seconds": round(secs, 3),
-                }
+                answer, correct, beam = self._beam(backend, q, act.config_id, st, grade_fn, seed)
             return {
                 "question": q.question,
                 "mode": "sequential",
@@ -161,3 +115,35 @@ class SequentialRouter:
                 "lambda_tokens": lt,
                 "lambda_seconds": ls,
             }
+
+    def _draw(self, backend, q, k: int, st: SeenState, grade_fn, seed: int, predicted: list[float]) -> list[dict]:
+        """One round of ``k`` more samples (a pool run; a seed per round), added to ``st``; its samples."""
+        from rollouts.latency import Round
+
+        live = self.live
+        t0 = time.perf_counter()
+        (res,) = PoolSpec(k).run(backend, [q], live.sampling, live.scorer, grade_fn, seed + 7919 * (len(st.widths) + 1))
+        secs = time.perf_counter() - t0
+        ss = res.samples or []
+        st.add_round(
+            [answer_key(s["answer"]) for s in ss],
+            [s["tokens"] for s in ss],
+            [s["scorer_tokens"] for s in ss],
+            [s["score"] for s in ss] if self.has_scores else None,
+            secs,
+        )
+        if self.latency is not None:
+            gen = max((s["tokens"] for s in ss), default=0)
+            predicted.append(self.latency.round_seconds(Round(len(q.prompt_ids), k, gen)))
+        return ss
+
+    def _beam(self, backend, q, config_id: str | None, st: SeenState, grade_fn, seed: int) -> tuple[Any, Any, dict]:
+        """The final beam search ``config_id`` (a beam step's), charged to ``st``: its answer, correctness and summary."""
+        beam = self.beam_runs[self.menu.beam_configs.index(config_id)]
+        assert beam is not None  # the step mask offers only the beams the serving spec can run
+        t0 = time.perf_counter()
+        (out,) = beam.answer(backend, [q], self.live.sampling, self.live.scorer, grade_fn, seed)
+        secs = time.perf_counter() - t0
+        st.tokens += out["tokens"]
+        st.seconds += secs
+        return out["answer"], out["correct"], {"config": config_id, "tokens": out["tokens"], "seconds": round(secs, 3)}

@@ -32,9 +32,7 @@ from rollouts.locks import FolderLock
 from rollouts.models import resolve_model
 from rollouts.prompts import build_messages, prompt_token_ids
 from rollouts.scorers import StepScorer, make_scorer
-from rollouts.strategies.base import PromptedQuery, StrategyResult
-from rollouts.strategies.beam_search import BeamConfig, run_beam_search
-from rollouts.strategies.best_of_n import pool_config_id, run_pool
+from rollouts.strategies import PromptedQuery, StrategyResult, StrategySpec, parse_strategy
 
 LATENCY_DEFINITION = (
     "wall-clock seconds one query sees when its strategy runs alone on the engine, first request to final "
@@ -80,14 +78,11 @@ def sampling_spec(cfg: CollectConfig) -> SamplingSpec:
     return SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, logprobs=True)
 
 
-def run_strategy(cfg: CollectConfig, backend: Backend, spec: SamplingSpec, scorer: StepScorer,
-                 item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
-    """One menu item's strategy run over a batch of queries (``n`` overrides a pool's size)."""
+def run_strategy(cfg: CollectConfig, backend: Backend, sampling: SamplingSpec, scorer: StepScorer,
+                 strategy: StrategySpec, queries: list[PromptedQuery]) -> list[StrategyResult]:
+    """One strategy run over a batch of queries, graded with the collection's timeout and seeded with its seed."""
     g = lambda gold, text: grade(gold, text, cfg.grade_timeout_s)  # noqa: E731
-    if item["strategy"] == "sample_pool":
-        return run_pool(backend, queries, n or item["n"], spec, scorer, g, cfg.seed)
-    bc = BeamConfig(item["n"], item["m"], item["max_iterations"])
-    return run_beam_search(backend, queries, bc, spec, scorer, g, cfg.seed)
+    return strategy.run(backend, queries, sampling, scorer, g, cfg.seed)
 
 
 def query_line(cfg: CollectConfig, q: Query, p: PromptedQuery, features: Any) -> dict[str, Any]:
@@ -127,8 +122,9 @@ class Collector:
         self.model_path = resolve_model(cfg.model)
         self.queries: list[Query] = load_queries(cfg.dataset, cfg.limit, cfg.offset, cfg.question_field,
                                                  cfg.answer_field)
+        self.strategies: list[StrategySpec] = [parse_strategy(m) for m in cfg.menu]  # parsed once
         # the latency fit needs 4 direct measurements: say so now, not after featurizing and measuring
-        per_query = sum(len(cfg.budgets) if m["strategy"] == "sample_pool" else 1 for m in cfg.menu)
+        per_query = sum(len(s.calibration_runs(cfg.budgets)) for s in self.strategies)
         k = min(cfg.calibration_queries, len(self.queries))
         if k and k * per_query < 4:
             raise ConfigError(
@@ -137,7 +133,7 @@ class Collector:
             )
         self.backend = backend or make_backend(cfg.backend, self.model_path, **cfg.backend_options)
         self.scorer: StepScorer = make_scorer(cfg.scorer, **cfg.scorer_options)
-        self.spec = sampling_spec(cfg)
+        self.sampling = sampling_spec(cfg)
         tok = self.backend.tokenizer
         self.prompted = [
             PromptedQuery(q.query_id, q.question, q.answer,
@@ -181,13 +177,13 @@ class Collector:
         self.writer.update_meta(featurizer=fz.describe())
         del fz
 
-    def _run(self, item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
-        return run_strategy(self.cfg, self.backend, self.spec, self.scorer, item, queries, n)
+    def _run(self, strategy: StrategySpec, queries: list[PromptedQuery]) -> list[StrategyResult]:
+        return run_strategy(self.cfg, self.backend, self.sampling, self.scorer, strategy, queries)
 
-    def _timed_run(self, item: dict[str, Any], q: PromptedQuery, n: int | None) -> tuple[StrategyResult, float]:
+    def _timed_run(self, strategy: StrategySpec, q: PromptedQuery) -> tuple[StrategyResult, float]:
         """One query run alone, with its wall-clock seconds (a direct latency measurement)."""
         t0 = time.perf_counter()
-        (res,) = self._run(item, [q], n=n)
+        (res,) = self._run(strategy, [q])
         return res, time.perf_counter() - t0
 
     def calibrate(self) -> None:
@@ -196,20 +192,13 @@ class Collector:
         if k == 0:
             return
         done = {(m["query_id"], m["config_id"]) for m in self.writer.meta.get("latency_calibration", [])}
-        units = []
-        for q in self.prompted[:k]:
-            for item in self.cfg.menu:
-                if item["strategy"] == "sample_pool":
-                    units += [(q, item, b) for b in self.cfg.budgets if (q.query_id, pool_config_id(b)) not in done]
-                else:
-                    cid = BeamConfig(item["n"], item["m"], item["max_iterations"]).config_id
-                    if (q.query_id, cid) not in done:
-                        units.append((q, item, None))
+        units = [(q, run) for q in self.prompted[:k] for s in self.strategies
+                 for run in s.calibration_runs(self.cfg.budgets) if (q.query_id, run.config_id) not in done]
         if units:
-            self._run(self.cfg.menu[0], self.prompted[:1], n=1)  # warm-up, not measured
+            self._run(self.strategies[0].calibration_runs([1])[0], self.prompted[:1])  # warm-up, not measured
         measurements = list(self.writer.meta.get("latency_calibration", []))
-        for q, item, n in tqdm(units, desc="latency calibration", disable=not self.progress):
-            res, seconds = self._timed_run(item, q, n)
+        for q, run in tqdm(units, desc="latency calibration", disable=not self.progress):
+            res, seconds = self._timed_run(run, q)
             measurements.append({"query_id": q.query_id, "config_id": res.config_id, "seconds": seconds,
                                  "rounds": [asdict(r) for r in res.rounds]})
             self.writer.update_meta(latency_calibration=measurements)
@@ -282,8 +271,7 @@ class Collector:
     def collect(self) -> dict[str, Any]:
         self.featurize()
         self.calibrate()
-        cids = [pool_config_id(m["n"]) if m["strategy"] == "sample_pool"
-                else BeamConfig(m["n"], m["m"], m["max_iterations"]).config_id for m in self.cfg.menu]
+        cids = [s.config_id for s in self.strategies]
         total = len(self.prompted) * len(cids)
         done = sum(self.writer.has(q.query_id, c, self.cfg.seed) for q in self.prompted for c in cids)
         bar = tqdm(total=total, initial=done, desc="collect", unit="rec", disable=not self.progress)
@@ -291,12 +279,12 @@ class Collector:
         bs = self.cfg.batch_queries
         for start in range(0, len(self.prompted), bs):
             batch = self.prompted[start:start + bs]
-            for item, cid in zip(self.cfg.menu, cids):
+            for strategy, cid in zip(self.strategies, cids):
                 todo = [q for q in batch if not self.writer.has(q.query_id, cid, self.cfg.seed)]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
-                results = self._run(item, todo)
+                results = self._run(strategy, todo)
                 info = {"queries": len(todo), "wall_s": round(time.perf_counter() - t0, 3)}
                 for res in results:
                     self.writer.add_record(self._record(res, info))

@@ -41,9 +41,7 @@ from rollouts.collector import Collector, query_line, run_strategy, sampling_spe
 from rollouts.config import CollectConfig, ConfigError
 from rollouts.models import resolve_model
 from rollouts.scorers import make_scorer
-from rollouts.strategies.base import PromptedQuery, StrategyResult
-from rollouts.strategies.beam_search import BeamConfig
-from rollouts.strategies.best_of_n import pool_config_id
+from rollouts.strategies import PromptedQuery, StrategyResult, StrategySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_FLIGHT = 2  # batches queued per replica: the next one is ready when the engine finishes the last
@@ -82,7 +80,7 @@ class Replica:
             opts.setdefault("distributed_executor_backend", "mp")
         self.backend = make_backend(self.cfg.backend, self.model_path, **opts)
         self.scorer = make_scorer(self.cfg.scorer, **self.cfg.scorer_options)
-        self.spec = sampling_spec(self.cfg)
+        self.sampling = sampling_spec(self.cfg)
         self._featurizer: Any = None
 
     def info(self) -> dict[str, Any]:
@@ -99,17 +97,16 @@ class Replica:
     def drop_featurizer(self) -> None:
         self._featurizer = None
 
-    def run(self, item: dict[str, Any], queries: list[PromptedQuery],
-            n: int | None = None) -> tuple[list[StrategyResult], dict[str, Any]]:
+    def run(self, strategy: StrategySpec, queries: list[PromptedQuery]) -> tuple[list[StrategyResult], dict[str, Any]]:
         t0 = time.perf_counter()
-        results = run_strategy(self.cfg, self.backend, self.spec, self.scorer, item, queries, n)
+        results = run_strategy(self.cfg, self.backend, self.sampling, self.scorer, strategy, queries)
         return results, {"queries": len(queries), "wall_s": round(time.perf_counter() - t0, 3),
                          "replica": self.index}
 
-    def timed_run(self, item: dict[str, Any], q: PromptedQuery, n: int | None) -> tuple[StrategyResult, float]:
+    def timed_run(self, strategy: StrategySpec, q: PromptedQuery) -> tuple[StrategyResult, float]:
         """A direct latency measurement, timed inside the replica (no Ray round trip in it)."""
         t0 = time.perf_counter()
-        (res,) = run_strategy(self.cfg, self.backend, self.spec, self.scorer, item, [q], n)
+        (res,) = run_strategy(self.cfg, self.backend, self.sampling, self.scorer, strategy, [q])
         return res, time.perf_counter() - t0
 
 
@@ -254,28 +251,27 @@ class RayCollector(Collector):
             raise BackendError("every Ray replica died; rerun to resume")
         return live[0]
 
-    def _run(self, item: dict[str, Any], queries: list[PromptedQuery], n: int | None = None) -> list[StrategyResult]:
-        return self._get(self._live().run.remote(item, queries, n))[0]
+    def _run(self, strategy: StrategySpec, queries: list[PromptedQuery]) -> list[StrategyResult]:
+        return self._get(self._live().run.remote(strategy, queries))[0]
 
-    def _timed_run(self, item: dict[str, Any], q: PromptedQuery, n: int | None) -> tuple[StrategyResult, float]:
+    def _timed_run(self, strategy: StrategySpec, q: PromptedQuery) -> tuple[StrategyResult, float]:
         # Calibration runs on one replica while the others idle: a query alone on its engine.
-        return self._get(self._live().timed_run.remote(item, q, n))
+        return self._get(self._live().timed_run.remote(strategy, q))
 
     def collect(self) -> dict[str, Any]:
         self.featurize()
         self.calibrate()
         c = self.cfg
-        cids = [pool_config_id(m["n"]) if m["strategy"] == "sample_pool"
-                else BeamConfig(m["n"], m["m"], m["max_iterations"]).config_id for m in c.menu]
+        cids = [s.config_id for s in self.strategies]
         total = len(self.prompted) * len(cids)
         done = sum(self.writer.has(q.query_id, cid, c.seed) for q in self.prompted for cid in cids)
         units = []  # the single-process loop's units, in its order, minus what the cache has
         for start in range(0, len(self.prompted), c.batch_queries):
             batch = self.prompted[start:start + c.batch_queries]
-            for item, cid in zip(c.menu, cids):
+            for strategy, cid in zip(self.strategies, cids):
                 todo = [q for q in batch if not self.writer.has(q.query_id, cid, c.seed)]
                 if todo:
-                    units.append((item, todo))
+                    units.append((strategy, todo))
         gen_tokens, written, dropped = 0, 0, 0
         bar = tqdm(total=total, initial=done, desc=f"collect (ray, {c.replicas} replicas)", unit="rec",
                    disable=not self.progress)

@@ -39,7 +39,7 @@ def test_registered_make(synthetic_cache):
     assert obs.dtype == np.float32 and obs.shape == e.observation_space.shape
     obs, r, term, trunc, info = e.step(0)
     assert term and not trunc
-    for k in ("is_success", "tokens", "seconds", "strategy", "correct", "utility"):
+    for k in ("is_success", "tokens", "seconds", "action_id", "correct", "utility"):
         assert k in info
 
 
@@ -53,7 +53,7 @@ def test_reward_and_options(table):
     qi = table.qindex[qid]
     want = table.correct[qi, ai] - 1e-3 * table.tokens[qi, ai] - 0.5 * table.seconds[qi, ai]
     assert r == pytest.approx(want) and term and not trunc
-    assert info["strategy"] == "pool:n=8/majority@4" and info["is_success"] == (table.correct[qi, ai] >= 0.5)
+    assert info["action_id"] == "pool:n=8/majority@4" and info["is_success"] == (table.correct[qi, ai] >= 0.5)
     with pytest.raises(ConfigError):
         e.step(ai)  # finished episode
 

@@ -3,13 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from env.outcomes import (
-    OutcomeTable,
-    build_menu,
-    pool_budgets,
-    select_many,
-    subsets_for,
-)
+from env.menu import build_menu, pool_budgets
+from env.outcomes import OutcomeTable
+from env.pool_outcomes import select_many, subsets_for
 from rollouts.cache import CacheError, CacheWriter, load_cache
 from rollouts.strategies.selectors import select
 from tests.fixtures.synthetic_cache import make_synthetic_cache

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from env.outcomes import expected_selected_correct
+from env.pool_outcomes import expected_selected_correct
 from rollouts.strategies.selectors import select, tied_winners
 
 

@@ -13,24 +13,27 @@ each iteration's counts are stored so the total can be audited.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from rollouts.backends.base import Backend, SamplingSpec
-from rollouts.grading import Grade
 from rollouts.latency import Round
 from rollouts.scorers import StepScorer, Trajectory
-from rollouts.strategies.base import PromptedQuery, StrategyResult
-from rollouts.strategies.best_of_n import _request_seed
+from rollouts.strategies.base import BEAM, GradeFn, PromptedQuery, StrategyResult, StrategySpec, request_seed
 
 STEP_DELIMITER = "\n\n"
 
 
 @dataclass(frozen=True)
-class BeamConfig:
+class BeamSpec(StrategySpec):
+    """Beam search with N beams, width M, at most K iterations (menu ``n``, ``m``, ``max_iterations``)."""
+
     n: int  # beams (candidates per iteration)
     m: int  # width: samples per kept beam
     max_iterations: int = 4
+    name: ClassVar[str] = BEAM
+    item_keys: ClassVar[tuple[str, ...]] = ("n", "m", "max_iterations")
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.m < 1 or self.max_iterations < 1:
@@ -41,6 +44,29 @@ class BeamConfig:
     @property
     def config_id(self) -> str:
         return f"beam:N={self.n},M={self.m},K={self.max_iterations}"
+
+    @staticmethod
+    def charged_tokens(generated: int, scorer_tokens: int) -> int:
+        """What a search costs: every generated token (pruned candidates included) plus the scorer's."""
+        return generated + scorer_tokens
+
+    def calibration_runs(self, budgets: Sequence[int]) -> list[StrategySpec]:
+        return [self]
+
+    def run(self, backend: Backend, queries: Sequence[PromptedQuery], sampling: SamplingSpec,
+            scorer: StepScorer, grade_fn: GradeFn, seed: int) -> list[StrategyResult]:
+        return run_beam_search(backend, queries, self, sampling, scorer, grade_fn, seed)
+
+    def answer(self, backend: Backend, queries: Sequence[PromptedQuery], sampling: SamplingSpec,
+               scorer: StepScorer, grade_fn: GradeFn, seed: int, selector: str | None = None) -> list[dict[str, Any]]:
+        """The best-scoring complete candidate per query (``selector`` does not apply)."""
+        out = []
+        for o in self.run(backend, queries, sampling, scorer, grade_fn, seed):
+            assert o.result is not None
+            out.append({"answer": o.result["answer"], "text": o.result["text"], "correct": o.result["correct"],
+                        "tokens": int(self.charged_tokens(o.tokens, o.scorer_tokens)),
+                        "generated_tokens": int(o.tokens), "rounds": o.rounds})
+        return out
 
 
 @dataclass
@@ -58,29 +84,29 @@ class _State:
 def run_beam_search(
     backend: Backend,
     queries: Sequence[PromptedQuery],
-    cfg: BeamConfig,
-    spec: SamplingSpec,
+    beam: BeamSpec,
+    sampling: SamplingSpec,
     scorer: StepScorer,
-    grade_fn: Callable[[str | None, str], Grade],
+    grade_fn: GradeFn,
     seed: int,
 ) -> list[StrategyResult]:
     """Run beam search for all queries at once: each iteration is one batched engine call."""
     states = [_State(q, active=[(Trajectory(), 1.0)], done=[], iterations=[], rounds=[]) for q in queries]
-    for k in range(1, cfg.max_iterations + 1):
-        last = k == cfg.max_iterations
+    for k in range(1, beam.max_iterations + 1):
+        last = k == beam.max_iterations
         prompts, specs, owners = [], [], []
         for si, st in enumerate(states):
-            if not st.active or len(st.done) >= cfg.n:
+            if not st.active or len(st.done) >= beam.n:
                 continue
-            per_beam = cfg.n if k == 1 else cfg.m
+            per_beam = beam.n if k == 1 else beam.m
             for bi, (traj, _) in enumerate(st.active):
-                remaining = spec.max_tokens - len(traj.token_ids)
+                remaining = sampling.max_tokens - len(traj.token_ids)
                 if remaining <= 0:
                     continue
                 prompts.append(st.query.prompt_ids + traj.token_ids)
-                specs.append(replace(spec, n=per_beam, max_tokens=remaining,
+                specs.append(replace(sampling, n=per_beam, max_tokens=remaining,
                                      stop=() if last else (STEP_DELIMITER,),
-                                     seed=_request_seed(seed, st.query.query_id, f"beam{cfg.config_id}:{k}:{bi}")))
+                                     seed=request_seed(seed, st.query.query_id, f"beam{beam.config_id}:{k}:{bi}")))
                 owners.append((si, traj))
         if not prompts:
             break
@@ -89,7 +115,7 @@ def run_beam_search(
         for (si, parent), comps in zip(owners, outs):
             for c in comps:
                 child = parent.extended(c.text, c.token_ids, c.logprobs)
-                complete = last or not c.ended_by_stop_string or len(child.token_ids) >= spec.max_tokens
+                complete = last or not c.ended_by_stop_string or len(child.token_ids) >= sampling.max_tokens
                 by_state.setdefault(si, []).append((child, complete, c.tokens))
         for si, cands in by_state.items():
             st = states[si]
@@ -101,11 +127,11 @@ def run_beam_search(
             prefix = sum(len(st.query.prompt_ids) + len(p.token_ids) for s2, p in owners if s2 == si)
             n_parents = sum(1 for s2, _ in owners if s2 == si)
             st.rounds.append(Round(prefix // max(n_parents, 1), len(cands), max(t for _, _, t in cands)))
-            open_c = []
+            open_c: list[tuple[Trajectory, float]] = []
             for (child, complete, _), score in zip(cands, sb.scores):
                 (st.done if complete else open_c).append((child, float(score)))
             open_c.sort(key=lambda x: -x[1])
-            keep = max(cfg.n // cfg.m, 1)
+            keep = max(beam.n // beam.m, 1)
             st.active = open_c[:keep]
             st.iterations.append({
                 "iteration": k, "beams_in": n_parents, "candidates": len(cands), "tokens": gen,
@@ -119,9 +145,9 @@ def run_beam_search(
         best, best_score = max(pool, key=lambda x: x[1])
         g = grade_fn(st.query.answer, best.text)
         results.append(StrategyResult(
-            query_id=st.query.query_id, config_id=cfg.config_id, strategy="beam_search",
-            params={"n": cfg.n, "m": cfg.m, "max_iterations": cfg.max_iterations, "temperature": spec.temperature,
-                    "max_tokens": spec.max_tokens, "scorer": scorer.name, "step_delimiter": STEP_DELIMITER},
+            query_id=st.query.query_id, config_id=beam.config_id, strategy=BEAM,
+            params={"n": beam.n, "m": beam.m, "max_iterations": beam.max_iterations, "temperature": sampling.temperature,
+                    "max_tokens": sampling.max_tokens, "scorer": scorer.name, "step_delimiter": STEP_DELIMITER},
             tokens=st.tokens, scorer_tokens=st.scorer_tokens, scorer_seconds=st.scorer_seconds, rounds=st.rounds,
             result={"text": best.text, "answer": g.answer, "correct": g.correct if st.query.answer is not None else None,
                     "score": best_score, "steps": len(best.steps), "complete": bool(st.done)},
