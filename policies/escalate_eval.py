@@ -21,93 +21,68 @@ interval lies above/below zero by more than 1e-9 (ties within 1e-9 are equal).
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env.outcomes import ConfigError
-
-TOL = 1e-9
-
-
-def bootstrap_weights(n: int, r: int, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n_boot, n) query weights and (n_boot, n, r) order weights (draw counts / size)."""
-    rng = np.random.default_rng(seed)
-    wq = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
-    wr = rng.multinomial(r, np.full(r, 1.0 / r), size=(n_boot, n)) / r
-    return wq, wr
+from env.outcomes import ConfigError, OutcomeTable
+from evaluation.bootstrap import TOL, two_stage_compare, two_stage_weights
+from evaluation.options import EvalOptions
+from evaluation.pareto import write_sequential_plots
+from evaluation.report import sequential_markdown, strip_private, write_results
+from evaluation.source import ModelSource
 
 
-def resampled_means(u: np.ndarray, wq: np.ndarray, wr: np.ndarray) -> np.ndarray:
-    """(n_boot,) resampled means of a per (query, order) array (n, r)."""
-    return np.einsum("bq,bqr,qr->b", wq, wr, u)
+def evaluate_escalate(opts: EvalOptions, source: ModelSource) -> dict[str, Any]:
+    """Evaluate the sequential run ``source`` (``evaluate.py`` dispatches here) and write its results;
+    returns the JSON's numbers with ``out_dir`` added."""
+    if opts.n_orders < 1:
+        raise ConfigError(f"--orders must be >= 1, got {opts.n_orders}")
+    setup = load_setup(opts, source)
+    evaluation = SequentialEvaluation(opts, setup)
+    evaluation.run()
+    out_dir = Path(opts.out) if opts.out else source.run_dir / "eval"
+    plot = write_sequential_plots if opts.plots else None
+    return write_results(
+        strip_private(evaluation.result(source)), out_dir, sequential_markdown, plot, json_path=opts.json_path
+    )
 
 
-def compare(d: np.ndarray, wq: np.ndarray, wr: np.ndarray) -> dict[str, Any]:
-    """Point estimate, 90 % interval and verdict of a paired difference array (n, r)."""
-    bs = resampled_means(d, wq, wr)
-    lo, hi = np.percentile(bs, [5, 95])
-    return {
-        "diff": float(d.mean()),
-        "ci90": [float(lo), float(hi)],
-        "above_90": bool(lo > TOL),
-        "below_90": bool(hi < -TOL),
-        "_boot": bs,
-    }
+@dataclass
+class SequentialSetup:
+    """What a sequential evaluation runs on: the table, the step menu, the run's encoders and the rows."""
+
+    table: OutcomeTable
+    menu: Any  # env.escalate_env.EscalateMenu
+    encoder: Any  # env.allocate_env.ObsEncoder of the run
+    units: Any  # env.escalate_env.SeenUnits of the run
+    model_path: Path
+    oneshot: Any  # the --compare-run policy (policies.ppo.PPOPolicy), or None
+    rows: np.ndarray  # the evaluated split: queries with a pool and every action
+    val_rows: np.ndarray  # the same on the validation split (the rules are tuned there)
+    train_rows: np.ndarray  # the λ grid's
 
 
-def evaluate_escalate(
-    run_dir: Path,
-    model_path: Path,
-    meta: dict[str, Any],
-    cache: str,
-    split: str = "test",
-    grid_n: int = 5,
-    lt_axis: list[float] | None = None,
-    ls_axis: list[float] | None = None,
-    out: str | None = None,
-    json_path: str | None = None,
-    plots: bool = True,
-    n_boot: int = 1000,
-    n_orders: int = 16,
-    compare_run: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    from tqdm import tqdm
-
+def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
+    """The run's outcome table and step menu (checked against the model's), ``--compare-run``'s policy
+    and the rows per split."""
     from env.allocate_env import ObsEncoder
     from env.escalate_env import EscalateMenu, SeenUnits, env_config_from
-    from env.outcomes import OutcomeTable
-    from policies.base import lambda_grid
-    from policies.escalate_sim import Simulator, make_orders, model_policy, plan_policy
-    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
-    from policies.stopping_rules import rule_grid, simulate_rules, tune
+    from policies.ppo import check_menu
 
-    if n_orders < 1:
-        raise ConfigError(f"--orders must be >= 1, got {n_orders}")
-    env_cfg = env_config_from(meta["env"])
-    table = OutcomeTable(cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed)
-    check_menu(meta, table, str(model_path))
-    menu = EscalateMenu(table, env_cfg)  # type: ignore[arg-type]
-    if list(menu.ids) != list(meta["escalate"]["step_menu"]):
-        raise ConfigError(f"{model_path}: its step menu {meta['escalate']['step_menu']} is not {menu.ids}")
-    oneshot = None
-    if compare_run:
-        cr = Path(compare_run)
-        cm = cr / "best_model.zip" if cr.is_dir() else cr
-        cmeta = read_meta(cm)
-        if cmeta.get("kind") == "escalate":
-            raise ConfigError(
-                f"{cm}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
-            )
-        check_menu(cmeta, table, str(cm))
-        oneshot = PPOPolicy(load_model(cm, table))
-    encoder = ObsEncoder.from_dict(meta["encoder"])
-    units = SeenUnits.from_dict(meta["escalate"]["units"])
-    splits = json.loads((run_dir / "splits.json").read_text())
+    model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
+    env_config = env_config_from(model_meta["env"])
+    table = OutcomeTable(cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed)
+    check_menu(model_meta, table, str(model_path))
+    menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
+    if list(menu.ids) != list(model_meta["escalate"]["step_menu"]):
+        raise ConfigError(f"{model_path}: its step menu {model_meta['escalate']['step_menu']} is not {menu.ids}")
+    oneshot = _compare_policy(opts.compare_run, table)
+    encoder = ObsEncoder.from_dict(model_meta["encoder"])
+    units = SeenUnits.from_dict(model_meta["escalate"]["units"])
+    splits = json.loads((source.run_dir / "splits.json").read_text())
 
     def rows_for(s: str) -> np.ndarray:
         r = table.indices([q for q in splits[s] if q in table.qindex])
@@ -118,81 +93,128 @@ def evaluate_escalate(
     train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
     if len(rows) == 0 or len(val_rows) == 0:
         raise ConfigError(f"the {split} or val split has no queries with a pool and every action in {cache}")
-    grid = lambda_grid(table, train_rows, grid_n)
-    lt_axis = lt_axis or grid["lambda_tokens"]
-    ls_axis = ls_axis or grid["lambda_seconds"]
-    points = [(lt, ls) for lt in lt_axis for ls in ls_axis]
+    return SequentialSetup(table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows)
 
-    def simulator(r: np.ndarray) -> Simulator:
-        orders, picks = make_orders(table, menu, r, n_orders, seed=seed)
-        return Simulator(table, menu, encoder, units, r, orders, picks)
 
-    sim, val_sim = simulator(rows), simulator(val_rows)
-    n_q = len(rows)
-    # one-shot actions on the same orders (λ-independent: price them per point)
-    plans = [menu.oneshot_plan(a) for a in table.menu]
-    oneshot_ids = [a.id for a, p in zip(table.menu, plans, strict=True) if p is not None]
-    static = {
-        a.id: sim.run(plan_policy([p]), 0.0, 0.0)
-        for a, p in zip(table.menu, plans, strict=True)
-        if p is not None
-    }
-    # stopping rules: every configuration once on val, the per-point pick once on test
-    families = rule_grid(menu)
-    val_results = {
-        f: simulate_rules(val_sim, rules)
-        for f, rules in tqdm(families.items(), desc="stopping rules on val", disable=not progress)
-    }
-    picks = {f: tune(val_results[f], points) for f in families}
-    test_rule_cache: dict[tuple[str, int], Any] = {}
-    for f, idx in picks.items():
-        for i in set(idx):
-            test_rule_cache[(f, i)] = simulate_rules(sim, [families[f][i]])[0]
-    model = load_model(model_path, table)
-    seq_pol = model_policy(model)
-    wq, wr = bootstrap_weights(n_q, n_orders, n_boot, seed) if n_boot > 0 else (None, None)
+def _compare_policy(compare_run: str | None, table: OutcomeTable) -> Any:
+    """The one-shot run ``--compare-run`` names (its best model), on this table's menu; None without."""
+    if not compare_run:
+        return None
+    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
 
-    def cmp(d):
-        if wq is None:
-            return {
-                "diff": float(d.mean()),
-                "ci90": [float(d.mean())] * 2,
-                "above_90": False,
-                "below_90": False,
-            }
-        return compare(d, wq, wr)
+    run = Path(compare_run)
+    compare_path = run / "best_model.zip" if run.is_dir() else run
+    compare_meta = read_meta(compare_path)
+    if compare_meta.get("kind") == "escalate":
+        raise ConfigError(
+            f"{compare_path}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
+        )
+    check_menu(compare_meta, table, str(compare_path))
+    return PPOPolicy(load_model(compare_path, table))
 
-    out_points = []
-    boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in families}
-    for lt, ls in tqdm(points, desc="λ points", disable=not progress):
+
+class SequentialEvaluation:
+    """Every policy of a sequential evaluation on the same sample orders: the statics and the stopping
+    rules are simulated once (the rules tuned on val), then each λ point prices them (:meth:`run`)."""
+
+    def __init__(self, opts: EvalOptions, setup: SequentialSetup):
+        from policies.base import lambda_grid
+        from policies.escalate_sim import Simulator, make_orders, plan_policy
+        from policies.stopping_rules import rule_grid
+
+        self.opts, self.setup = opts, setup
+        table, menu = setup.table, setup.menu
+        grid = lambda_grid(table, setup.train_rows, opts.grid_n)
+        lt_axis, ls_axis = opts.lambda_axes()
+        self.lt_axis, self.ls_axis = lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"]
+        self.lambdas = [(lt, ls) for lt in self.lt_axis for ls in self.ls_axis]
+
+        def simulator(r: np.ndarray) -> Simulator:
+            orders, picks = make_orders(table, menu, r, opts.n_orders, seed=opts.seed)
+            return Simulator(table, menu, setup.encoder, setup.units, r, orders, picks)
+
+        self.sim, self.val_sim = simulator(setup.rows), simulator(setup.val_rows)
+        # one-shot actions on the same orders (λ-independent: price them per point)
+        plans = [menu.oneshot_plan(a) for a in table.menu]
+        self.oneshot_ids = [a.id for a, p in zip(table.menu, plans, strict=True) if p is not None]
+        self.static = {
+            a.id: self.sim.run(plan_policy([p]), 0.0, 0.0)
+            for a, p in zip(table.menu, plans, strict=True)
+            if p is not None
+        }
+        self.families = rule_grid(menu)
+        self.points: list[dict[str, Any]] = []
+        self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
+
+    def _tune_rules(self) -> None:
+        """Every rule configuration once on val, the per-point pick of each family once on test."""
+        from tqdm import tqdm
+
+        from policies.stopping_rules import simulate_rules, tune
+
+        val_results = {
+            f: simulate_rules(self.val_sim, rules)
+            for f, rules in tqdm(self.families.items(), desc="stopping rules on val", disable=not self.opts.progress)
+        }
+        self.rule_picks = {f: tune(val_results[f], self.lambdas) for f in self.families}
+        self.test_rules: dict[tuple[str, int], Any] = {}
+        for f, idx in self.rule_picks.items():
+            for i in set(idx):
+                self.test_rules[(f, i)] = simulate_rules(self.sim, [self.families[f][i]])[0]
+
+    def run(self) -> list[dict[str, Any]]:
+        """One record per (λ_T, λ_L), λ_T outer (the JSON's ``points``)."""
+        from tqdm import tqdm
+
+        from policies.escalate_sim import model_policy
+        from policies.ppo import load_model
+
+        opts = self.opts
+        self._tune_rules()
+        self.seq_policy = model_policy(load_model(self.setup.model_path, self.setup.table))
+        n_q = len(self.setup.rows)
+        self.weights = two_stage_weights(n_q, opts.n_orders, opts.n_boot, opts.seed) if opts.n_boot > 0 else None
+        for lt, ls in tqdm(self.lambdas, desc="λ points", disable=not opts.progress):
+            self.points.append(self._point(lt, ls))
+        return self.points
+
+    def _policies_at(self, lt: float, ls: float) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+        """Every policy's summary and (query, order) utilities at (λ_T, λ_L), and the rule picked per family."""
+        table, oneshot_ids, static = self.setup.table, self.oneshot_ids, self.static
         pols: dict[str, Any] = {}
         util: dict[str, np.ndarray] = {}
-        seq = sim.run(seq_pol, lt, ls)
+        seq = self.sim.run(self.seq_policy, lt, ls)
         pols["sequential"], util["sequential"] = seq.summary(lt, ls), seq.utility(lt, ls)
         for aid in oneshot_ids:
             pols[f"static:{aid}"] = static[aid].summary(lt, ls)
             util[f"static:{aid}"] = static[aid].utility(lt, ls)
-        best = max(oneshot_ids, key=lambda a: util[f"static:{a}"].mean())
         # the one-shot oracle: per query the action with the best mean over its orders
         per_q = np.stack([util[f"static:{a}"].mean(axis=1) for a in oneshot_ids], axis=1)  # (n, A)
         choice = per_q.argmax(axis=1)
         stack = np.stack([util[f"static:{a}"] for a in oneshot_ids], axis=0)  # (A, n, r)
-        util["oracle"] = stack[choice, np.arange(n_q)]
-        pols["oracle"] = _summary_from(
-            {a: static[a] for a in oneshot_ids}, [oneshot_ids[c] for c in choice], lt, ls
-        )
-        if oneshot is not None:
-            acts = oneshot.choose(table, rows, lt, ls)
+        util["oracle"] = stack[choice, np.arange(len(self.setup.rows))]
+        pols["oracle"] = _summary_from({a: static[a] for a in oneshot_ids}, [oneshot_ids[c] for c in choice], lt, ls)
+        if self.setup.oneshot is not None:
+            acts = self.setup.oneshot.choose(table, self.setup.rows, lt, ls)
             ids = [table.action_ids[int(a)] for a in acts]
             util["oneshot_ppo"] = np.stack([util[f"static:{a}"][i] for i, a in enumerate(ids)])
             pols["oneshot_ppo"] = _summary_from({a: static[a] for a in set(ids)}, ids, lt, ls)
         chosen_rules = {}
-        for f in families:
-            i = picks[f][points.index((lt, ls))]
-            res = test_rule_cache[(f, i)]
-            pols[f"rule:{f}"] = {**res.summary(lt, ls), "config": families[f][i].to_dict()}
+        for f in self.families:
+            i = self.rule_picks[f][self.lambdas.index((lt, ls))]
+            res = self.test_rules[(f, i)]
+            pols[f"rule:{f}"] = {**res.summary(lt, ls), "config": self.families[f][i].to_dict()}
             util[f"rule:{f}"] = res.utility(lt, ls)
-            chosen_rules[f] = families[f][i].name
+            chosen_rules[f] = self.families[f][i].name
+        return pols, util, chosen_rules
+
+    def _point(self, lt: float, ls: float) -> dict[str, Any]:
+        pols, util, chosen_rules = self._policies_at(lt, ls)
+
+        def compare(d: np.ndarray) -> dict[str, Any]:
+            return two_stage_compare(d, self.weights)
+
+        best = max(self.oneshot_ids, key=lambda a: util[f"static:{a}"].mean())
         u_bs, u_or = util[f"static:{best}"].mean(), util["oracle"].mean()
         gap = u_or - u_bs
         u_seq = util["sequential"].mean()
@@ -205,54 +227,47 @@ def evaluate_escalate(
             "sequential_gap_share": None if gap < TOL else (u_seq - u_bs) / gap,
             "sequential_above_oracle": bool(u_seq > u_or + TOL),
             "rules": chosen_rules,
-            "sequential_vs_best_static": cmp(util["sequential"] - util[f"static:{best}"]),
-            "sequential_vs_oracle": cmp(util["sequential"] - util["oracle"]),
+            "sequential_vs_best_static": compare(util["sequential"] - util[f"static:{best}"]),
+            "sequential_vs_oracle": compare(util["sequential"] - util["oracle"]),
         }
-        if oneshot is not None:
-            point["sequential_vs_oneshot_ppo"] = cmp(util["sequential"] - util["oneshot_ppo"])
+        if self.setup.oneshot is not None:
+            point["sequential_vs_oneshot_ppo"] = compare(util["sequential"] - util["oneshot_ppo"])
             point["oneshot_ppo_gap_share"] = None if gap < TOL else (util["oneshot_ppo"].mean() - u_bs) / gap
-        for f in families:
-            c = cmp(util["sequential"] - util[f"rule:{f}"])
+        for f in self.families:
+            c = compare(util["sequential"] - util[f"rule:{f}"])
             point[f"sequential_vs_rule:{f}"] = c
             if "_boot" in c:
-                boot_seq_minus_rule[f].append(c["_boot"])
-        out_points.append(point)
+                self.boot_seq_minus_rule[f].append(c["_boot"])
+        return point
 
-    # the best rule family: best mean test utility over the grid
-    fam_mean = {
-        f: float(np.mean([p["policies"][f"rule:{f}"]["utility"] for p in out_points])) for f in families
-    }
-    best_rule = max(fam_mean, key=fam_mean.get)  # type: ignore[arg-type]
-    summary = _summarize(out_points, best_rule, fam_mean, boot_seq_minus_rule, oneshot is not None, n_boot)
-    summary["savings"] = savings(out_points, oneshot_ids)
-    result = {
-        "kind": "escalate",
-        "run": str(run_dir),
-        "model": str(model_path),
-        "compare_run": compare_run,
-        "cache": str(cache),
-        "split": split,
-        "n_queries": n_q,
-        "n_orders": n_orders,
-        "n_val_queries": int(len(val_rows)),
-        "step_menu": list(menu.ids),
-        "oneshot_menu": oneshot_ids,
-        "grid": {"lambda_tokens": list(lt_axis), "lambda_seconds": list(ls_axis)},
-        "rule_grid_sizes": {f: len(r) for f, r in families.items()},
-        "points": out_points,
-        "summary": summary,
-    }
-    out_dir = Path(out) if out else run_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean = _strip_boot(result)
-    (out_dir / "results.md").write_text(markdown(clean))
-    if plots:
-        write_plots(clean, out_dir)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(clean, indent=1) + "\n")
-    clean["out_dir"] = str(out_dir)
-    return clean
+    def result(self, source: ModelSource) -> dict[str, Any]:
+        """The JSON of the evaluation (after :meth:`run`), ``_boot`` arrays still in it."""
+        points, opts, setup = self.points, self.opts, self.setup
+        # the best rule family: best mean test utility over the grid
+        fam_mean = {
+            f: float(np.mean([p["policies"][f"rule:{f}"]["utility"] for p in points])) for f in self.families
+        }
+        best_rule = max(fam_mean, key=fam_mean.get)  # type: ignore[arg-type]
+        have_oneshot = setup.oneshot is not None
+        summary = _summarize(points, best_rule, fam_mean, self.boot_seq_minus_rule, have_oneshot, opts.n_boot)
+        summary["savings"] = savings(points, self.oneshot_ids)
+        return {
+            "kind": "escalate",
+            "run": str(source.run_dir),
+            "model": str(source.model_path),
+            "compare_run": opts.compare_run,
+            "cache": str(source.cache),
+            "split": opts.split,
+            "n_queries": len(setup.rows),
+            "n_orders": opts.n_orders,
+            "n_val_queries": int(len(setup.val_rows)),
+            "step_menu": list(setup.menu.ids),
+            "oneshot_menu": self.oneshot_ids,
+            "grid": {"lambda_tokens": list(self.lt_axis), "lambda_seconds": list(self.ls_axis)},
+            "rule_grid_sizes": {f: len(r) for f, r in self.families.items()},
+            "points": points,
+            "summary": summary,
+        }
 
 
 def _summary_from(results: dict[str, Any], ids: list[str], lt: float, ls: float) -> dict[str, Any]:
@@ -344,131 +359,3 @@ def savings(points, oneshot_ids) -> dict[str, Any]:
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
-
-
-def _strip_boot(o):
-    if isinstance(o, dict):
-        return {k: _strip_boot(v) for k, v in o.items() if k != "_boot"}
-    if isinstance(o, list):
-        return [_strip_boot(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def _f(x, nd=3):
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    s = result["summary"]
-    br = s["best_rule"]
-    lines = [
-        f"# Sequential evaluation: {result['model']}",
-        "",
-        f"Cache `{result['cache']}`, split `{result['split']}` ({result['n_queries']} queries × "
-        f"{result['n_orders']} sample orders, the same for every policy). Utility = accuracy − λ_T·tokens − "
-        f"λ_L·seconds. Bootstrap: {s['n_boot']} paired resamples of queries and orders; '90%' = the 90% "
-        "interval of the difference lies above (below) zero.",
-        "",
-        f"Best stopping rule (family, tuned on val per point; best mean test utility): `{br}`. "
-        f"Sequential below it at {s['sequential_below_best_rule_90']}/{s['n_points']} points with 90% "
-        f"confidence, above at {s['sequential_above_best_rule_90']}.",
-    ]
-    gm = s.get("sequential_vs_best_rule_grid_mean")
-    if gm:
-        lines.append(
-            f"Grid-mean utility: sequential {s['sequential_mean_utility']:.4f}, {br} "
-            f"{s['rule_mean_utility'][br]:.4f}; difference {gm['diff']:+.4f} [90% CI {gm['ci90'][0]:+.4f}, "
-            f"{gm['ci90'][1]:+.4f}]."
-        )
-    if "sequential_above_oneshot_ppo_90" in s:
-        lines.append(
-            f"Versus the one-shot PPO run: above with 90% confidence at {s['sequential_above_oneshot_ppo_90']}"
-            f"/{s['n_points']} points, below at {s['sequential_below_oneshot_ppo_90']}. Bars: {s['bars']}."
-        )
-    sv = s["savings"]
-    if "tokens_ratio" in sv:
-        lines.append(
-            f"Savings: to reach the most accurate static `{sv['most_accurate_static']}` "
-            f"(accuracy {sv['static_accuracy']:.3f}, {sv['static_tokens']:.1f} tokens, {sv['static_seconds']:.2f} s) "
-            f"the sequential policy needs {sv['tokens_ratio']:.2f}× its tokens and {sv['seconds_ratio']:.2f}× its seconds."
-        )
-    else:
-        lines.append(
-            f"Savings: the sequential policy never reaches the most accurate static `{sv['most_accurate_static']}`'s "
-            f"accuracy {sv['static_accuracy']:.3f} on the grid (its best: {sv['sequential_max_accuracy']:.3f})."
-        )
-    lines += [
-        "",
-        "| λ_T | λ_L | best static | U static | U oracle | U 1-shot PPO | U best rule | U seq | seq − 1-shot [90% CI] | "
-        "seq − rule [90% CI] | seq gap share | seq acc | seq tokens | seq s | rounds | beam |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in result["points"]:
-        pol = p["policies"]
-        one = pol.get("oneshot_ppo")
-        vs1 = p.get("sequential_vs_oneshot_ppo")
-        vr = p[f"sequential_vs_rule:{br}"]
-        seq = pol["sequential"]
-        lines.append(
-            f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['best_static']} | "
-            f"{_f(pol['static:' + p['best_static']]['utility'])} | {_f(pol['oracle']['utility'])} | "
-            f"{_f(one['utility']) if one else '–'} | {_f(pol['rule:' + br]['utility'])} | {_f(seq['utility'])} | "
-            + (f"{vs1['diff']:+.3f} [{vs1['ci90'][0]:+.3f}, {vs1['ci90'][1]:+.3f}]" if vs1 else "–")
-            + f" | {vr['diff']:+.3f} [{vr['ci90'][0]:+.3f}, {vr['ci90'][1]:+.3f}] | {_f(p['sequential_gap_share'], 2)} | "
-            f"{_f(seq['accuracy'])} | {seq['mean_tokens']:.1f} | {seq['mean_seconds']:.2f} | {seq['mean_rounds']:.2f} | "
-            f"{seq['beam_share']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_plots(result: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = result["points"]
-    br = result["summary"]["best_rule"]
-    p0 = points[0]["policies"]
-    statics = [k for k in p0 if k.startswith("static:")]
-    for cost, fname in (("mean_tokens", "pareto_tokens.png"), ("mean_seconds", "pareto_seconds.png")):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        xs = np.array([p0[s][cost] for s in statics])
-        ys = np.array([p0[s]["accuracy"] for s in statics])
-        ax.scatter(xs, ys, c="grey", s=18, label="static configs (same orders)")
-        fx, fy, best = [], [], -np.inf
-        for i in np.argsort(xs):
-            if ys[i] > best:
-                fx.append(xs[i])
-                fy.append(ys[i])
-                best = ys[i]
-        ax.step(fx, fy, where="post", c="grey", lw=1, label="static frontier")
-        for name, color, marker in (
-            ("sequential", "tab:blue", "o"),
-            ("oneshot_ppo", "tab:orange", "s"),
-            (f"rule:{br}", "tab:purple", "D"),
-            ("oracle", "tab:green", "^"),
-        ):
-            if name not in p0:
-                continue
-            ax.scatter(
-                [p["policies"][name][cost] for p in points],
-                [p["policies"][name]["accuracy"] for p in points],
-                c=color,
-                marker=marker,
-                s=16,
-                alpha=0.6,
-                label=f"{name} (25 λ points)" if len(points) == 25 else name,
-            )
-        ax.set_xlabel(cost.replace("_", " "))
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{result['split']} split, sequential vs one-shot: accuracy vs {cost.split('_')[1]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=120)
-        plt.close(fig)
