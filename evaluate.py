@@ -116,7 +116,7 @@ class EvalRows:
     n_dropped: int  # the evaluated split's rows left out (some action never measured)
     lt_axis: list[float]
     ls_axis: list[float]
-    latency_load: int  # seconds are priced at this many queries in flight
+    latency_load: int | None  # seconds are priced at this many queries in flight (None: alone, as cached)
 
 
 def load_rows(opts: EvalOptions, source: ModelSource) -> EvalRows:
@@ -176,6 +176,7 @@ def load_policies(opts: EvalOptions, source: ModelSource, data: EvalRows) -> One
     # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
     # own gate from the same cross-fitted rule, so the router comparison stays fair
     trval = np.concatenate([rows_of["train"], rows_of["val"]])
+    ppo_gated: Any
     if onnx is not None:  # the export carries its gate and its shrunk actor: ppo is it with the gate off
         gate = onnx.gate or run_gate(source.run_dir, None, table, rows_of["train"], rows_of["val"], source.run_config)
         ppo_gated = ExportedPolicy(onnx)

@@ -57,7 +57,7 @@ class ModelSource:
     model_path: Path  # the zip, or the export folder
     model_meta: dict[str, Any]  # the zip's ttc_meta (env config, menu, encoder ...), or the export's part of it
     run_config: dict[str, Any]  # the run's config.yml ({} without one)
-    cache: str
+    cache: Any  # a path: --cache, else the run's config.yml, else the model's (OutcomeTable checks it)
     onnx: Any = None  # the export (policies.onnx_policy.OnnxPolicy) with --export
 
 
