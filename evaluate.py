@@ -80,6 +80,12 @@ A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalat
 same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
 baselines, and the one-shot run given by ``--compare-run``.
 
+From Python: ``evaluate(EvalOptions(run=...))`` (:mod:`evaluation.options`), in steps:
+:func:`evaluation.source.load_source` (which model, which run) → :func:`load_inputs` (the outcome table,
+the splits as rows, the λ grid) → :func:`load_policies` → :class:`evaluation.oneshot.GridEvaluation`
+(every policy at every λ point, with :mod:`evaluation.bootstrap`) → :func:`solve_budgets` →
+:func:`evaluation.report.write_results` (the tables, the JSON and :mod:`evaluation.pareto`'s PNGs).
+
 Errors (missing run, bad λ, bad target, other action menu, bad cache...) print one ``error: ...`` line
 and exit 2 before anything is written.
 """
@@ -107,7 +113,7 @@ from rollouts.errors import report, user_errors
 
 
 @dataclass
-class EvalRows:
+class EvalInputs:
     """The outcome table, the run's splits as table rows and the λ axes of a one-shot evaluation."""
 
     table: OutcomeTable
@@ -119,7 +125,7 @@ class EvalRows:
     latency_load: int | None  # seconds are priced at this many queries in flight (None: alone, as cached)
 
 
-def load_rows(opts: EvalOptions, source: ModelSource) -> EvalRows:
+def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     """The run's outcome table (at ``--latency-load``), its rows per split and the λ grid."""
     from env.allocate_env import EnvConfig
     from policies.base import lambda_grid
@@ -150,12 +156,12 @@ def load_rows(opts: EvalOptions, source: ModelSource) -> EvalRows:
     if len(rows_of["train"]) == 0:
         raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
     grid = lambda_grid(table, rows_of["train"], opts.grid_n)
-    return EvalRows(
+    return EvalInputs(
         table, rows_of, rows, n_dropped, lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"], load
     )
 
 
-def load_policies(opts: EvalOptions, source: ModelSource, data: EvalRows) -> OneShotPolicies:
+def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) -> OneShotPolicies:
     """PPO (the zip or the export), the probe router fitted on train (calibrated on val), both with their
     gates, and the baselines."""
     from policies.baselines import OraclePolicy, TrainBestStaticPolicy, static_policies
@@ -164,7 +170,7 @@ def load_policies(opts: EvalOptions, source: ModelSource, data: EvalRows) -> One
     from policies.ppo import PPOPolicy, load_model
     from policies.probe_router import ProbeConfig, ProbeRouter
 
-    table, rows_of, onnx = data.table, data.rows_of, source.onnx
+    table, rows_of, onnx = inputs.table, inputs.rows_of, source.onnx
     dim = onnx.feature_dim if onnx is not None else len(source.model_meta["encoder"]["feature_mean"])
     if dim != table.features.shape[1]:
         raise ConfigError(
@@ -198,16 +204,16 @@ def load_policies(opts: EvalOptions, source: ModelSource, data: EvalRows) -> One
     )  # fmt: skip
 
 
-def solve_budgets(opts: EvalOptions, data: EvalRows, ppo: Any) -> list[dict[str, Any]] | None:
+def solve_budgets(opts: EvalOptions, inputs: EvalInputs, ppo: Any) -> list[dict[str, Any]] | None:
     """``--target-tokens``/``--target-seconds``: PPO's λ per target, solved on ``--budget-split``."""
     if not (opts.target_tokens or opts.target_seconds):
         return None
     from policies.budget import budget_report
 
-    table = data.table
-    solve = budget_rows(data.rows_of, opts.budget_split)
+    table = inputs.table
+    solve = budget_rows(inputs.rows_of, opts.budget_split)
     return budget_report(
-        table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), solve[table.mask[solve].all(axis=1)], data.rows,
+        table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), solve[table.mask[solve].all(axis=1)], inputs.rows,
         {k: v for k, v in (("tokens", opts.target_tokens), ("seconds", opts.target_seconds)) if v},
     )  # fmt: skip
 
@@ -228,23 +234,23 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         return evaluate_escalate(opts, source)
     if opts.compare_run:
         raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
-    data = load_rows(opts, source)
-    policies = load_policies(opts, source, data)
-    grid = GridEvaluation(policies, data.table, data.rows, opts.n_boot, opts.seed)
-    points = grid.run(data.lt_axis, data.ls_axis, opts.progress)
+    inputs = load_inputs(opts, source)
+    policies = load_policies(opts, source, inputs)
+    grid = GridEvaluation(policies, inputs.table, inputs.rows, opts.n_boot, opts.seed)
+    points = grid.run(inputs.lt_axis, inputs.ls_axis, opts.progress)
     result = {
         "run": str(source.run_dir),
         "model": str(source.model_path),
         "cache": str(source.cache),
         "split": opts.split,
-        "n_queries": int(len(data.rows)),
-        "n_dropped_incomplete": data.n_dropped,
-        "menu": list(data.table.action_ids),
-        "latency": data.table.latency_note or "seconds from the cache",
-        "grid": {"lambda_tokens": data.lt_axis, "lambda_seconds": data.ls_axis},
-        "latency_load": data.latency_load,
+        "n_queries": int(len(inputs.rows)),
+        "n_dropped_incomplete": inputs.n_dropped,
+        "menu": list(inputs.table.action_ids),
+        "latency": inputs.table.latency_note or "seconds from the cache",
+        "grid": {"lambda_tokens": inputs.lt_axis, "lambda_seconds": inputs.ls_axis},
+        "latency_load": inputs.latency_load,
         "points": points,
-        "budgets": solve_budgets(opts, data, policies.ppo),
+        "budgets": solve_budgets(opts, inputs, policies.ppo),
         "summary": grid.summary(),
     }
     out_dir = Path(opts.out) if opts.out else source.run_dir / "eval"
