@@ -76,7 +76,7 @@ accuracy) beside the most accurate static config within the target and the stati
 closest mean cost (JSON ``budgets``). ``--latency-load K`` prices seconds with K queries in flight
 (``env.latency_load``; default: the run's).
 
-A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalate_eval` instead: the
+A sequential run (``env.kind: escalate``) is evaluated by :mod:`evaluation.sequential` instead: the
 same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
 baselines, and the one-shot run given by ``--compare-run``.
 
@@ -229,7 +229,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     if source.model_meta.get("kind") == "escalate":  # a sequential run: its own evaluation
         if opts.target_tokens or opts.target_seconds or opts.latency_load is not None:
             raise ConfigError("--target-* and --latency-load are for one-shot runs (env.kind: allocate)")
-        from policies.escalate_eval import evaluate_escalate
+        from evaluation.sequential import evaluate_escalate
 
         return evaluate_escalate(opts, source)
     if opts.compare_run:

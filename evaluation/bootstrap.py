@@ -6,7 +6,7 @@ Both evaluations resample once and judge every λ point on the same resamples, s
 - one-shot runs (``evaluate.py``): queries are resampled (:func:`resample_weights`); a policy is compared
   with the best static *re-picked in each resample* (:func:`bootstrap_vs_best_static`: on ~100 test
   queries the hindsight best static is itself lucky) or with a fixed static (:func:`bootstrap_vs_action`);
-- sequential runs (:mod:`policies.escalate_eval`): two stages, the queries and then each query's R sample
+- sequential runs (:mod:`evaluation.sequential`): two stages, the queries and then each query's R sample
   orders (:func:`two_stage_weights`, :func:`two_stage_compare`).
 
 A weight matrix holds draw counts / size, so a resample's mean of any per-query quantity is one matrix

@@ -2,8 +2,8 @@
 
 :func:`write_results` writes one evaluation's files in one order for both kinds of run; the tables are
 :func:`oneshot_markdown` (``evaluate.py`` on a one-shot run, also its CSV :func:`write_csv`) and
-:func:`sequential_markdown` (:mod:`policies.escalate_eval`). The JSON keys are documented where the
-results are built (:mod:`evaluation.oneshot`, :mod:`policies.escalate_eval`).
+:func:`sequential_markdown` (:mod:`evaluation.sequential`). The JSON keys are documented where the
+results are built (:mod:`evaluation.oneshot`, :mod:`evaluation.sequential`).
 """
 
 from __future__ import annotations
