@@ -105,7 +105,7 @@ from env.outcomes import AllocError, ConfigError, OutcomeTable
 from evaluation.oneshot import ExportedPolicy, GridEvaluation, OneShotPolicies
 from evaluation.options import EvalOptions
 from evaluation.pareto import write_oneshot_plots
-from evaluation.report import oneshot_markdown, write_csv, write_results
+from evaluation.report import oneshot_markdown, sequential_markdown, write_csv, write_results
 from evaluation.source import ModelSource, load_source
 from policies.budget import BUDGET_SPLITS, BudgetError, budget_rows
 from rollouts.cache import CacheError
@@ -311,40 +311,41 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """The :class:`EvalOptions` of parsed ``evaluate.py`` flags (:func:`make_parser`)."""
+    return EvalOptions(
+        run=args.run,
+        checkpoint=args.checkpoint,
+        which_model=args.model,
+        export=args.export,
+        trust_checkpoint=args.trust_checkpoint,
+        cache=args.cache,
+        split=args.split,
+        grid_n=args.grid,
+        lambda_tokens=args.lambda_tokens,
+        lambda_seconds=args.lambda_seconds,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        target_tokens=args.target_tokens,
+        target_seconds=args.target_seconds,
+        budget_split=args.budget_split,
+        latency_load=args.latency_load,
+        compare_run=args.compare_run,
+        n_orders=args.orders,
+        out=args.out,
+        json_path=args.json_path,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        res = evaluate(
-            EvalOptions(
-                run=args.run,
-                checkpoint=args.checkpoint,
-                which_model=args.model,
-                export=args.export,
-                trust_checkpoint=args.trust_checkpoint,
-                cache=args.cache,
-                split=args.split,
-                grid_n=args.grid,
-                lambda_tokens=args.lambda_tokens,
-                lambda_seconds=args.lambda_seconds,
-                seed=args.seed,
-                n_boot=args.bootstrap,
-                target_tokens=args.target_tokens,
-                target_seconds=args.target_seconds,
-                budget_split=args.budget_split,
-                latency_load=args.latency_load,
-                compare_run=args.compare_run,
-                n_orders=args.orders,
-                out=args.out,
-                json_path=args.json_path,
-                plots=not args.no_plots,
-                progress=not args.no_progress,
-            )
-        )
+        res = evaluate(options_from_args(args))
     except (AllocError, CacheError, BudgetError, *user_errors()) as exc:
         return report(exc)
     if res.get("kind") == "escalate":
-        from evaluation.report import sequential_markdown
-
         print(sequential_markdown(res))
         print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")
         return 0

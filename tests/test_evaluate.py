@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -172,3 +173,20 @@ def test_bootstrap_vs_best_static():
     assert again == lo  # passing the resamples equals drawing them from the same seed
     same = bootstrap.bootstrap_vs_best_static(u, np.full(200, 2), n_boot=500, seed=1)
     assert same["diff"] == 0.0 and same["ci90"][0] <= 0.0 <= same["ci90"][1] + 1e-12
+
+
+def test_options_are_the_cli_flags():
+    """evaluate(EvalOptions(...)) from Python is evaluate.py with the same flags: the defaults agree
+    (progress aside: off from Python) and every flag reaches its field (without --no-progress, progress
+    differs from its default too)."""
+    parser = evaluate.make_parser()
+    assert evaluate.options_from_args(parser.parse_args([])) == EvalOptions(progress=True)
+    flags = ["--run", "r", "--checkpoint", "c.zip", "--model", "final", "--export", "x", "--trust-checkpoint",
+             "--cache", "k", "--split", "val", "--grid", "3", "--lambda-tokens", "0", "1e-3", "--lambda-seconds",
+             "0.5", "--seed", "7", "--bootstrap", "10", "--target-tokens", "60", "--target-seconds", "2",
+             "--budget-split", "val", "--latency-load", "4", "--compare-run", "o", "--orders", "3", "--out", "d",
+             "--json", "j.json", "--no-plots"]  # fmt: skip
+    opts = evaluate.options_from_args(parser.parse_args(flags))
+    default = EvalOptions()
+    assert [f.name for f in fields(EvalOptions) if getattr(opts, f.name) == getattr(default, f.name)] == []
+    assert (opts.which_model, opts.grid_n, opts.n_boot, opts.n_orders) == ("final", 3, 10, 3)
