@@ -287,7 +287,14 @@ def _summary_from(results: dict[str, Any], ids: list[str], lt: float, ls: float)
     }
 
 
-def _summarize(points, best_rule, fam_mean, boots, have_oneshot, n_boot) -> dict[str, Any]:
+def _summarize(
+    points: list[dict[str, Any]],
+    best_rule: str,
+    fam_mean: dict[str, float],
+    boots: dict[str, list[np.ndarray]],
+    have_oneshot: bool,
+    n_boot: int,
+) -> dict[str, Any]:
     s: dict[str, Any] = {
         "n_points": len(points),
         "best_rule": best_rule,
@@ -331,7 +338,7 @@ def _summarize(points, best_rule, fam_mean, boots, have_oneshot, n_boot) -> dict
     return s
 
 
-def savings(points, oneshot_ids) -> dict[str, Any]:
+def savings(points: list[dict[str, Any]], oneshot_ids: list[str]) -> dict[str, Any]:
     """Tokens and seconds the sequential policy needs to reach the most accurate static's accuracy
     (the cheapest grid point that matches it), as ratios to that static's."""
     p0 = points[0]["policies"]
@@ -356,6 +363,7 @@ def savings(points, oneshot_ids) -> dict[str, Any]:
     return out
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return float(np.mean(xs)) if xs else None
+def _mean(xs: list[float | None]) -> float | None:
+    """The mean of the values that are not None (None when there are none)."""
+    values = [x for x in xs if x is not None]
+    return float(np.mean(values)) if values else None
