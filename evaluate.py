@@ -76,9 +76,15 @@ accuracy) beside the most accurate static config within the target and the stati
 closest mean cost (JSON ``budgets``). ``--latency-load K`` prices seconds with K queries in flight
 (``env.latency_load``; default: the run's).
 
-A sequential run (``env.kind: escalate``) is evaluated by :mod:`policies.escalate_eval` instead: the
+A sequential run (``env.kind: escalate``) is evaluated by :mod:`evaluation.sequential` instead: the
 same grid and split, every policy on the same ``--orders`` sample orders per query, the stopping-rule
 baselines, and the one-shot run given by ``--compare-run``.
+
+From Python: ``evaluate(EvalOptions(run=...))`` (:mod:`evaluation.options`), in steps:
+:func:`evaluation.source.load_source` (which model, which run) → :func:`load_inputs` (the outcome table,
+the splits as rows, the λ grid) → :func:`load_policies` → :class:`evaluation.oneshot.GridEvaluation`
+(every policy at every λ point, with :mod:`evaluation.bootstrap`) → :func:`solve_budgets` →
+:func:`evaluation.report.write_results` (the tables, the JSON and :mod:`evaluation.pareto`'s PNGs).
 
 Errors (missing run, bad λ, bad target, other action menu, bad cache...) print one ``error: ...`` line
 and exit 2 before anything is written.
@@ -87,659 +93,170 @@ and exit 2 before anything is written.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env.outcomes import AllocError, ConfigError, validate_lambda
+from env.outcomes import AllocError, ConfigError, OutcomeTable
+from evaluation.oneshot import ExportedPolicy, GridEvaluation, OneShotPolicies
+from evaluation.options import EvalOptions
+from evaluation.pareto import write_oneshot_plots
+from evaluation.report import oneshot_markdown, sequential_markdown, write_csv, write_results
+from evaluation.source import ModelSource, load_source
 from policies.budget import BUDGET_SPLITS, BudgetError, budget_rows
 from rollouts.cache import CacheError
-from rollouts.config import load_yaml_text
 from rollouts.errors import report, user_errors
 
-TOL = (
-    1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
-)
+
+@dataclass
+class EvalInputs:
+    """The outcome table, the run's splits as table rows and the λ axes of a one-shot evaluation."""
+
+    table: OutcomeTable
+    rows_of: dict[str, np.ndarray]  # split name -> table rows
+    rows: np.ndarray  # the evaluated split's rows with every action measured
+    n_dropped: int  # the evaluated split's rows left out (some action never measured)
+    lt_axis: list[float]
+    ls_axis: list[float]
+    latency_load: int | None  # seconds are priced at this many queries in flight (None: alone, as cached)
 
 
-def below(x: float) -> bool:
-    """x < 0 beyond the tie tolerance (an upper CI end of −1e-15 is a tie, not a loss)."""
-    return bool(x < -TOL)
-
-
-def resolve_model(
-    run: str | None, checkpoint: str | None, which: str, trust_checkpoint: bool = False
-) -> tuple[Path, Path]:
-    """(run folder, model zip). A ``.zip`` is unpickled on loading, so one that is not inside the run
-    folder (``--run``, or the train.py run folder it sits in) needs ``trust_checkpoint``."""
-    if checkpoint:
-        ck = Path(checkpoint)
-        if not ck.is_file():
-            raise ConfigError(f"{ck}: checkpoint not found")
-        if run:
-            run_dir = Path(run)
-        else:
-            run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
-        inside = ck.resolve().is_relative_to(run_dir.resolve()) and (run_dir / "command.txt").is_file()
-        if not (inside or trust_checkpoint):
-            raise ConfigError(
-                f"{ck}: checkpoint outside the run folder {run_dir}; a .zip checkpoint runs code when loaded, "
-                "so pass --trust-checkpoint if you made it yourself, or evaluate its ONNX export with --export DIR"
-            )
-        return run_dir, ck
-    if not run:
-        raise ConfigError("give --run RUN_FOLDER or --checkpoint PATH")
-    run_dir = Path(run)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run folder not found")
-    model = run_dir / f"{which}_model.zip"
-    if not model.is_file():
-        raise ConfigError(
-            f"{model}: model not found (train first, or pass --model final|best / --checkpoint)"
-        )
-    return run_dir, model
-
-
-def evaluate(
-    run: str | None = None,
-    checkpoint: str | None = None,
-    cache: str | None = None,
-    split: str = "test",
-    grid_n: int = 5,
-    lambda_tokens: list[float] | None = None,
-    lambda_seconds: list[float] | None = None,
-    which: str = "best",
-    out: str | None = None,
-    json_path: str | None = None,
-    seed: int = 0,
-    plots: bool = True,
-    n_boot: int = 1000,
-    export: str | None = None,
-    trust_checkpoint: bool = False,
-    progress: bool = False,
-    target_tokens: list[float] | None = None,
-    target_seconds: list[float] | None = None,
-    latency_load: int | None = None,
-    budget_split: str = "train+val",
-    compare_run: str | None = None,
-    n_orders: int = 16,
-) -> dict[str, Any]:
-    import torch
-    from tqdm.auto import tqdm
-
+def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
+    """The run's outcome table (at ``--latency-load``), its rows per split and the λ grid."""
     from env.allocate_env import EnvConfig
-    from env.outcomes import OutcomeTable
-    from policies.base import lambda_grid, score_choices
-    from policies.baselines import OraclePolicy, RandomPolicy, TrainBestStaticPolicy, static_policies
-    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
-    from policies.probe_router import ProbeConfig, ProbeRouter
+    from policies.base import lambda_grid
+    from policies.ppo import check_menu
 
-    torch.set_num_threads(1)
-    lt_axis = [validate_lambda("--lambda-tokens", v) for v in lambda_tokens] if lambda_tokens else None
-    ls_axis = [validate_lambda("--lambda-seconds", v) for v in lambda_seconds] if lambda_seconds else None
-    if n_boot < 0:
-        raise ConfigError(f"--bootstrap must be >= 0, got {n_boot}")
-    if grid_n < 2:
-        raise ConfigError(f"--grid must be >= 2, got {grid_n}")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    if budget_split not in BUDGET_SPLITS:
-        raise ConfigError(f"--budget-split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
-    onnx = None
-    if export:  # the ONNX export: plain numbers and a graph, nothing is unpickled
-        from policies.onnx_policy import OnnxPolicy
-
-        if checkpoint:
-            raise ConfigError("give --export or --checkpoint, not both")
-        onnx = OnnxPolicy(export)
-        if onnx.doc.get("kind") == "escalate":
-            raise ConfigError(
-                f"{export}: a sequential export; evaluate its run with --run (the step policy needs the env)"
-            )
-        source = onnx.doc.get("source") or {}
-        run_dir, model_path = Path(run or source.get("run") or Path(export).resolve().parent), Path(export)
-        cfg_path = run_dir / "config.yml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"{run_dir}: config.yml not found (pass --run with the export's run folder)")
-        meta = {"env": load_yaml_text(cfg_path.read_text()).get("env") or {}, "menu": onnx.menu,
-                "cache": source.get("cache")}  # fmt: skip
-    else:
-        run_dir, model_path = resolve_model(run, checkpoint, which, trust_checkpoint)
-        meta = read_meta(model_path)
-    cfg_path, splits_path = run_dir / "config.yml", run_dir / "splits.json"
-    if not splits_path.is_file():
-        raise ConfigError(f"{run_dir}: splits.json not found (pass --run with the checkpoint's run folder)")
-    run_cfg = load_yaml_text(cfg_path.read_text()) if cfg_path.is_file() else {}
-    cache = cache or run_cfg.get("cache") or meta.get("cache")
-    if meta.get("kind") == "escalate":  # a sequential run: its own evaluation (policies/escalate_eval.py)
-        if target_tokens or target_seconds or latency_load is not None:
-            raise ConfigError("--target-* and --latency-load are for one-shot runs (env.kind: allocate)")
-        from policies.escalate_eval import evaluate_escalate
-
-        return evaluate_escalate(
-            run_dir, model_path, meta, cache, split, grid_n, lt_axis, ls_axis, out, json_path, plots,
-            n_boot, n_orders, compare_run, seed, progress,
-        )  # fmt: skip
-    if compare_run:
-        raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
-    env_cfg = EnvConfig.from_dict(meta["env"])
-    load = env_cfg.latency_load if latency_load is None else latency_load  # price seconds at this load
+    cache = source.cache
+    lt_axis, ls_axis = opts.lambda_axes()
+    env_config = EnvConfig.from_dict(source.model_meta["env"])
+    load = env_config.latency_load if opts.latency_load is None else opts.latency_load  # price seconds at it
     table = OutcomeTable(
-        cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed,
-        latency_load=load, latency_load_models=env_cfg.latency_load_models,
+        cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed,
+        latency_load=load, latency_load_models=env_config.latency_load_models,
     )  # fmt: skip
-    check_menu(meta, table, str(model_path))
+    check_menu(source.model_meta, table, str(source.model_path))
     if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
         raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
+    splits_path = source.run_dir / "splits.json"
     splits = json.loads(splits_path.read_text())
     rows_of = {
         s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
     }
-    rows = rows_of[split]
+    rows = rows_of[opts.split]
     complete = table.mask[rows].all(axis=1)
     n_dropped = int((~complete).sum())
     rows = rows[complete]  # static configs are only comparable where every action was measured
     if len(rows) == 0:
-        raise ConfigError(f"the {split} split has no queries with every action measured in {cache}")
+        raise ConfigError(f"the {opts.split} split has no queries with every action measured in {cache}")
     if len(rows_of["train"]) == 0:
         raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
-    grid = lambda_grid(table, rows_of["train"], grid_n)
-    lt_axis = lt_axis or grid["lambda_tokens"]
-    ls_axis = ls_axis or grid["lambda_seconds"]
-    out_dir = Path(out) if out else run_dir / "eval"
+    grid = lambda_grid(table, rows_of["train"], opts.grid_n)
+    return EvalInputs(
+        table, rows_of, rows, n_dropped, lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"], load
+    )
 
-    dim = onnx.feature_dim if onnx is not None else len(meta["encoder"]["feature_mean"])
-    if dim != table.features.shape[1]:
-        raise ConfigError(
-            f"{model_path}: the policy was trained on {dim} features per query, {cache} has "
-            f"{table.features.shape[1]} (another featurizer)"
-        )
-    ppo = ExportedPolicy(onnx) if onnx is not None else PPOPolicy(load_model(model_path, table))
-    router = ProbeRouter(ProbeConfig(seed=seed)).fit(table, rows_of["train"], rows_of["val"])
-    # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
-    # own gate from the same cross-fitted rule, so the router comparison stays fair
+
+def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) -> OneShotPolicies:
+    """PPO (the zip or the export), the probe router fitted on train (calibrated on val), both with their
+    gates, and the baselines."""
+    from policies.baselines import OraclePolicy, TrainBestStaticPolicy, static_policies
     from policies.gate import StaticFallback
     from policies.gate_fit import GatedPolicy, crossfit_router_gains, fit_gate, run_gate, shrink_gain
+    from policies.ppo import PPOPolicy, load_model
+    from policies.probe_router import ProbeConfig, ProbeRouter
 
+    table, rows_of, onnx = inputs.table, inputs.rows_of, source.onnx
+    dim = onnx.feature_dim if onnx is not None else len(source.model_meta["encoder"]["feature_mean"])
+    if dim != table.features.shape[1]:
+        raise ConfigError(
+            f"{source.model_path}: the policy was trained on {dim} features per query, {source.cache} has "
+            f"{table.features.shape[1]} (another featurizer)"
+        )
+    ppo = ExportedPolicy(onnx, gated=False) if onnx is not None else PPOPolicy(load_model(source.model_path, table))
+    router = ProbeRouter(ProbeConfig(seed=opts.seed)).fit(table, rows_of["train"], rows_of["val"])
+    # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
+    # own gate from the same cross-fitted rule, so the router comparison stays fair
     trval = np.concatenate([rows_of["train"], rows_of["val"]])
+    ppo_gated: Any
     if onnx is not None:  # the export carries its gate and its shrunk actor: ppo is it with the gate off
-        gate = onnx.gate or run_gate(run_dir, None, table, rows_of["train"], rows_of["val"], run_cfg)
-        ppo, ppo_gated = ExportedPolicy(onnx, gated=False), ExportedPolicy(onnx)
+        gate = onnx.gate or run_gate(source.run_dir, None, table, rows_of["train"], rows_of["val"], source.run_config)
+        ppo_gated = ExportedPolicy(onnx)
     else:
-        gated_model = load_model(model_path, table)
-        gate = run_gate(run_dir, gated_model, table, rows_of["train"], rows_of["val"], run_cfg)
+        gated_model = load_model(source.model_path, table)
+        gate = run_gate(source.run_dir, gated_model, table, rows_of["train"], rows_of["val"], source.run_config)
         if gate.shrinkage is not None:
             shrink_gain(gated_model, gate.shrinkage)
         ppo_gated = GatedPolicy(PPOPolicy(gated_model), gate)
     router_gate = fit_gate(
-        gate.fallback,
-        gate.regions,
-        crossfit_router_gains(table, trval, seed=seed),
-        gate.confidence,
-        seed=seed,
-    )
-    router_gated = GatedPolicy(router, router_gate)
-    trval_static = StaticFallback.fit(table, trval)
-    statics = static_policies(table)
-    oracle = OraclePolicy()
-    train_static = TrainBestStaticPolicy(rows_of["train"])
-    # the same resampled test sets at every λ point: the share of resamples in which a policy clears
-    # the hindsight best static at *all* points is how likely the grid criterion is on a fresh split
-    weights = resample_weights(len(rows), n_boot, seed) if n_boot > 0 else None
-    gated_names = ("ppo", "ppo_gated", "probe_router", "probe_router_gated")
-    all_points_ge = {k: np.ones(n_boot, dtype=bool) for k in (*gated_names, "static_train_best")}
-    gap_boot = {k: [] for k in ("ppo", "ppo_gated")}
-    points = []
-    bar = tqdm(total=len(lt_axis) * len(ls_axis), desc="evaluate", unit="λ point", disable=not progress)
-    for lt in lt_axis:
-        for ls in ls_axis:
-            bar.update(1)
-            pols: dict[str, Any] = {}
-            a_ppo, a_router = ppo.choose(table, rows, lt, ls), router.choose(table, rows, lt, ls)
-            pols["ppo"] = score_choices(table, rows, a_ppo, lt, ls)
-            pols["probe_router"] = score_choices(table, rows, a_router, lt, ls)
-            a_ppo_g = ppo_gated.choose(table, rows, lt, ls)
-            a_router_g = router_gated.choose(table, rows, lt, ls)
-            pols["ppo_gated"] = score_choices(table, rows, a_ppo_g, lt, ls)
-            pols["probe_router_gated"] = score_choices(table, rows, a_router_g, lt, ls)
-            a_fallback = trval_static.choose(table.mask[rows], lt, ls)
-            pols["oracle"] = score_choices(table, rows, oracle.choose(table, rows, lt, ls), lt, ls)
-            pols["random"] = score_choices(
-                table, rows, RandomPolicy(seed).choose(table, rows, lt, ls), lt, ls
-            )
-            for sp in statics:
-                pols[sp.name] = score_choices(table, rows, sp.choose(table, rows, lt, ls), lt, ls)
-            # every evaluated row has every action, so the train-picked static is one of the statics
-            a_train_idx = train_static.action(table, lt, ls)
-            a_train = table.action_ids[a_train_idx]
-            pols["static_train_best"] = pols[f"static:{a_train}"]
-            a_trval = table.action_ids[trval_static.action(lt, ls)]
-            pols["static_trainval_best"] = pols[f"static:{a_trval}"]
-            best = max((sp.name for sp in statics), key=lambda n: pols[n]["utility"])
-            u_rows = table.utility(lt, ls)[rows]
-            if weights is not None:
-                picks = {
-                    "ppo": a_ppo,
-                    "ppo_gated": a_ppo_g,
-                    "probe_router": a_router,
-                    "probe_router_gated": a_router_g,
-                    "static_train_best": np.full(len(rows), a_train_idx),
-                }
-                for k, a in picks.items():
-                    all_points_ge[k] &= resampled_diff_to_best_static(u_rows, a, weights) >= -TOL
-                a_or = oracle.choose(table, rows, lt, ls)
-                for k in gap_boot:
-                    gap_boot[k].append(resampled_gap_share(u_rows, picks[k], a_or, weights))
-            u_bs, u_or = pols[best]["utility"], pols["oracle"]["utility"]
-            gap = u_or - u_bs
-
-            def share(u, gap=gap, u_bs=u_bs):
-                return None if gap < TOL else (u - u_bs) / gap
-
-            points.append(
-                {
-                    "lambda_tokens": lt,
-                    "lambda_seconds": ls,
-                    "policies": pols,
-                    "best_static": best.removeprefix("static:"),
-                    "oracle_gap": gap,
-                    "ppo_gap_share": share(pols["ppo"]["utility"]),
-                    "probe_router_gap_share": share(pols["probe_router"]["utility"]),
-                    "ppo_ge_best_static": bool(pols["ppo"]["utility"] >= u_bs - TOL),
-                    "ppo_ge_probe_router": bool(
-                        pols["ppo"]["utility"] >= pols["probe_router"]["utility"] - TOL
-                    ),
-                    "static_train_best": a_train,
-                    "ppo_ge_static_train_best": bool(
-                        pols["ppo"]["utility"] >= pols["static_train_best"]["utility"] - TOL
-                    ),
-                    "static_train_best_ge_best_static": bool(
-                        pols["static_train_best"]["utility"] >= u_bs - TOL
-                    ),
-                    "ppo_vs_best_static": bootstrap_vs_best_static(
-                        u_rows, a_ppo, n_boot=n_boot, seed=seed, weights=weights
-                    ),
-                    "ppo_gated_gap_share": share(pols["ppo_gated"]["utility"]),
-                    "ppo_gated_ge_best_static": bool(pols["ppo_gated"]["utility"] >= u_bs - TOL),
-                    "ppo_gated_ge_static_train_best": bool(
-                        pols["ppo_gated"]["utility"] >= pols["static_train_best"]["utility"] - TOL
-                    ),
-                    "ppo_gated_vs_best_static": bootstrap_vs_best_static(
-                        u_rows, a_ppo_g, n_boot=n_boot, seed=seed, weights=weights
-                    ),
-                    "static_trainval_best": a_trval,
-                    "gate": {
-                        name: {
-                            "open": g.is_open(lt, ls),
-                            "deviation_share": float((a != a_fallback).mean()),
-                        }
-                        for name, g, a in (
-                            ("ppo", gate, a_ppo_g),
-                            ("probe_router", router_gate, a_router_g),
-                        )
-                    },
-                    "vs_static_train_best": {
-                        name: bootstrap_vs_action(u_rows, a, a_train_idx, weights)
-                        for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
-                    },
-                    # the static one would pick from all the data the policy saw (= the gate's fallback)
-                    "vs_static_trainval_best": {
-                        name: bootstrap_vs_action(u_rows, a, trval_static.action(lt, ls), weights)
-                        for name, a in zip(gated_names, (a_ppo, a_ppo_g, a_router, a_router_g))
-                    },
-                }
-            )
-    bar.close()
-    budgets = None
-    if target_tokens or target_seconds:
-        from policies.budget import budget_report
-
-        solve = budget_rows(rows_of, budget_split)
-        budgets = budget_report(
-            table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), solve[table.mask[solve].all(axis=1)], rows,
-            {k: v for k, v in (("tokens", target_tokens), ("seconds", target_seconds)) if v},
-        )  # fmt: skip
-    shares = [p["ppo_gap_share"] for p in points if p["ppo_gap_share"] is not None]
-    rshares = [p["probe_router_gap_share"] for p in points if p["probe_router_gap_share"] is not None]
-    gshares = [p["ppo_gated_gap_share"] for p in points if p["ppo_gated_gap_share"] is not None]
-    result = {
-        "run": str(run_dir),
-        "model": str(model_path),
-        "cache": str(cache),
-        "split": split,
-        "n_queries": int(len(rows)),
-        "n_dropped_incomplete": n_dropped,
-        "menu": list(table.action_ids),
-        "latency": table.latency_note or "seconds from the cache",
-        "grid": {"lambda_tokens": lt_axis, "lambda_seconds": ls_axis},
-        "latency_load": load,
-        "points": points,
-        "budgets": budgets,
-        "summary": {
-            "n_points": len(points),
-            "ppo_ge_best_static": sum(p["ppo_ge_best_static"] for p in points),
-            "ppo_ge_probe_router": sum(p["ppo_ge_probe_router"] for p in points),
-            "ppo_ge_static_train_best": sum(p["ppo_ge_static_train_best"] for p in points),
-            "static_train_best_ge_best_static": sum(p["static_train_best_ge_best_static"] for p in points),
-            "ppo_gap_share_mean": float(np.mean(shares)) if shares else None,
-            "ppo_gap_share_min": float(np.min(shares)) if shares else None,
-            "probe_router_gap_share_mean": float(np.mean(rshares)) if rshares else None,
-            "ppo_below_best_static_ci": sum(below(p["ppo_vs_best_static"]["ci90"][1]) for p in points),
-            "ppo_gated_ge_best_static": sum(p["ppo_gated_ge_best_static"] for p in points),
-            "ppo_gated_ge_static_train_best": sum(p["ppo_gated_ge_static_train_best"] for p in points),
-            "ppo_gated_gap_share_mean": float(np.mean(gshares)) if gshares else None,
-            "ppo_gated_below_best_static_ci": sum(
-                below(p["ppo_gated_vs_best_static"]["ci90"][1]) for p in points
-            ),
-            "below_static_train_best_ci": {
-                k: sum(below(p["vs_static_train_best"][k]["ci90"][1]) for p in points) for k in gated_names
-            },
-            "below_static_trainval_best_ci": {
-                k: sum(below(p["vs_static_trainval_best"][k]["ci90"][1]) for p in points) for k in gated_names
-            },
-            "gap_share_mean_boot_std": (
-                {k: mean_gap_share_spread(v) for k, v in gap_boot.items()} if weights is not None else None
-            ),
-            "gate": {
-                "ppo": {"open_share": gate.open_share, "shrinkage": gate.shrinkage, "method": gate.method},
-                "probe_router": {"open_share": router_gate.open_share},
-                "points_open": {
-                    k: sum(p["gate"][k]["open"] for p in points) for k in ("ppo", "probe_router")
-                },
-            },
-            "all_points_ge_best_static_p": (
-                {k: float(v.mean()) for k, v in all_points_ge.items()} if weights is not None else None
-            ),
-            "n_boot": n_boot,
-        },
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(result, out_dir / "results.csv")
-    (out_dir / "results.md").write_text(markdown(result))
-    if plots:
-        write_plots(result, out_dir)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
-    result["out_dir"] = str(out_dir)
-    return result
+        gate.fallback, gate.regions, crossfit_router_gains(table, trval, seed=opts.seed), gate.confidence,
+        seed=opts.seed,
+    )  # fmt: skip
+    return OneShotPolicies(
+        ppo=ppo, ppo_gated=ppo_gated, router=router, router_gated=GatedPolicy(router, router_gate),
+        gate=gate, router_gate=router_gate, trval_static=StaticFallback.fit(table, trval),
+        statics=static_policies(table), oracle=OraclePolicy(), train_static=TrainBestStaticPolicy(rows_of["train"]),
+        seed=opts.seed,
+    )  # fmt: skip
 
 
-class ExportedPolicy:
-    """The ONNX export (policies/onnx_policy.py) behind the policies' ``choose`` call, on cache rows."""
-
-    name = "ppo"
-
-    def __init__(self, onnx: Any, gated: bool = True):
-        self.onnx, self.gated = onnx, gated
-
-    def choose(self, table: Any, rows: np.ndarray, lambda_tokens: float, lambda_seconds: float) -> np.ndarray:
-        rows = np.asarray(rows)
-        a = self.onnx.act_index(
-            table.features[rows], table.prompt_tokens[rows], lambda_tokens, lambda_seconds,
-            mask=table.mask[rows], use_gate=self.gated,
-        )  # fmt: skip
-        return np.asarray(a, dtype=np.int64).reshape(len(rows))
-
-
-def resample_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) bootstrap resamples of n queries, each row the draw counts / n: a resample's mean of
-    any per-query quantity is then one matrix product. The same seed gives the same resamples, so
-    every λ point of one evaluation is judged on the same resampled query sets."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
-
-
-def resampled_diff_to_best_static(utility: np.ndarray, choice: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(n_boot,) U_policy − U_best static in each resample, the best static re-picked per resample."""
-    u_pol = utility[np.arange(len(choice)), choice]
-    return weights @ u_pol - (weights @ utility).max(axis=1)
-
-
-def resampled_gap_share(
-    utility: np.ndarray, choice: np.ndarray, oracle: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """(n_boot,) gap share of a policy in each resample (NaN where the resample's gap is < TOL)."""
-    idx = np.arange(len(choice))
-    best = (weights @ utility).max(axis=1)
-    gap = weights @ utility[idx, oracle] - best
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(gap >= TOL, (weights @ utility[idx, choice] - best) / gap, np.nan)
-
-
-def mean_gap_share_spread(per_point: list[np.ndarray]) -> float | None:
-    """The std over resamples of the mean gap share over points (points without a gap left out;
-    None when no resample has any)."""
-    shares = np.array(per_point)  # (points, n_boot)
-    ok = np.isfinite(shares)
-    n = ok.sum(axis=0)
-    if not n.any():
+def solve_budgets(opts: EvalOptions, inputs: EvalInputs, ppo: Any) -> list[dict[str, Any]] | None:
+    """``--target-tokens``/``--target-seconds``: PPO's λ per target, solved on ``--budget-split``."""
+    if not (opts.target_tokens or opts.target_seconds):
         return None
-    means = np.where(ok, shares, 0.0).sum(axis=0)[n > 0] / n[n > 0]
-    return float(means.std())
+    from policies.budget import budget_report
+
+    table = inputs.table
+    solve = budget_rows(inputs.rows_of, opts.budget_split)
+    return budget_report(
+        table, lambda r, lt, ls: ppo.choose(table, r, lt, ls), solve[table.mask[solve].all(axis=1)], inputs.rows,
+        {k: v for k, v in (("tokens", opts.target_tokens), ("seconds", opts.target_seconds)) if v},
+    )  # fmt: skip
 
 
-def bootstrap_vs_action(
-    utility: np.ndarray, choice: np.ndarray, action: int, weights: np.ndarray | None
-) -> dict[str, Any]:
-    """Paired bootstrap of U_policy − U_action (a fixed static action, e.g. the train-picked one):
-    ``diff``, ``ci90`` and ``p_ge`` = P(policy ≥ that static) over the resamples (tolerance TOL)."""
-    d_q = utility[np.arange(len(choice)), choice] - utility[:, action]
-    diff = float(d_q.mean())
-    if weights is None:
-        return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
-    d = weights @ d_q
-    lo, hi = np.percentile(d, [5, 95])
-    return {"diff": diff, "ci90": [float(lo), float(hi)], "p_ge": float((d >= -TOL).mean())}
+def evaluate(opts: EvalOptions) -> dict[str, Any]:
+    """Evaluate the model ``opts`` names and write its results (see the module docstring); returns the
+    JSON's numbers with ``out_dir`` added."""
+    import torch
 
+    torch.set_num_threads(1)
+    opts.validate()
+    source = load_source(opts)
+    if source.model_meta.get("kind") == "escalate":  # a sequential run: its own evaluation
+        if opts.target_tokens or opts.target_seconds or opts.latency_load is not None:
+            raise ConfigError("--target-* and --latency-load are for one-shot runs (env.kind: allocate)")
+        from evaluation.sequential import evaluate_escalate
 
-def bootstrap_vs_best_static(
-    utility: np.ndarray,
-    choice: np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-    weights: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Paired bootstrap over queries of U_policy − U_best static, the best static re-picked in each
-    resample (so the hindsight pick's luck is part of the spread).
-
-    ``utility``: (R, A) per-query expected utility of every action; ``choice``: (R,) the policy's
-    actions; ``weights``: resamples from :func:`resample_weights` (made from ``n_boot`` and ``seed``
-    when not given). Returns the point estimate ``diff``, ``ci90`` (5th and 95th percentiles) and
-    ``p_ge``, the share of resamples where the policy is >= the best static.
-    """
-    n = len(choice)
-    diff = float(utility[np.arange(n), choice].mean() - utility.mean(axis=0).max())
-    if weights is None:
-        if n_boot <= 0:
-            return {"diff": diff, "ci90": [diff, diff], "p_ge": float(diff >= -TOL)}
-        weights = resample_weights(n, n_boot, seed)
-    d = resampled_diff_to_best_static(utility, choice, weights)
-    lo, hi = np.percentile(d, [5, 95])
-    return {"diff": diff, "ci90": [float(lo), float(hi)], "p_ge": float((d >= -TOL).mean())}
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o))
-
-
-def write_csv(result: dict[str, Any], path: Path) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "lambda_tokens",
-                "lambda_seconds",
-                "policy",
-                "accuracy",
-                "mean_tokens",
-                "mean_seconds",
-                "utility",
-                "gap_share",
-                "is_best_static",
-            ]
-        )
-        for p in result["points"]:
-            for name, m in p["policies"].items():
-                gs = p.get(f"{name}_gap_share") if name in ("ppo", "probe_router", "ppo_gated") else None
-                w.writerow(
-                    [
-                        p["lambda_tokens"],
-                        p["lambda_seconds"],
-                        name,
-                        f"{m['accuracy']:.6f}",
-                        f"{m['mean_tokens']:.3f}",
-                        f"{m['mean_seconds']:.5f}",
-                        f"{m['utility']:.6f}",
-                        "" if gs is None else f"{gs:.4f}",
-                        name == f"static:{p['best_static']}",
-                    ]
-                )
-
-
-def _fmt(x, nd=3):
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    s = result["summary"]
-    lines = [
-        f"# Evaluation: {result['model']}",
-        "",
-        f"Cache `{result['cache']}`, split `{result['split']}` ({result['n_queries']} queries), "
-        f"{len(result['menu'])} actions. Utility = accuracy − λ_T·tokens − λ_L·seconds (expected values).",
-        "",
-        f"PPO ≥ best static at {s['ppo_ge_best_static']}/{s['n_points']} points; PPO ≥ probe router at "
-        f"{s['ppo_ge_probe_router']}/{s['n_points']}; mean gap share closed: PPO {_fmt(s['ppo_gap_share_mean'], 2)}, "
-        f"router {_fmt(s['probe_router_gap_share_mean'], 2)} (min PPO {_fmt(s['ppo_gap_share_min'], 2)}).",
-        f"PPO ≥ the static config picked on the train split (no hindsight) at "
-        f"{s['ppo_ge_static_train_best']}/{s['n_points']} points; that static itself is ≥ the hindsight best "
-        f"static at {s['static_train_best_ge_best_static']}/{s['n_points']} (what no routing at all scores). "
-        f"Points where PPO is below the best static with 90% confidence (paired bootstrap over queries, "
-        f"{s['n_boot']} resamples, best static re-picked per resample): {s['ppo_below_best_static_ci']}/{s['n_points']}.",
-    ]
-    if result.get("latency", "seconds from the cache") != "seconds from the cache":
-        lines.append(f"Latency: {result['latency']}; the λ_L axis is [0].")
-    joint = s.get("all_points_ge_best_static_p")
-    if joint:
-        lines.append(
-            f"Share of those resamples in which a policy is ≥ the best static at every point: PPO "
-            f"{joint['ppo']:.2f}, router {joint['probe_router']:.2f}, train-picked static {joint['static_train_best']:.2f}."
-        )
-    lines += [
-        "",
-        "| λ_T | λ_L | best static | U static | U oracle | U router | U PPO | PPO − static [90% CI] | P(PPO ≥ static) | PPO gap share | router gap share | PPO acc | PPO tokens | PPO s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in result["points"]:
-        pol = p["policies"]
-        bs = pol[f"static:{p['best_static']}"]
-        vs = p["ppo_vs_best_static"]
-        lines.append(
-            f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['best_static']} | {_fmt(bs['utility'])} | "
-            f"{_fmt(pol['oracle']['utility'])} | {_fmt(pol['probe_router']['utility'])} | {_fmt(pol['ppo']['utility'])} | "
-            f"{vs['diff']:+.3f} [{vs['ci90'][0]:+.3f}, {vs['ci90'][1]:+.3f}] | {vs['p_ge']:.2f} | "
-            f"{_fmt(p['ppo_gap_share'], 2)} | {_fmt(p['probe_router_gap_share'], 2)} | {_fmt(pol['ppo']['accuracy'])} | "
-            f"{pol['ppo']['mean_tokens']:.1f} | {pol['ppo']['mean_seconds']:.3f} |"
-        )
-    if "ppo_gated_ge_best_static" in s:
-        g = s["gate"]
-        below = s["below_static_train_best_ci"]
-        lines += [
-            "",
-            f"Gated (policies/gate.py): PPO's gate is open at {g['points_open']['ppo']}/{s['n_points']} points "
-            f"(gain shrinkage α = {_fmt(g['ppo']['shrinkage'], 3)}, evidence: {g['ppo']['method']}), the router's at "
-            f"{g['points_open']['probe_router']}/{s['n_points']}. Gated PPO ≥ best static at "
-            f"{s['ppo_gated_ge_best_static']}/{s['n_points']}, ≥ the train-picked static at "
-            f"{s['ppo_gated_ge_static_train_best']}/{s['n_points']}, mean gap share {_fmt(s['ppo_gated_gap_share_mean'], 3)} "
-            f"(ungated {_fmt(s['ppo_gap_share_mean'], 3)}), below the best static with 90% confidence at "
-            f"{s['ppo_gated_below_best_static_ci']}. Below the train-picked static with 90% confidence: PPO "
-            f"{below['ppo']}, gated {below['ppo_gated']}, router {below['probe_router']}, gated router "
-            f"{below['probe_router_gated']}; below the train+validation-picked static (the fallback): PPO "
-            f"{s['below_static_trainval_best_ci']['ppo']}, gated {s['below_static_trainval_best_ci']['ppo_gated']}.",
-            "",
-            "| λ_T | λ_L | train-picked static | fallback (train+val) | PPO gate | deviating | gated − train static [90% CI] | P(gated ≥) | P(PPO ≥) | router gate | P(router gated ≥) | P(router ≥) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for p in result["points"]:
-            v = p["vs_static_train_best"]
-            vg = v["ppo_gated"]
-            lines.append(
-                f"| {p['lambda_tokens']:.3g} | {p['lambda_seconds']:.3g} | {p['static_train_best']} | "
-                f"{p['static_trainval_best']} | {'open' if p['gate']['ppo']['open'] else 'closed'} | "
-                f"{p['gate']['ppo']['deviation_share']:.2f} | {vg['diff']:+.3f} [{vg['ci90'][0]:+.3f}, {vg['ci90'][1]:+.3f}] | "
-                f"{vg['p_ge']:.2f} | {v['ppo']['p_ge']:.2f} | {'open' if p['gate']['probe_router']['open'] else 'closed'} | "
-                f"{v['probe_router_gated']['p_ge']:.2f} | {v['probe_router']['p_ge']:.2f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_plots(result: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = result["points"]
-    statics = [k for k in points[0]["policies"] if k.startswith("static:")]
-    for cost, fname, axis_lam, other in (
-        ("mean_tokens", "pareto_tokens.png", "lambda_tokens", "lambda_seconds"),
-        ("mean_seconds", "pareto_seconds.png", "lambda_seconds", "lambda_tokens"),
-    ):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        p0 = points[0]["policies"]
-        xs = np.array([p0[s][cost] for s in statics])
-        ys = np.array([p0[s]["accuracy"] for s in statics])
-        ax.scatter(xs, ys, c="grey", s=18, label="static configs")
-        for x, y, name in zip(xs, ys, statics, strict=True):  # label each static config
-            ax.annotate(
-                name.removeprefix("static:").split("/")[-1],
-                (x, y),
-                fontsize=6,
-                color="dimgrey",
-                xytext=(3, 2),
-                textcoords="offset points",
-            )
-        order = np.argsort(xs)
-        fx, fy, best = [], [], -np.inf
-        for i in order:
-            if ys[i] > best:
-                fx.append(xs[i])
-                fy.append(ys[i])
-                best = ys[i]
-        ax.step(fx, fy, where="post", c="grey", lw=1, label="static frontier")
-        for name, color, marker in (
-            ("probe_router", "tab:orange", "s"),
-            ("ppo", "tab:blue", "o"),
-            ("oracle", "tab:green", "^"),
-        ):
-            allx = [p["policies"][name][cost] for p in points]
-            ally = [p["policies"][name]["accuracy"] for p in points]
-            ax.scatter(allx, ally, c=color, marker=marker, s=14, alpha=0.35)
-            # the sweep's points in order of cost (in λ order a sweep can double back)
-            line = [p for p in points if p[other] == 0.0]
-            line.sort(key=lambda p: (p["policies"][name][cost], p[axis_lam]))
-            ax.plot(
-                [p["policies"][name][cost] for p in line],
-                [p["policies"][name]["accuracy"] for p in line],
-                c=color,
-                marker=marker,
-                label=f"{name} ({'λ_T' if axis_lam == 'lambda_tokens' else 'λ_L'} sweep)",
-            )
-        ax.set_xlabel(cost.replace("_", " "))
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{result['split']} split: accuracy vs {cost.split('_')[1]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=120)
-        plt.close(fig)
+        return evaluate_escalate(opts, source)
+    if opts.compare_run:
+        raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
+    inputs = load_inputs(opts, source)
+    policies = load_policies(opts, source, inputs)
+    grid = GridEvaluation(policies, inputs.table, inputs.rows, opts.n_boot, opts.seed)
+    points = grid.run(inputs.lt_axis, inputs.ls_axis, opts.progress)
+    result = {
+        "run": str(source.run_dir),
+        "model": str(source.model_path),
+        "cache": str(source.cache),
+        "split": opts.split,
+        "n_queries": int(len(inputs.rows)),
+        "n_dropped_incomplete": inputs.n_dropped,
+        "menu": list(inputs.table.action_ids),
+        "latency": inputs.table.latency_note or "seconds from the cache",
+        "grid": {"lambda_tokens": inputs.lt_axis, "lambda_seconds": inputs.ls_axis},
+        "latency_load": inputs.latency_load,
+        "points": points,
+        "budgets": solve_budgets(opts, inputs, policies.ppo),
+        "summary": grid.summary(),
+    }
+    out_dir = Path(opts.out) if opts.out else source.run_dir / "eval"
+    return write_results(
+        result, out_dir, oneshot_markdown, write_oneshot_plots if opts.plots else None, write_csv, opts.json_path
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -794,42 +311,45 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """The :class:`EvalOptions` of parsed ``evaluate.py`` flags (:func:`make_parser`)."""
+    return EvalOptions(
+        run=args.run,
+        checkpoint=args.checkpoint,
+        which_model=args.model,
+        export=args.export,
+        trust_checkpoint=args.trust_checkpoint,
+        cache=args.cache,
+        split=args.split,
+        grid_n=args.grid,
+        lambda_tokens=args.lambda_tokens,
+        lambda_seconds=args.lambda_seconds,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        target_tokens=args.target_tokens,
+        target_seconds=args.target_seconds,
+        budget_split=args.budget_split,
+        latency_load=args.latency_load,
+        compare_run=args.compare_run,
+        n_orders=args.orders,
+        out=args.out,
+        json_path=args.json_path,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        res = evaluate(
-            run=args.run,
-            checkpoint=args.checkpoint,
-            cache=args.cache,
-            split=args.split,
-            grid_n=args.grid,
-            lambda_tokens=args.lambda_tokens,
-            lambda_seconds=args.lambda_seconds,
-            which=args.model,
-            out=args.out,
-            json_path=args.json_path,
-            seed=args.seed,
-            plots=not args.no_plots,
-            n_boot=args.bootstrap,
-            export=args.export,
-            trust_checkpoint=args.trust_checkpoint,
-            progress=not args.no_progress,
-            target_tokens=args.target_tokens,
-            target_seconds=args.target_seconds,
-            latency_load=args.latency_load,
-            budget_split=args.budget_split,
-            compare_run=args.compare_run,
-            n_orders=args.orders,
-        )
+        res = evaluate(options_from_args(args))
     except (AllocError, CacheError, BudgetError, *user_errors()) as exc:
         return report(exc)
     if res.get("kind") == "escalate":
-        from policies.escalate_eval import markdown as escalate_markdown
-
-        print(escalate_markdown(res))
+        print(sequential_markdown(res))
         print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")
         return 0
-    print(markdown(res))
+    print(oneshot_markdown(res))
     if res["budgets"]:
         from policies.budget import budget_markdown
 

@@ -53,7 +53,7 @@ def evaluate_policy(policy, cache: str, env_cfg: dict, grid_n: int = 3, n_boot: 
 
     from env.allocate_env import make_splits
     from env.outcomes import OutcomeTable
-    from evaluate import bootstrap_vs_best_static
+    from evaluation.bootstrap import bootstrap_vs_best_static
     from policies.base import lambda_grid, score_choices
     from policies.baselines import OraclePolicy, TrainBestStaticPolicy, static_policies
 

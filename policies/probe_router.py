@@ -30,7 +30,7 @@ from policies.base import AllocationPolicy
 SELECTOR_ORDER = ("majority", "best_score", "weighted")
 
 
-def config_features(table: OutcomeTable) -> np.ndarray:
+def action_features(table: OutcomeTable) -> np.ndarray:
     """(A, F) features of each action: one-hot, strategy flags, log2 budget (scaled), selector one-hot."""
     a_n = table.n_actions
     max_n = max(a.n for a in table.menu)
@@ -66,13 +66,13 @@ class _Probe(nn.Module):
     """logit(q, a) = <h(q), W c_a> + v . c_a: a query trunk and a bilinear read-out by config features
     (c_a includes the action one-hot, so each config has its own head and bias, as per-config probes)."""
 
-    def __init__(self, d_query: int, d_cfg: int, hidden: int):
+    def __init__(self, d_query: int, d_action: int, hidden: int):
         super().__init__()
         self.trunk = nn.Sequential(
             nn.Linear(d_query, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
         )
-        self.head = nn.Linear(d_cfg, hidden)
-        self.bias = nn.Linear(d_cfg, 1)
+        self.head = nn.Linear(d_action, hidden)
+        self.bias = nn.Linear(d_action, 1)
 
     def forward(self, xq, xc):
         return (self.trunk(xq) * self.head(xc)).sum(-1) + self.bias(xc).squeeze(-1)
@@ -99,41 +99,41 @@ class ProbeRouter(AllocationPolicy):
         base = self._base(table, rows)  # (R, D+1)
         r_n, a_n = len(rows), table.n_actions
         xq = np.repeat(base, a_n, axis=0)
-        xc = np.tile(self.cfg_feats, (r_n, 1))
+        xc = np.tile(self.action_feats, (r_n, 1))
         y = table.correct[rows].reshape(-1).astype(np.float32)
         m = table.mask[rows].reshape(-1)
         return (torch.from_numpy(xq), torch.from_numpy(xc)), torch.from_numpy(y), torch.from_numpy(m)
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, table: OutcomeTable, train_rows: np.ndarray, val_rows: np.ndarray) -> ProbeRouter:
-        cfg = self.config
+        config = self.config
         train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
         x = np.concatenate(
             [table.features[train_rows], np.log1p(table.prompt_tokens[train_rows])[:, None]], axis=1
         )
         self.mean = x.mean(axis=0)
         self.std = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
-        self.cfg_feats = config_features(table)
+        self.action_feats = action_features(table)
         self.action_ids = list(table.action_ids)
         mt, ms = table.mean_costs(train_rows)
         # a config never seen on train cannot be costed: it is never chosen
         self.mean_tokens = mt
         self.mean_seconds = ms
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(config.seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.model = _Probe(x.shape[1], self.cfg_feats.shape[1], cfg.hidden)
-        (xtq, xtc), yt, mt_ = self._pairs(table, train_rows)
-        xtq, xtc, yt = xtq[mt_], xtc[mt_], yt[mt_]
+            torch.manual_seed(config.seed)
+            self.model = _Probe(x.shape[1], self.action_feats.shape[1], config.hidden)
+        (xtq, xtc), yt, mask_t = self._pairs(table, train_rows)
+        xtq, xtc, yt = xtq[mask_t], xtc[mask_t], yt[mask_t]
         has_val = len(val_rows) > 0
         if has_val:
-            (xvq, xvc), yv, mv = self._pairs(table, val_rows)
-            xvq, xvc, yv = xvq[mv], xvc[mv], yv[mv]
-        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            (xvq, xvc), yv, mask_v = self._pairs(table, val_rows)
+            xvq, xvc, yv = xvq[mask_v], xvc[mask_v], yv[mask_v]
+        opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
         best, best_state, bad = math.inf, None, 0
         batch = 512
-        for _ in range(cfg.epochs):
+        for _ in range(config.epochs):
             self.model.train()
             perm = torch.randperm(len(yt), generator=gen)
             for lo in range(0, len(yt), batch):
@@ -151,7 +151,7 @@ class ProbeRouter(AllocationPolicy):
                     best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
                 else:
                     bad += 1
-                    if bad >= cfg.patience:
+                    if bad >= config.patience:
                         break
         if best_state is not None:
             self.model.load_state_dict(best_state)

@@ -12,6 +12,7 @@ import evaluate
 import train
 from env.allocate_env import EnvConfig
 from env.outcomes import ConfigError, OutcomeTable
+from evaluation.options import EvalOptions
 from policies.budget import BudgetError, solve_lambda
 from rollouts.latency import Round
 
@@ -47,8 +48,8 @@ def test_target_below_what_the_policy_spends():
 
 
 def test_evaluate_target_tokens(tiny_run, tmp_path):
-    res = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path), grid_n=2, n_boot=0, plots=False,
-                            target_tokens=[60.0, 120.0], target_seconds=[1.0])  # fmt: skip
+    res = evaluate.evaluate(EvalOptions(run=str(tiny_run), out=str(tmp_path), grid_n=2, n_boot=0, plots=False,
+                                        target_tokens=[60.0, 120.0], target_seconds=[1.0]))  # fmt: skip
     b = res["budgets"]
     assert [(r["cost"], r["target"]) for r in b] == [("tokens", 60.0), ("tokens", 120.0), ("seconds", 1.0)]
     for r in b:

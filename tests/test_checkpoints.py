@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
+from evaluation.options import EvalOptions
 
 
 class _Plant:
@@ -71,10 +72,12 @@ def test_export_evaluation_never_unpickles(tiny_run, tmp_path):
     marker = tmp_path / "PWNED"
     for z in run.rglob("*.zip"):  # every checkpoint of the run is planted
         plant(tiny_run / "best_model.zip", z, marker)
-    res = evaluate.evaluate(export=str(run / "export"), run=str(run), out=str(tmp_path / "o"), grid_n=2,
-                            plots=False, n_boot=0)  # fmt: skip
+    res = evaluate.evaluate(EvalOptions(export=str(run / "export"), run=str(run), out=str(tmp_path / "o"),
+                                        grid_n=2, plots=False, n_boot=0))  # fmt: skip
     assert not marker.exists()
-    ref = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "ref"), grid_n=2, plots=False, n_boot=0)
+    ref = evaluate.evaluate(
+        EvalOptions(run=str(tiny_run), out=str(tmp_path / "ref"), grid_n=2, plots=False, n_boot=0)
+    )
     assert res["model"] == str(run / "export") and res["n_queries"] == ref["n_queries"]
     for a, b in zip(res["points"], ref["points"], strict=True):  # the export chooses as the checkpoint does
         # (as shipped: with its gate and gain shrinkage, policies/gate.py; the export's plain "ppo" is

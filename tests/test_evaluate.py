@@ -1,10 +1,13 @@
 import csv
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
 import evaluate
+from evaluation import bootstrap
+from evaluation.options import EvalOptions
 from tests.fixtures.synthetic_cache import make_synthetic_cache
 
 
@@ -105,12 +108,14 @@ def test_checkpoint_on_other_menu(tiny_run, tmp_path, capsys):
 
 def test_checkpoint_evaluation(tiny_run, tmp_path):
     ck = tiny_run / "checkpoints" / "ppo_2048_steps.zip"
-    res = evaluate.evaluate(checkpoint=str(ck), out=str(tmp_path / "o"), grid_n=2, plots=False)
+    res = evaluate.evaluate(EvalOptions(checkpoint=str(ck), out=str(tmp_path / "o"), grid_n=2, plots=False))
     assert res["model"] == str(ck) and res["summary"]["n_points"] == 4
 
 
 def test_no_bootstrap(tiny_run, tmp_path):
-    res = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "o"), grid_n=2, plots=False, n_boot=0)
+    res = evaluate.evaluate(
+        EvalOptions(run=str(tiny_run), out=str(tmp_path / "o"), grid_n=2, plots=False, n_boot=0)
+    )
     assert res["summary"]["all_points_ge_best_static_p"] is None
     for p in res["points"]:
         vs = p["ppo_vs_best_static"]
@@ -145,7 +150,7 @@ def test_incomplete_queries_are_left_out(tmp_path):
         "--no-progress",
     ]
     assert train.main([*args, "--hyperparams", "n_envs:2", "val_grid:2", "export:false"]) == 0
-    res = evaluate.evaluate(run=str(runs / "m"), which="final", grid_n=2, plots=False)
+    res = evaluate.evaluate(EvalOptions(run=str(runs / "m"), which_model="final", grid_n=2, plots=False))
     test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]
     assert res["n_dropped_incomplete"] == len(drop & set(test_ids))
     assert res["n_queries"] == len(set(test_ids) - drop)
@@ -156,15 +161,32 @@ def test_bootstrap_vs_best_static():
     u = rng.random((200, 5))
     u[:, 2] += 0.3  # action 2 is the best static by far
     per_query_best = u.argmax(axis=1)
-    hi = evaluate.bootstrap_vs_best_static(u, per_query_best, n_boot=500, seed=1)
+    hi = bootstrap.bootstrap_vs_best_static(u, per_query_best, n_boot=500, seed=1)
     assert hi["diff"] > 0 and hi["ci90"][0] > 0 and hi["p_ge"] == 1.0
-    lo = evaluate.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), n_boot=500, seed=1)
+    lo = bootstrap.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), n_boot=500, seed=1)
     assert lo["diff"] < 0 and lo["ci90"][1] < 0 and lo["p_ge"] == 0.0
     # the share of resamples clearing every point: dominated choices never do, the best one always
-    w = evaluate.resample_weights(200, 500, seed=1)
-    assert (evaluate.resampled_diff_to_best_static(u, per_query_best, w) >= 0).all()
-    assert (evaluate.resampled_diff_to_best_static(u, np.zeros(200, dtype=int), w) < 0).all()
-    again = evaluate.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), weights=w)
+    w = bootstrap.resample_weights(200, 500, seed=1)
+    assert (bootstrap.resampled_diff_to_best_static(u, per_query_best, w) >= 0).all()
+    assert (bootstrap.resampled_diff_to_best_static(u, np.zeros(200, dtype=int), w) < 0).all()
+    again = bootstrap.bootstrap_vs_best_static(u, np.zeros(200, dtype=int), weights=w)
     assert again == lo  # passing the resamples equals drawing them from the same seed
-    same = evaluate.bootstrap_vs_best_static(u, np.full(200, 2), n_boot=500, seed=1)
+    same = bootstrap.bootstrap_vs_best_static(u, np.full(200, 2), n_boot=500, seed=1)
     assert same["diff"] == 0.0 and same["ci90"][0] <= 0.0 <= same["ci90"][1] + 1e-12
+
+
+def test_options_are_the_cli_flags():
+    """evaluate(EvalOptions(...)) from Python is evaluate.py with the same flags: the defaults agree
+    (progress aside: off from Python) and every flag reaches its field (without --no-progress, progress
+    differs from its default too)."""
+    parser = evaluate.make_parser()
+    assert evaluate.options_from_args(parser.parse_args([])) == EvalOptions(progress=True)
+    flags = ["--run", "r", "--checkpoint", "c.zip", "--model", "final", "--export", "x", "--trust-checkpoint",
+             "--cache", "k", "--split", "val", "--grid", "3", "--lambda-tokens", "0", "1e-3", "--lambda-seconds",
+             "0.5", "--seed", "7", "--bootstrap", "10", "--target-tokens", "60", "--target-seconds", "2",
+             "--budget-split", "val", "--latency-load", "4", "--compare-run", "o", "--orders", "3", "--out", "d",
+             "--json", "j.json", "--no-plots"]  # fmt: skip
+    opts = evaluate.options_from_args(parser.parse_args(flags))
+    default = EvalOptions()
+    assert [f.name for f in fields(EvalOptions) if getattr(opts, f.name) == getattr(default, f.name)] == []
+    assert (opts.which_model, opts.grid_n, opts.n_boot, opts.n_orders) == ("final", 3, 10, 3)

@@ -11,6 +11,7 @@ import pytest
 
 import evaluate
 from env.outcomes import OutcomeTable
+from evaluation.options import EvalOptions
 from policies.baselines import TrainBestStaticPolicy
 from policies.gate import Gate, LambdaRegions, StaticFallback, decide
 from policies.gate_fit import GatedPolicy, crossfit_utility, shrink_gain
@@ -100,10 +101,10 @@ def test_crossfit_shrinkage_follows_the_signal(synthetic_cache, tmp_path):
 def test_export_fallback_equals_evaluate_and_onnx_plays_it(tiny_run, synthetic_cache, tmp_path):
     """The export's fallback is evaluate's train+validation-best static at three λ points, and the
     ONNX policy plays it wherever the gate is closed (and the network's choice where it is open)."""
-    res = evaluate.evaluate(
+    res = evaluate.evaluate(EvalOptions(
         run=str(tiny_run), out=str(tmp_path / "e"), lambda_tokens=[0.0, 2e-3], lambda_seconds=[0.0, 0.3],
         plots=False, n_boot=200,
-    )  # fmt: skip
+    ))  # fmt: skip
     doc = json.loads((tiny_run / "export" / "policy.json").read_text())
     gate = Gate.from_dict(doc["gate"])
     assert doc["gate"]["shrinkage"] == json.loads((tiny_run / "gate.json").read_text())["shrinkage"]
@@ -141,7 +142,9 @@ def test_export_fallback_equals_evaluate_and_onnx_plays_it(tiny_run, synthetic_c
 
 
 def test_evaluate_reports_the_gate(tiny_run, tmp_path):
-    res = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "e"), grid_n=3, plots=False, n_boot=200)
+    res = evaluate.evaluate(
+        EvalOptions(run=str(tiny_run), out=str(tmp_path / "e"), grid_n=3, plots=False, n_boot=200)
+    )
     s = res["summary"]
     gate = json.loads((tiny_run / "gate.json").read_text())
     assert s["gate"]["ppo"]["open_share"] == gate["open_share"]
@@ -186,8 +189,10 @@ def test_export_evaluation_plays_the_same_gated_policy(tiny_run, tmp_path):
     """evaluate.py --export (the ONNX policy, its gate and its shrunk actor from policy.json) reports
     the same gated policy as the checkpoint with gate.json."""
     kw = {"grid_n": 3, "plots": False, "n_boot": 0}
-    ck = evaluate.evaluate(run=str(tiny_run), out=str(tmp_path / "c"), **kw)
-    ex = evaluate.evaluate(export=str(tiny_run / "export"), run=str(tiny_run), out=str(tmp_path / "x"), **kw)
+    ck = evaluate.evaluate(EvalOptions(run=str(tiny_run), out=str(tmp_path / "c"), **kw))
+    ex = evaluate.evaluate(
+        EvalOptions(export=str(tiny_run / "export"), run=str(tiny_run), out=str(tmp_path / "x"), **kw)
+    )
     for a, b in zip(ck["points"], ex["points"], strict=True):
         assert a["gate"] == b["gate"]
         assert a["policies"]["ppo_gated"]["share"] == b["policies"]["ppo_gated"]["share"]

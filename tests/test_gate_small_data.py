@@ -17,6 +17,7 @@ import pytest
 
 import evaluate
 import train
+from evaluation.options import EvalOptions
 from rollouts.cache import CacheWriter, load_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,9 @@ def subset_cache(src, n: int, seed: int, out: Path) -> Path:
 
 def train_and_evaluate(cache: Path, runs: Path) -> dict:
     assert train.main(["--cache", str(cache), "--runs-dir", str(runs), "--name", "r", *SHORT]) == 0
-    return evaluate.evaluate(run=str(runs / "r"), out=str(runs / "eval"), plots=False, n_boot=1000)
+    return evaluate.evaluate(
+        EvalOptions(run=str(runs / "r"), out=str(runs / "eval"), plots=False, n_boot=1000)
+    )
 
 
 def report(label: str, res: dict) -> None:

@@ -5,26 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import evaluate
 from env.pool_outcomes import expected_selected_correct
+from evaluation import bootstrap
 from rollouts.strategies.selectors import select, tied_winners
 
 
 def test_below_ignores_float_ties():
-    assert not evaluate.below(-1e-15) and not evaluate.below(0.0)
-    assert evaluate.below(-1e-6)
+    assert not bootstrap.below(-1e-15) and not bootstrap.below(0.0)
+    assert bootstrap.below(-1e-6)
 
 
 def test_bootstrap_of_the_best_static_itself_is_a_tie():
     rng = np.random.default_rng(0)
     u = rng.random((50, 5)) * np.array([1.0, 1.1, 0.9, 1.0, 0.8])  # column sums as float noise makes them
     best = int(u.mean(axis=0).argmax())
-    r = evaluate.bootstrap_vs_best_static(u, np.full(50, best), n_boot=200, seed=1)
+    r = bootstrap.bootstrap_vs_best_static(u, np.full(50, best), n_boot=200, seed=1)
     assert r["diff"] == pytest.approx(0.0, abs=1e-12)
     assert r["ci90"][1] == pytest.approx(0.0, abs=1e-12)
-    assert not evaluate.below(r["ci90"][1])
-    worse = evaluate.bootstrap_vs_best_static(u, np.full(50, int(u.mean(axis=0).argmin())), n_boot=200, seed=1)
-    assert evaluate.below(worse["ci90"][1])
+    assert not bootstrap.below(r["ci90"][1])
+    worse = bootstrap.bootstrap_vs_best_static(u, np.full(50, int(u.mean(axis=0).argmin())), n_boot=200, seed=1)
+    assert bootstrap.below(worse["ci90"][1])
 
 
 def test_tied_winners_and_seeded_random_tie_break():
