@@ -174,6 +174,7 @@ def evaluate(
 
     from env.allocate_env import EnvConfig
     from env.outcomes import OutcomeTable
+    from env.splits import SPLITS, split_rows
     from policies.base import lambda_grid, score_choices
     from policies.baselines import OraclePolicy, RandomPolicy, TrainBestStaticPolicy, static_policies
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
@@ -237,9 +238,7 @@ def evaluate(
     if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
         raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
     splits = json.loads(splits_path.read_text())
-    rows_of = {
-        s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
-    }
+    rows_of = {s: split_rows(table, splits, s) for s in SPLITS}
     rows = rows_of[split]
     complete = table.mask[rows].all(axis=1)
     n_dropped = int((~complete).sum())

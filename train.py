@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from env.allocate_env import make_splits
 from env.escalate_env import EscalateConfig, env_config_from
 from env.outcomes import AllocError, ConfigError
+from env.splits import make_splits, split_rows
 from rollouts.cache import CacheError
 from rollouts.config import check_types, load_yaml_text
 from rollouts.errors import report, user_errors
@@ -290,9 +290,10 @@ def _train(
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from env.allocate_env import AllocateEnv, ObsEncoder
+    from env.allocate_env import AllocateEnv
     from env.outcomes import OutcomeTable
     from policies.base import lambda_grid
+    from policies.observation import ObsEncoder
     from policies.ppo import (
         PPOConfig,
         load_model,
@@ -326,12 +327,12 @@ def _train(
         splits = make_splits(table.query_ids, env_cfg.split_seed, env_cfg.split_fractions)
     check_splits(splits)
     for s in ("train", "val"):
-        if not [q for q in splits[s] if q in table.qindex]:
+        if len(split_rows(table, splits, s)) == 0:
             raise ConfigError(
                 f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions"
             )
-    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
-    val_rows = table.indices([q for q in splits["val"] if q in table.qindex])
+    train_rows = split_rows(table, splits, "train")
+    val_rows = split_rows(table, splits, "val")
     env_cfg.resolve_ranges(table, train_rows)
     encoder = ObsEncoder.fit(table, train_rows, env_cfg)
     cfg.env = env_cfg.to_dict()
@@ -339,7 +340,9 @@ def _train(
     meta = make_meta(table, encoder, cfg.env)
     env_cls, env_kwargs = AllocateEnv, {}
     if escalate:  # the sequential env: same table, splits and encoder, plus its step menu and units
-        from env.escalate_env import EscalateEnv, EscalateMenu, fit_units
+        from env.escalate_env import EscalateEnv
+        from env.escalate_menu import EscalateMenu
+        from env.seen import fit_units
         from policies.escalate_ppo import make_escalate_meta
 
         esc_menu = EscalateMenu(table, env_cfg)
@@ -434,12 +437,12 @@ def _train(
 
             tr = train_env.envs[0].unwrapped
             tr.reset(seed=cfg.seed)
-            lams = [tr._draw_lambdas() for _ in range(32)]  # λ as the env draws them
+            lams = [tr.draw_lambdas() for _ in range(32)]  # λ as the env draws them
             o, pk = make_orders(table, tr.menu, tr.rows, 2, seed=cfg.seed + 1)
             sim_tr = Simulator(table, tr.menu, encoder, tr.units, tr.rows, o, pk)
             t_ws = time.time()
             clone = warm_start_from_oneshot(
-                model, cfg.warm_start_from, table, sim_tr, lams, env_cfg, tr._cost_scale, seed=cfg.seed
+                model, cfg.warm_start_from, table, sim_tr, lams, env_cfg, tr.cost_scale, seed=cfg.seed
             )
             clone["seconds"] = round(time.time() - t_ws, 2)
             print(

@@ -78,11 +78,14 @@ def evaluate_escalate(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from env.allocate_env import ObsEncoder
-    from env.escalate_env import EscalateMenu, SeenUnits, env_config_from
+    from env.escalate_env import env_config_from
+    from env.escalate_menu import EscalateMenu
     from env.outcomes import OutcomeTable
+    from env.seen import SeenUnits
+    from env.splits import split_rows
     from policies.base import lambda_grid
     from policies.escalate_sim import Simulator, make_orders, model_policy, plan_policy
+    from policies.observation import ObsEncoder
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
     from policies.stopping_rules import rule_grid, simulate_rules, tune
 
@@ -110,12 +113,12 @@ def evaluate_escalate(
     splits = json.loads((run_dir / "splits.json").read_text())
 
     def rows_for(s: str) -> np.ndarray:
-        r = table.indices([q for q in splits[s] if q in table.qindex])
+        r = split_rows(table, splits, s)
         has_pool = np.array([bool(table.pool_records(int(q), menu.pool_config)) for q in r], dtype=bool)
         return r[has_pool & table.mask[r].all(axis=1)] if len(r) else r
 
     rows, val_rows = rows_for(split), rows_for("val")
-    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
+    train_rows = split_rows(table, splits, "train")
     if len(rows) == 0 or len(val_rows) == 0:
         raise ConfigError(f"the {split} or val split has no queries with a pool and every action in {cache}")
     grid = lambda_grid(table, train_rows, grid_n)

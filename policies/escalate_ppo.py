@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
-from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenUnits
+from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
+from env.seen import SEEN_FEATURES, SeenUnits
+from policies.observation import ObsEncoder
 from policies.ppo import log_hparams, make_meta, tb_tag
 
 KIND = "escalate"

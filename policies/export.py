@@ -1,7 +1,7 @@
 """Export a trained MaskablePPO policy to ONNX, with an onnxruntime parity check.
 
 ``export_policy(model, out_dir)`` writes ``policy.onnx`` and ``policy.json`` and returns the parity
-report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`env.allocate_env.ObsEncoder`)
+report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`policies.observation.ObsEncoder`)
 and ``mask`` (bool [batch, n_actions]) and returns ``logits`` (float32, masked entries -1e8, as
 sb3-contrib's masked distribution does) and ``action`` (int64 argmax: the deterministic choice).
 ``policy.json`` holds what an SB3-free caller needs to build ``obs`` (see :mod:`policies.onnx_policy`).
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import OBS_BOUND, ObsEncoder
 from env.outcomes import AllocError
+from policies.observation import OBS_BOUND, ObsEncoder
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
 from env.outcomes import AllocError, ConfigError, OutcomeTable, menu_difference, reject_unknown_keys
 from policies.base import AllocationPolicy, score_choices
+from policies.observation import ObsEncoder
 from rollouts.config import check_types
 
 META_FORMAT = "ttc-alloc/ppo"

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenState, SeenUnits, step_mask
+from env.escalate_menu import EscalateMenu
+from env.seen import SEEN_FEATURES, SeenState, SeenUnits, step_mask
 from rollouts.strategies.selectors import answer_key
 
 

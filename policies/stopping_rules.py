@@ -1,4 +1,4 @@
-"""Early-stopping baselines for ``ttc/Escalate-v0``, as step policies over :class:`env.escalate_env.SeenState`.
+"""Early-stopping baselines for ``ttc/Escalate-v0``, as step policies over :class:`env.seen.SeenState`.
 
 Each rule draws rounds of a width schedule, then answers with a selector once its criterion holds, a
 cap on samples is reached or the pool is exhausted; it never switches to beam search. Families:
@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 from scipy.special import betainc
 
-from env.escalate_env import Episode, EscalateMenu, SeenState
+from env.episode import Episode
+from env.escalate_menu import EscalateMenu
+from env.seen import SeenState
 from policies.escalate_sim import SimResult, Simulator, StepPolicy
 
 SCHEDULES = {

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from env.allocate_env import make_splits  # noqa: E402
 from env.outcomes import OutcomeTable  # noqa: E402
+from env.splits import SPLITS, make_splits, split_rows  # noqa: E402
 from policies.base import lambda_grid  # noqa: E402
 from policies.baselines import TrainBestStaticPolicy  # noqa: E402
 from rollouts.arithmetic import generate  # noqa: E402
@@ -33,7 +33,7 @@ from rollouts.arithmetic import generate  # noqa: E402
 def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, float, list[str]]:
     """(grid points, tier-policy wins, train-picked static wins, the tier policy's mean gap share,
     per-λ_T lines of its gap share)."""
-    rows = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")}
+    rows = {s: split_rows(table, splits, s) for s in SPLITS}
     fit, te = np.concatenate([rows["train"], rows["val"]]), rows["test"]
     grid = lambda_grid(table, rows["train"], 5)
     # "best static on these rows" is TrainBestStaticPolicy's pick: per tier, and over all of train + val

@@ -8,8 +8,9 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env as _env  # noqa: F401  (registers ttc/Allocate-v0)
-from env.allocate_env import AllocateEnv, make_splits, split_of
+from env.allocate_env import AllocateEnv
 from env.outcomes import ConfigError, OutcomeTable
+from env.splits import make_splits, split_of
 
 
 @pytest.fixture(scope="module")
