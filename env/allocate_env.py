@@ -347,6 +347,6 @@ def _open_table(cache: str | Path | None, table: OutcomeTable | None, cfg: EnvCo
         if cfg.lambda_seconds > 0:
             raise ConfigError(f"env.lambda_seconds is {cfg.lambda_seconds} but {table.latency_note}")
         if not getattr(table, "_latency_warned", False):
-            warnings.warn(table.latency_note, stacklevel=3)
+            warnings.warn(str(table.latency_note), stacklevel=3)
             table._latency_warned = True  # type: ignore[attr-defined]
     return table

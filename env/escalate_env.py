@@ -139,7 +139,7 @@ class EscalateEnv(AllocateEnv):
         if order is None:  # a permutation of the record the pick selects (pools may differ in size)
             order = rng.permutation(recs[min(int(pick * len(recs)), len(recs) - 1)][0].k)
         self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
-        self._obs = np.zeros(self.observation_space.shape[0], dtype=np.float32)
+        self._obs = np.zeros(self._n_base + len(SEEN_FEATURES), dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
         self._ep.state.features(self.units, self._seen_view)

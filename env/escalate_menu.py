@@ -80,7 +80,7 @@ class EscalateMenu:
         self.draw_index = {a.k: i for i, a in enumerate(acts) if a.kind == "draw"}
         self.stop_index = {a.selector: i for i, a in enumerate(acts) if a.kind == "stop"}
         self.beam_index = {a.config_id: i for i, a in enumerate(acts) if a.kind == "beam"}
-        self.beam_configs = [a.config_id for a in acts if a.kind == "beam"]
+        self.beam_configs = [a.config_id for a in acts if a.kind == "beam" and a.config_id is not None]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EscalateMenu:

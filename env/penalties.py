@@ -45,7 +45,7 @@ class PenaltySampler:
         ls = 0.0 if r[2] < p0 or not self.latency_available else math.exp(ls0 + (ls1 - ls0) * r[3])
         return (lt, ls)
 
-    def with_options(self, lam: Lambdas, options: dict[str, Any], latency_note: str) -> Lambdas:
+    def with_options(self, lam: Lambdas, options: dict[str, Any], latency_note: str | None) -> Lambdas:
         """``lam`` with ``reset``'s ``lambda_tokens`` / ``lambda_seconds`` options put in (validated);
         a λ_L > 0 without latency in the cache is a ``ConfigError`` (``latency_note`` says why)."""
         if "lambda_tokens" in options or "lambda_seconds" in options:

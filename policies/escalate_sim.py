@@ -104,7 +104,7 @@ class Simulator:
         ]
         row_of = np.repeat(np.arange(n), r_n)
         pen = (
-            self.encoder.encode_penalties(np.array([lt]), np.array([ls]))[0]
+            np.array(self.encoder.penalty_pair(lt, ls), dtype=np.float32)
             if self.encoder.sample_penalties
             else np.zeros(0, dtype=np.float32)
         )

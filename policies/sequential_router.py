@@ -2,7 +2,7 @@
 
 Per question: the same prompt and hidden-state features as the collection; then, round by round, the
 ONNX step policy sees ``[query features, encoded λ, seen]`` (``seen`` rebuilt by
-:class:`env.escalate_env.SeenState` from the samples the engine returned, the env's own code) and
+:class:`env.seen.SeenState` from the samples the engine returned, the env's own code) and
 either draws k more samples (one engine call of ``run_pool`` with n = k, the collector's strategy
 code; the same prompt, so vLLM's prefix cache serves later rounds), stops and answers with a selector
 (``select``), or runs a beam search (``run_beam_search``). Questions run one after another, so each

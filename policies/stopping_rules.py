@@ -18,7 +18,7 @@ The criteria do not depend on λ, so each configuration is simulated once per sp
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,15 +53,7 @@ class Rule:
         return f"{self.family}(p={self.param:g},{self.schedule},{self.selector},cap={self.cap}{extra})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "param": self.param,
-            "schedule": self.schedule,
-            "selector": self.selector,
-            "cap": self.cap,
-            "also_agree": self.also_agree,
-            "name": self.name,
-        }
+        return {**asdict(self), "name": self.name}
 
 
 def ac_confidence(v1: int, v2: int) -> float:
