@@ -288,7 +288,7 @@ class AllocateEnv(gym.Env):
         if self._done:
             raise ConfigError("step() called on a finished episode; call reset() first")
         a = int(action)
-        qi = self.query_row
+        qi = int(self.rows[self._i])  # self.query_row, without the property call on the hot path
         t = self.table
         if not (0 <= a < t.n_actions) or not t.mask[qi, a]:
             name = t.action_ids[a] if 0 <= a < t.n_actions else a
@@ -319,7 +319,7 @@ class AllocateEnv(gym.Env):
         return self._obs.copy(), reward, True, False, info
 
     def action_masks(self) -> np.ndarray:
-        return self.table.mask[self.query_row].copy()
+        return self.table.mask[self.rows[self._i]].copy()
 
     # -- helpers -------------------------------------------------------------------------------
     @property

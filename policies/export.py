@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from env.outcomes import AllocError
-from policies.observation import OBS_BOUND, ObsEncoder
+from policies.observation import ObsEncoder
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
@@ -145,17 +145,7 @@ def export_policy(
         "outputs": {"logits": ["batch", n_actions], "action": ["batch"]},
         "menu": list(meta["menu"]),
         "menu_names": list(meta["menu_names"]),
-        "observation": {
-            "layout": "[(features - feature_mean)/feature_std ... (then, if pca: @ pca.T / pca_scale), "
-            "(log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
-            + (
-                ", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]"
-                if enc.sample_penalties
-                else "]"
-            ),
-            "clip": OBS_BOUND,
-            **enc.to_dict(),
-        },
+        "observation": enc.to_export_dict(),
         "penalties": {
             "observed": enc.sample_penalties,
             "fixed": None

@@ -141,9 +141,22 @@ class ObsEncoder:
             "pca_scale": None if self.pca_scale is None else [float(x) for x in self.pca_scale],
         }
 
+    def to_export_dict(self) -> dict[str, Any]:
+        """``policy.json``'s ``observation``: the layout in words, the clip bound and :meth:`to_dict`."""
+        layout = (
+            "[(features - feature_mean)/feature_std ... (then, if pca: @ pca.T / pca_scale), "
+            "(log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
+            + (
+                ", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]"
+                if self.sample_penalties
+                else "]"
+            )
+        )
+        return {"layout": layout, "clip": self.clip, **self.to_dict()}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObsEncoder:
-        """From :meth:`to_dict` (a checkpoint's meta) or ``policy.json``'s ``observation`` (with ``clip``)."""
+        """From :meth:`to_dict` (a checkpoint's meta) or :meth:`to_export_dict` (``policy.json``)."""
         pca = d.get("pca")
         return cls(
             mean=np.array(list(d["feature_mean"]) + [d["prompt_tokens_mean"]], dtype=np.float64),
