@@ -152,7 +152,6 @@ class EnvConfig:
 # The env
 
 
-
 class AllocateEnv(gym.Env):
     """See the module docstring. Build with a cache path or a prebuilt ``table``.
 
@@ -188,7 +187,9 @@ class AllocateEnv(gym.Env):
         cfg = self.config_cls.from_dict({**base, **overrides})
         self.table = table = _open_table(cache, table, cfg)
         self.splits = (
-            splits if splits is not None else make_splits(table.query_ids, cfg.split_seed, cfg.split_fractions)
+            splits
+            if splits is not None
+            else make_splits(table.query_ids, cfg.split_seed, cfg.split_fractions)
         )
         train_rows = split_rows(table, self.splits, "train")
         cfg.resolve_ranges(table, train_rows)

@@ -98,10 +98,9 @@ class Episode:
             self.state.tokens += tok
             self.correct = float(self.pool.correct[pick])
             return tok, 0.0, True, self.correct
-        outs = self.beams[self.menu.beam_configs.index(act.config_id)]
+        outs = self.beams[self.menu.beam_configs.index(str(act.config_id))]
         ok, tok, secs = outs[min(int(self.beam_pick * len(outs)), len(outs) - 1)]
         self.state.tokens += tok
         self.state.seconds += secs
         self.correct = float(ok)
         return tok, secs, True, self.correct
-

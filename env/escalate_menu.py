@@ -8,16 +8,20 @@ from a checkpoint's meta / an export (:meth:`EscalateMenu.from_dict`) without a 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from env.outcomes import SEARCH_STRATEGIES, ConfigError, OutcomeTable, pool_budgets
 from rollouts.cache import CacheError
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS
 
-if TYPE_CHECKING:
-    from env.escalate_env import EscalateConfig
-
 DEFAULT_SELECTOR = "majority"  # the selector of a one-shot pool action that names none
+
+
+class MenuSettings(Protocol):
+    """What the menu reads of the env's config (:class:`env.escalate_env.EscalateConfig`)."""
+
+    draw_sizes: Any  # "auto" or a list of ints >= 1
+    pool_config: str | None
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class StepAction:
 class EscalateMenu:
     """The step actions a cache offers, and how each one-shot (Allocate-v0) action maps onto them."""
 
-    def __init__(self, table: OutcomeTable, cfg: EscalateConfig):
+    def __init__(self, table: OutcomeTable, cfg: MenuSettings):
         pools: dict[str, list[int]] = {}
         for ai, a in enumerate(table.menu):
             if a.is_pool:
@@ -115,4 +119,3 @@ class EscalateMenu:
             "has_scores": self.has_scores,
             "actions": [a.to_dict() for a in self.actions],
         }
-

@@ -9,22 +9,31 @@ is :meth:`policies.observation.ObsEncoder.penalty_pair`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from env.outcomes import ConfigError, validate_lambda
 
-if TYPE_CHECKING:
-    from env.allocate_env import EnvConfig
-
 Lambdas = tuple[float, float]  # (λ_T, λ_L)
+
+
+class PenaltySettings(Protocol):
+    """What this module reads of the env's config (:class:`env.allocate_env.EnvConfig`)."""
+
+    lambda_tokens: float
+    lambda_seconds: float
+    lambda_tokens_range: Any  # [lo, hi], resolved (not "auto")
+    lambda_seconds_range: Any
+    p_zero: float
+    reward_norm: str
+    reward_norm_floor: float
 
 
 class PenaltySampler:
     """Draws episodes' (λ_T, λ_L) with the env's generator; ``sample=False`` gives the fixed pair."""
 
-    def __init__(self, cfg: EnvConfig, sample: bool, latency_available: bool):
+    def __init__(self, cfg: PenaltySettings, sample: bool, latency_available: bool):
         self.sample = sample
         self.fixed: Lambdas = (cfg.lambda_tokens, cfg.lambda_seconds)
         self.p_zero = cfg.p_zero
@@ -58,7 +67,7 @@ class PenaltySampler:
         return lam
 
 
-def reward_divisor(cfg: EnvConfig, lam: Lambdas, cost_scale: tuple[float, float]) -> float:
+def reward_divisor(cfg: PenaltySettings, lam: Lambdas, cost_scale: tuple[float, float]) -> float:
     """What an episode's rewards are divided by: ``reward_norm_floor + λ_T·C_T + λ_L·C_L`` with
     ``reward_norm="context"`` (C: the train split's cost scale), else 1."""
     if cfg.reward_norm != "context":

@@ -179,4 +179,3 @@ def fit_units(table: OutcomeTable, menu: EscalateMenu, train_rows: np.ndarray) -
     ]
     per_sample = float(np.mean(gen)) if gen else 1.0
     return SeenUnits(max(per_sample, 1e-6), max(tok, 1e-9), max(sec, 1e-9), float(menu.pool_size))
-

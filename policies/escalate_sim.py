@@ -139,9 +139,9 @@ class Simulator:
             seconds=np.array([e.state.seconds for e in eps]).reshape(shape),
             rounds=np.array([len(e.state.widths) for e in eps]).reshape(shape),
             samples=np.array([e.state.drawn for e in eps]).reshape(shape),
-            beam=np.array([e.menu.actions[e.menu.ids.index(e.final)].kind == "beam" for e in eps]).reshape(
-                shape
-            ),
+            beam=np.array(
+                [e.menu.actions[e.menu.ids.index(str(e.final))].kind == "beam" for e in eps]
+            ).reshape(shape),
             final=[[eps[i * r_n + r].final or "" for r in range(r_n)] for i in range(n)],
         )
 

@@ -20,15 +20,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: importing env here would pull gymnasium into the ONNX loader
-    from env.allocate_env import EnvConfig
     from env.outcomes import OutcomeTable
 
 OBS_BOUND = 1e6  # the Box bound; standardised features are clipped to it (never reached in practice)
+
+
+class EncoderSettings(Protocol):
+    """What :meth:`ObsEncoder.fit` reads of the env's config (:class:`env.allocate_env.EnvConfig`)."""
+
+    penalty_mode: str
+    feature_pca: int | None
+    lambda_tokens_range: Any  # [lo, hi], resolved (not "auto")
+    lambda_seconds_range: Any
 
 
 @dataclass
@@ -52,7 +60,7 @@ class ObsEncoder:
     clip: float = OBS_BOUND  # policy.json stores it beside the encoder's dict; not part of to_dict
 
     @classmethod
-    def fit(cls, table: OutcomeTable, train_rows: np.ndarray, cfg: EnvConfig) -> ObsEncoder:
+    def fit(cls, table: OutcomeTable, train_rows: np.ndarray, cfg: EncoderSettings) -> ObsEncoder:
         """Fit on the train rows of ``table``; ``cfg``'s λ ranges must be resolved (no ``auto``)."""
         if len(train_rows) == 0:
             raise ValueError("the encoder needs at least one train row")
