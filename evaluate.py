@@ -128,6 +128,7 @@ class EvalInputs:
 def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     """The run's outcome table (at ``--latency-load``), its rows per split and the λ grid."""
     from env.allocate_env import EnvConfig
+    from env.splits import SPLITS, split_rows
     from policies.base import lambda_grid
     from policies.ppo import check_menu
 
@@ -144,9 +145,7 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
         raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
     splits_path = source.run_dir / "splits.json"
     splits = json.loads(splits_path.read_text())
-    rows_of = {
-        s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")
-    }
+    rows_of = {s: split_rows(table, splits, s) for s in SPLITS}
     rows = rows_of[opts.split]
     complete = table.mask[rows].all(axis=1)
     n_dropped = int((~complete).sum())

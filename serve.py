@@ -195,6 +195,7 @@ class Budgets:
         import yaml
 
         from env.outcomes import OutcomeTable
+        from env.splits import split_rows
 
         run = self.run_dir
         if run is None or not (run / "splits.json").is_file():
@@ -214,7 +215,7 @@ class Budgets:
         from policies.budget import budget_rows
 
         splits = json.loads((run / "splits.json").read_text())
-        rows_of = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val")}
+        rows_of = {s: split_rows(table, splits, s) for s in ("train", "val")}
         rows = budget_rows(rows_of, self.split)
         self._table, self._rows = table, rows[table.mask[rows].all(axis=1)]
 

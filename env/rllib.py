@@ -67,7 +67,7 @@ def make_masked_env(env_id: str, **kwargs: Any) -> RLlibActionMask:
 
 
 def ttc_env_ids() -> list[str]:
-    """The project's registered gymnasium ids (``ttc/...``), e.g. Allocate and, once merged, Escalate."""
+    """The project's registered gymnasium ids (``ttc/...``): ``ttc/Allocate-v0`` and ``ttc/Escalate-v0``."""
     return sorted(k for k in gym.registry if k.startswith("ttc/"))
 
 

@@ -68,8 +68,11 @@ class SequentialSetup:
 def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     """The run's outcome table and step menu (checked against the model's), ``--compare-run``'s policy
     and the rows per split."""
-    from env.allocate_env import ObsEncoder
-    from env.escalate_env import EscalateMenu, SeenUnits, env_config_from
+    from env.escalate_env import env_config_from
+    from env.escalate_menu import EscalateMenu
+    from env.seen import SeenUnits
+    from env.splits import split_rows
+    from policies.observation import ObsEncoder
     from policies.ppo import check_menu
 
     model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
@@ -85,12 +88,12 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     splits = json.loads((source.run_dir / "splits.json").read_text())
 
     def rows_for(s: str) -> np.ndarray:
-        r = table.indices([q for q in splits[s] if q in table.qindex])
+        r = split_rows(table, splits, s)
         has_pool = np.array([bool(table.pool_records(int(q), menu.pool_config)) for q in r], dtype=bool)
         return r[has_pool & table.mask[r].all(axis=1)] if len(r) else r
 
     rows, val_rows = rows_for(split), rows_for("val")
-    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
+    train_rows = split_rows(table, splits, "train")
     if len(rows) == 0 or len(val_rows) == 0:
         raise ConfigError(f"the {split} or val split has no queries with a pool and every action in {cache}")
     return SequentialSetup(table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows)

@@ -51,16 +51,16 @@ def evaluate_policy(policy, cache: str, env_cfg: dict, grid_n: int = 3, n_boot: 
     """The policy vs statics / train-best static / oracle on the test split at an n x n λ grid."""
     import numpy as np
 
-    from env.allocate_env import make_splits
     from env.outcomes import OutcomeTable
+    from env.splits import make_splits, split_rows
     from evaluation.bootstrap import bootstrap_vs_best_static
     from policies.base import lambda_grid, score_choices
     from policies.baselines import OraclePolicy, TrainBestStaticPolicy, static_policies
 
     table = OutcomeTable(cache, mc_subsets=env_cfg.get("mc_subsets", 128), outcome_seed=env_cfg.get("outcome_seed", 0))
     splits = make_splits(table.query_ids, env_cfg.get("split_seed", 0), env_cfg.get("split_fractions", (0.7, 0.15, 0.15)))
-    train = table.indices([q for q in splits["train"] if q in table.qindex])
-    test = table.indices([q for q in splits["test"] if q in table.qindex])
+    train = split_rows(table, splits, "train")
+    test = split_rows(table, splits, "test")
     test = test[table.mask[test].all(axis=1)]
     grid = lambda_grid(table, train, grid_n)
     statics, oracle, train_best = static_policies(table), OraclePolicy(), TrainBestStaticPolicy(train)

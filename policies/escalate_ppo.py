@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
-from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenUnits
+from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
+from env.seen import SEEN_FEATURES, SeenUnits
+from policies.observation import ObsEncoder
 from policies.ppo import make_meta
 
 KIND = "escalate"
@@ -71,10 +72,10 @@ def clone_oneshot_into(
     import time
 
     train_env.reset(seed=seed)
-    lambdas = [train_env._draw_lambdas() for _ in range(32)]
+    lambdas = [train_env.draw_lambdas() for _ in range(32)]
     sim = env_simulator(train_env, table, encoder, 2, seed=seed + 1)
     t0 = time.time()
-    cost_scale = train_env._cost_scale
+    cost_scale = train_env.cost_scale
     clone = warm_start_from_oneshot(model, oneshot_run, table, sim, lambdas, env_cfg, cost_scale, seed=seed)
     clone["seconds"] = round(time.time() - t0, 2)
     return clone

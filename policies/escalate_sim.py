@@ -1,4 +1,4 @@
-"""Run many ``ttc/Escalate-v0`` episodes in lockstep: the same :class:`env.escalate_env.Episode` and
+"""Run many ``ttc/Escalate-v0`` episodes in lockstep: the same :class:`env.episode.Episode` and
 observation code as the env, batched so a policy network sees every active episode at once.
 
 Common random numbers: :func:`make_orders` gives each query R sample orders seeded by its query id, so
@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
-from env.escalate_env import SEEN_FEATURES, Episode, EscalateMenu, SeenUnits
+from env.episode import Episode
+from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
+from env.seen import SEEN_FEATURES, SeenUnits
+from policies.observation import ObsEncoder
 
 StepPolicy = Callable[[np.ndarray, np.ndarray, list[Episode]], np.ndarray]
 
@@ -102,7 +104,7 @@ class Simulator:
         ]
         row_of = np.repeat(np.arange(n), r_n)
         pen = (
-            self.encoder.encode_penalties(np.array([lt]), np.array([ls]))[0]
+            np.array(self.encoder.penalty_pair(lt, ls), dtype=np.float32)
             if self.encoder.sample_penalties
             else np.zeros(0, dtype=np.float32)
         )

@@ -1,7 +1,7 @@
 """Export a trained MaskablePPO policy to ONNX, with an onnxruntime parity check.
 
 ``export_policy(model, out_dir)`` writes ``policy.onnx`` and ``policy.json`` and returns the parity
-report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`env.allocate_env.ObsEncoder`)
+report. The graph takes ``obs`` (float32 [batch, obs_dim], built as in :class:`policies.observation.ObsEncoder`)
 and ``mask`` (bool [batch, n_actions]) and returns ``logits`` (float32, masked entries -1e8, as
 sb3-contrib's masked distribution does) and ``action`` (int64 argmax: the deterministic choice).
 ``policy.json`` holds what an SB3-free caller needs to build ``obs`` (see :mod:`policies.onnx_policy`).
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import OBS_BOUND, ObsEncoder
 from env.outcomes import AllocError
+from policies.observation import ObsEncoder
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
@@ -134,17 +134,7 @@ def export_policy(
         "outputs": {"logits": ["batch", n_actions], "action": ["batch"]},
         "menu": list(meta["menu"]),
         "menu_names": list(meta["menu_names"]),
-        "observation": {
-            "layout": "[(features - feature_mean)/feature_std ... (then, if pca: @ pca.T / pca_scale), "
-            "(log1p(prompt_tokens) - prompt_tokens_mean)/prompt_tokens_std"
-            + (
-                ", (log10(lambda_tokens + eps[0]) - center[0])/scale[0], (log10(lambda_seconds + eps[1]) - center[1])/scale[1]]"
-                if enc.sample_penalties
-                else "]"
-            ),
-            "clip": OBS_BOUND,
-            **enc.to_dict(),
-        },
+        "observation": enc.to_export_dict(),
         "penalties": {
             "observed": enc.sample_penalties,
             "fixed": None

@@ -236,8 +236,8 @@ def fit_run_gate(
     (``policies.base.lambda_grid`` on the train split, as ``evaluate.py`` builds it), evidence
     cross-fitted for the utility actor (refitted with the run's ``ppo_cfg``; with its shrinkage α;
     checked against the shipped policy's own validation gains), held-out validation otherwise. The model itself is not changed (see :func:`shrink_gain`)."""
-    from env.allocate_env import ObsEncoder
     from policies.base import lambda_grid
+    from policies.observation import ObsEncoder
     from policies.ppo import PPOPolicy
 
     meta = model.ttc_meta

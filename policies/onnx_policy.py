@@ -1,6 +1,7 @@
 """Pick an action for a query without SB3 or torch: the exported ONNX policy and its policy.json.
 
-Imports only numpy, onnxruntime and the standard library (json, math, pathlib)::
+Imports only numpy, onnxruntime and the standard library (json, math, pathlib), besides the project's
+numpy-only :mod:`policies.observation` (the observation encoder the env and PPO use) and :mod:`policies.gate`::
 
     from policies.onnx_policy import OnnxPolicy
     pol = OnnxPolicy("runs/<run>/export")          # folder with policy.json + policy.onnx
@@ -22,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from policies.gate import Gate
+from policies.observation import ObsEncoder
 
 ort.disable_telemetry_events()  # no usage telemetry from policy loading (README, "Telemetry")
 
@@ -53,13 +55,9 @@ class OnnxPolicy:
         self.doc = doc
         self.menu: list[str] = list(doc["menu"])
         o = doc["observation"]
-        self.mean = np.array(list(o["feature_mean"]) + [o["prompt_tokens_mean"]], dtype=np.float64)
-        self.std = np.array(list(o["feature_std"]) + [o["prompt_tokens_std"]], dtype=np.float64)
-        self.clip = float(o["clip"])
-        self.observed = bool(o["sample_penalties"])
-        self.eps, self.center, self.scale = o["penalty_eps"], o["penalty_center"], o["penalty_scale"]
-        self.pca = None if o.get("pca") is None else np.array(o["pca"], dtype=np.float64)
-        self.pca_scale = None if self.pca is None else np.array(o["pca_scale"], dtype=np.float64)
+        if "clip" not in o:  # the export always writes it (from_dict's default is for a checkpoint's dict)
+            raise KeyError("observation.clip")
+        self.encoder = ObsEncoder.from_dict(o)
         self.gate = Gate.from_dict(doc["gate"]) if doc.get("gate") else None
         onnx_path = jpath.parent / doc["onnx"]
         if not onnx_path.is_file():
@@ -71,7 +69,7 @@ class OnnxPolicy:
 
     @property
     def feature_dim(self) -> int:
-        return len(self.mean) - 1
+        return self.encoder.feature_dim
 
     def observation(
         self, features, prompt_tokens, lambda_tokens: float = 0.0, lambda_seconds: float = 0.0
@@ -83,16 +81,7 @@ class OnnxPolicy:
         for name, lam in (("lambda_tokens", lambda_tokens), ("lambda_seconds", lambda_seconds)):
             if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
                 raise OnnxPolicyError(f"{name} must be a finite number >= 0, got {lam!r}")
-        base = np.concatenate([f, np.log1p(pt)[:, None]], axis=1)
-        z = np.clip((base - self.mean) / self.std, -self.clip, self.clip)
-        if self.pca is not None:
-            f = np.clip(z[:, :-1] @ self.pca.T / self.pca_scale, -self.clip, self.clip)
-            z = np.concatenate([f, z[:, -1:]], axis=1)
-        if self.observed:
-            t = (math.log10(lambda_tokens + self.eps[0]) - self.center[0]) / self.scale[0]
-            s = (math.log10(lambda_seconds + self.eps[1]) - self.center[1]) / self.scale[1]
-            z = np.concatenate([z, np.tile([t, s], (len(z), 1))], axis=1)
-        return z.astype(np.float32)
+        return self.encoder.encode(f, pt, lambda_tokens, lambda_seconds)
 
     def act_index(
         self, features, prompt_tokens, lambda_tokens=0.0, lambda_seconds=0.0, mask=None, use_gate=True

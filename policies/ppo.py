@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
 from env.menu import menu_difference
 from env.outcomes import AllocError, ConfigError, OutcomeTable, reject_unknown_keys
 from policies.base import AllocationPolicy
+from policies.observation import ObsEncoder
 from rollouts.config import check_types
 
 META_FORMAT = "ttc-alloc/ppo"

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import ObsEncoder
 from env.outcomes import OutcomeTable
 from env.rllib import MASK_KEY, OBS_KEY
 from policies.base import AllocationPolicy, first_legal
+from policies.observation import ObsEncoder
 
 
 class RLlibPolicy(AllocationPolicy):

@@ -2,7 +2,7 @@
 
 Per question: the same prompt and hidden-state features as the collection; then, round by round, the
 ONNX step policy sees ``[query features, encoded λ, seen]`` (``seen`` rebuilt by
-:class:`env.escalate_env.SeenState` from the samples the engine returned, the env's own code) and
+:class:`env.seen.SeenState` from the samples the engine returned, the env's own code) and
 either draws k more samples (one engine call of the pool strategy with n = k, the collector's strategy
 code; the same prompt, so vLLM's prefix cache serves later rounds), stops and answers with a selector
 (``select``), or runs a beam search (``BeamSpec``). Questions run one after another, so each
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from env.escalate_env import SEEN_FEATURES, EscalateMenu, SeenState, SeenUnits, step_mask
+from env.escalate_menu import EscalateMenu
+from env.seen import SEEN_FEATURES, SeenState, SeenUnits, step_mask
 from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
 from rollouts.strategies.selectors import answer_key
 

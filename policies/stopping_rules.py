@@ -1,4 +1,4 @@
-"""Early-stopping baselines for ``ttc/Escalate-v0``, as step policies over :class:`env.escalate_env.SeenState`.
+"""Early-stopping baselines for ``ttc/Escalate-v0``, as step policies over :class:`env.seen.SeenState`.
 
 Each rule draws rounds of a width schedule, then answers with a selector once its criterion holds, a
 cap on samples is reached or the pool is exhausted; it never switches to beam search. Families:
@@ -18,13 +18,15 @@ The criteria do not depend on λ, so each configuration is simulated once per sp
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy.special import betainc
 
-from env.escalate_env import Episode, EscalateMenu, SeenState
+from env.episode import Episode
+from env.escalate_menu import EscalateMenu
+from env.seen import SeenState
 from policies.escalate_sim import SimResult, Simulator, StepPolicy
 
 SCHEDULES = {
@@ -51,15 +53,7 @@ class Rule:
         return f"{self.family}(p={self.param:g},{self.schedule},{self.selector},cap={self.cap}{extra})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "param": self.param,
-            "schedule": self.schedule,
-            "selector": self.selector,
-            "cap": self.cap,
-            "also_agree": self.also_agree,
-            "name": self.name,
-        }
+        return {**asdict(self), "name": self.name}
 
 
 def ac_confidence(v1: int, v2: int) -> float:

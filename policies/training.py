@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from env.allocate_env import AllocateEnv, ObsEncoder, make_splits
+from env.allocate_env import AllocateEnv
 from env.escalate_env import EscalateConfig, env_config_from
 from env.outcomes import ConfigError, OutcomeTable
+from env.splits import make_splits, split_rows
+from policies.observation import ObsEncoder
 from policies.ppo import PPOConfig
 from policies.run_folder import append_summary
 
@@ -94,16 +96,16 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool)
             raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
 
 
-def _split_rows(cfg: Any, table: OutcomeTable, splits: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _train_val_rows(cfg: Any, table: OutcomeTable, splits: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The train and validation rows of the table (queries of the splits that the cache has)."""
     check_splits(splits)
     for s in ("train", "val"):
-        if not [q for q in splits[s] if q in table.qindex]:
+        if len(split_rows(table, splits, s)) == 0:
             raise ConfigError(
                 f"the {s} split of {cfg.cache} is empty ({len(table.query_ids)} queries); use other split_fractions"
             )
-    train_rows = table.indices([q for q in splits["train"] if q in table.qindex])
-    val_rows = table.indices([q for q in splits["val"] if q in table.qindex])
+    train_rows = split_rows(table, splits, "train")
+    val_rows = split_rows(table, splits, "val")
     return train_rows, val_rows
 
 
@@ -124,7 +126,7 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool) -> TrainingJob:
         splits = json.loads((run_dir / "splits.json").read_text())
     else:
         splits = make_splits(table.query_ids, env_cfg.split_seed, env_cfg.split_fractions)
-    train_rows, val_rows = _split_rows(cfg, table, splits)
+    train_rows, val_rows = _train_val_rows(cfg, table, splits)
     env_cfg.resolve_ranges(table, train_rows)
     encoder = ObsEncoder.fit(table, train_rows, env_cfg)
     cfg.env = env_cfg.to_dict()
@@ -133,7 +135,9 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool) -> TrainingJob:
     env_cls: type = AllocateEnv
     env_kwargs: dict[str, Any] = {}
     if isinstance(env_cfg, EscalateConfig):  # the sequential env: same data, plus its step menu and units
-        from env.escalate_env import EscalateEnv, EscalateMenu, fit_units
+        from env.escalate_env import EscalateEnv
+        from env.escalate_menu import EscalateMenu
+        from env.seen import fit_units
         from policies.escalate_ppo import make_escalate_meta
 
         esc_menu = EscalateMenu(table, env_cfg)

@@ -36,8 +36,8 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import create_mlp
 from torch import nn
 
-from env.allocate_env import ObsEncoder
 from env.outcomes import OutcomeTable
+from policies.observation import ObsEncoder
 
 
 def utility_spec(

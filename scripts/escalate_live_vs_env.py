@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from env.allocate_env import ObsEncoder
-    from env.escalate_env import EscalateMenu, SeenUnits
+    from env.escalate_menu import EscalateMenu
     from env.outcomes import OutcomeTable
+    from env.seen import SeenUnits
     from policies.escalate_sim import Simulator, make_orders, model_policy
+    from policies.observation import ObsEncoder
     from policies.ppo import load_model
     from rollouts.cache import load_cache
 

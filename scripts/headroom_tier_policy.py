@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from env.allocate_env import make_splits
 from env.outcomes import OutcomeTable
+from env.splits import SPLITS, make_splits, split_rows
 from policies.base import lambda_grid
 from policies.baselines import TrainBestStaticPolicy
 from rollouts.arithmetic import generate
@@ -31,7 +31,7 @@ from rollouts.arithmetic import generate
 def headroom(table: OutcomeTable, tier: np.ndarray, splits: dict) -> tuple[int, int, int, float, list[str]]:
     """(grid points, tier-policy wins, train-picked static wins, the tier policy's mean gap share,
     per-λ_T lines of its gap share)."""
-    rows = {s: table.indices([q for q in splits[s] if q in table.qindex]) for s in ("train", "val", "test")}
+    rows = {s: split_rows(table, splits, s) for s in SPLITS}
     fit, te = np.concatenate([rows["train"], rows["val"]]), rows["test"]
     grid = lambda_grid(table, rows["train"], 5)
     # "best static on these rows" is TrainBestStaticPolicy's pick: per tier, and over all of train + val

@@ -8,8 +8,9 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env as _env  # noqa: F401  (registers ttc/Allocate-v0)
-from env.allocate_env import AllocateEnv, make_splits, split_of
+from env.allocate_env import AllocateEnv
 from env.outcomes import ConfigError, OutcomeTable
+from env.splits import make_splits, split_of
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,57 @@ def test_feature_pca_encoder(table):
     gym_check_env(e, skip_render_check=True)
     with pytest.raises(ConfigError, match="feature_pca"):
         AllocateEnv(table=table, feature_pca=0)
+
+
+def test_split_rows_keeps_the_split_order_and_leaves_out_unknown_ids(table):
+    from env.splits import split_rows
+
+    ids = list(table.query_ids)
+    splits = {"train": [ids[5], "not-in-this-cache", ids[2]], "val": [], "test": ids[:3]}
+    assert split_rows(table, splits, "train").tolist() == [5, 2]
+    assert split_rows(table, splits, "val").tolist() == []
+    assert split_rows(table, splits, "test").tolist() == [0, 1, 2]
+    e = AllocateEnv(table=table, split="val")
+    assert e.rows.tolist() == split_rows(table, e.splits, "val").tolist()
+
+
+def test_public_episode_state(table):
+    from env.splits import split_rows
+
+    e = AllocateEnv(table=table)
+    e.reset(seed=3)
+    for _ in range(20):
+        _, info = e.reset()
+        assert table.query_ids[e.query_row] == info["query_id"]
+        assert (e.action_masks() == table.mask[e.query_row]).all()
+    assert e.cost_scale == table.cost_scale(split_rows(table, e.splits, "train"))
+    # draw_lambdas is reset's draw: from the same generator state after the query pick, the same λ
+    for seed in range(5):
+        e.reset(seed=seed)
+        want = e._lam
+        gym.Env.reset(e, seed=seed)
+        e.np_random.integers(len(e.rows))
+        assert e.draw_lambdas() == want
+    fixed = AllocateEnv(table=table, penalty_mode="fixed", lambda_tokens=1e-3, lambda_seconds=0.2)
+    assert fixed.draw_lambdas() == (1e-3, 0.2)
+
+
+def test_observation_is_the_shared_encoders(table):
+    """The env's observation is ObsEncoder.encode of the query's raw features and λ, to the bit."""
+    e = AllocateEnv(table=table, feature_pca=3)
+    for qi, lt, ls in [(0, 0.0, 0.0), (7, 1e-3, 0.05), (11, 3e-4, 0.0)]:
+        obs, _ = e.reset(options={"query_id": table.query_ids[qi], "lambda_tokens": lt, "lambda_seconds": ls})
+        want = e.encoder.encode(table.features[qi], table.prompt_tokens[qi], lt, ls)[0]
+        assert obs.dtype == want.dtype == np.float32 and obs.tobytes() == want.tobytes()
+    lts, lss = np.array([0.0, 1e-3, 2e-2]), np.array([0.5, 0.0, 1e-4])
+    batch = e.encoder.encode(table.features[:3], table.prompt_tokens[:3], lts, lss)
+    assert batch[:, -2:].tolist() == [list(np.float32(e.encoder.penalty_pair(a, b))) for a, b in zip(lts, lss)]
+
+
+def test_reward_divisor(table):
+    from env.penalties import reward_divisor
+
+    e = AllocateEnv(table=table, reward_norm="context", reward_norm_floor=0.5)
+    c_t, c_l = e.cost_scale
+    assert reward_divisor(e.config, (2.0, 3.0), e.cost_scale) == 0.5 + 2.0 * c_t + 3.0 * c_l
+    assert reward_divisor(AllocateEnv(table=table).config, (2.0, 3.0), e.cost_scale) == 1.0

@@ -8,8 +8,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env as _env  # noqa: F401  (registers ttc/Escalate-v0)
 from env.allocate_env import AllocateEnv
-from env.escalate_env import SEEN_FEATURES, EscalateEnv, EscalateMenu, SeenState
+from env.escalate_env import EscalateEnv
+from env.escalate_menu import EscalateMenu
 from env.outcomes import ConfigError, OutcomeTable
+from env.seen import SEEN_FEATURES, SeenState
 from rollouts.cache import CacheError, CacheWriter
 from rollouts.latency import Round
 from rollouts.strategies.selectors import select
@@ -217,7 +219,7 @@ def test_seen_state_features():
     s.add_round(["1", "2"], [10, 20], [0, 0], [0.9, 0.2], 1.0)
     s.add_round(["1", None], [30, 40], [0, 0], [0.5, 0.1], 2.0)
     out = np.zeros(len(SEEN_FEATURES), dtype=np.float32)
-    from env.escalate_env import SeenUnits
+    from env.seen import SeenUnits
 
     s.features(SeenUnits(25.0, 100.0, 3.0, 8.0), out)
     want = [4 / 8, 2 / 4, 1 / 4, 2 / 8, 1 / 4, 0.7, 0.9, 1.0, 1.0, 1.0, 2 / 8]

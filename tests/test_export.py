@@ -111,3 +111,22 @@ def test_onnx_loader_with_pca(synthetic_cache, tmp_path):
     want = PPOPolicy(model).choose(table, rows, 1e-3, 0.05)
     got = onnx_pol.act_index(table.features, table.prompt_tokens, 1e-3, 0.05, table.mask)
     assert (got == want).all()
+
+
+def test_onnx_observation_is_the_envs_and_ppos(tiny_run, synthetic_cache):
+    """One encoder: the ONNX loader, PPOPolicy and the env build the same observation, to the bit."""
+    from env.allocate_env import AllocateEnv
+
+    table = OutcomeTable(synthetic_cache)
+    model = load_model(tiny_run / "best_model.zip", table)
+    onnx_pol, ppo_pol = OnnxPolicy(tiny_run / "export"), PPOPolicy(model)
+    meta = model.ttc_meta
+    e = AllocateEnv(table=table, config=meta["env"], split="all", encoder=meta["encoder"])
+    rows = np.arange(len(table.query_ids))
+    for lt, ls in [(0.0, 0.0), (1e-3, 0.05), (7e-4, 0.3)]:
+        want = ppo_pol.observations(table, rows, lt, ls)
+        got = onnx_pol.observation(table.features, table.prompt_tokens, lt, ls)
+        assert got.dtype == want.dtype == np.float32 and got.tobytes() == want.tobytes()
+        for qi in (0, 9):
+            obs, _ = e.reset(options={"query_id": table.query_ids[qi], "lambda_tokens": lt, "lambda_seconds": ls})
+            assert obs.tobytes() == want[qi].tobytes()

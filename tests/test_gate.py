@@ -83,7 +83,8 @@ def test_crossfit_shrinkage_follows_the_signal(synthetic_cache, tmp_path):
     carry nothing, and α collapses towards 0 (a near-static policy)."""
     import yaml
 
-    from env.allocate_env import EnvConfig, ObsEncoder
+    from env.allocate_env import EnvConfig
+    from policies.observation import ObsEncoder
 
     table = OutcomeTable(synthetic_cache)
     cfg = yaml.safe_load(open("configs/train_default.yaml"))

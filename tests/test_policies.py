@@ -3,8 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from env.allocate_env import AllocateEnv, make_splits
+from env.allocate_env import AllocateEnv
 from env.outcomes import OutcomeTable
+from env.splits import make_splits
 from policies.base import lambda_grid, score_choices
 from policies.baselines import OraclePolicy, RandomPolicy, StaticPolicy, static_policies
 from policies.ppo import (

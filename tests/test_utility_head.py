@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from env.allocate_env import AllocateEnv, make_splits
+from env.allocate_env import AllocateEnv
 from env.outcomes import OutcomeTable
+from env.splits import make_splits
 from policies.export import export_policy
 from policies.ppo import PPOConfig, PPOPolicy, make_meta, make_model
 from policies.utility_head import utility_spec, warm_start_gain
