@@ -50,13 +50,13 @@ def cmd_collect(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20")
     args = ap.parse_args(argv)
     from rollouts.cache import load_cache
-    from rollouts.collector import Collector
     from rollouts.config import load_config
+    from rollouts.executors import make_collector
     from rollouts.stats import format_summary, summarize
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides)
-    col = Collector(cfg, progress=not args.no_progress)
+    col = make_collector(cfg, progress=not args.no_progress)
     try:
         run = col.collect()
     finally:
@@ -74,11 +74,11 @@ def cmd_recalibrate(argv: list[str]) -> int:
     ap.add_argument("--output", help="cache directory (overrides the config's output)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. calibration_queries=6")
     args = ap.parse_args(argv)
-    from rollouts.collector import Collector
     from rollouts.config import load_config
+    from rollouts.executors import make_collector
 
     cfg = load_config(args.config, list(args.overrides) + ([f"output={args.output}"] if args.output else []))
-    col = Collector(cfg)
+    col = make_collector(cfg)
     try:
         n = col.recalibrate()
     finally:

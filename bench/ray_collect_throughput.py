@@ -26,12 +26,12 @@ WORK = ["dataset=arith:11", "budgets=[1, 2, 4, 8]", "max_tokens=48", "batch_quer
 
 def run(replicas: int, limit: int, out: Path) -> dict:
     from rollouts.cache import load_cache
-    from rollouts.collector import Collector
     from rollouts.config import load_config
+    from rollouts.executors import make_collector
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(None, [*WORK, f"limit={limit}", f"replicas={replicas}", f"output={out}"])
-    col = Collector(cfg, progress=True)
+    col = make_collector(cfg, progress=True)
     try:
         res = col.collect()
     finally:

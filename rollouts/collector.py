@@ -96,15 +96,7 @@ def query_line(cfg: CollectConfig, q: Query, p: PromptedQuery, features: Any) ->
 
 
 class Collector:
-    """Single-process collection; ``executor: ray`` configs get ``RayCollector`` (rollouts/ray_executor.py)."""
-
-    def __new__(cls, cfg: CollectConfig, *args: Any, **kwargs: Any):
-        # Dispatch here rather than in collect.py, so every caller (CLI, tests) gets the configured executor.
-        if cls is Collector and getattr(cfg, "executor", "local") == "ray":
-            from rollouts.ray_executor import RayCollector
-
-            cls = RayCollector
-        return super().__new__(cls)
+    """Single-process collection (``executor: local``); ``rollouts.executors.make_collector`` picks the executor."""
 
     def __init__(self, cfg: CollectConfig, backend: Backend | None = None, progress: bool = True):
         self.cfg = cfg

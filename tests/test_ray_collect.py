@@ -88,12 +88,12 @@ def _assert_same_as_reference(out: Path, reference: Path) -> None:
 
 
 def test_two_replicas_match_single_process_and_survive_a_killed_replica(ray_cluster, reference, tmp_path):
-    from rollouts.collector import Collector
     from rollouts.config import load_config
+    from rollouts.executors import make_collector
     from rollouts.ray_executor import RayCollector
 
     out = tmp_path / "cache"
-    col = Collector(load_config(None, [*WORK, "executor=ray", "replicas=2", f"output={out}"]), progress=False)
+    col = make_collector(load_config(None, [*WORK, "executor=ray", "replicas=2", f"output={out}"]), progress=False)
     assert isinstance(col, RayCollector)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(col.collect()), daemon=True)
