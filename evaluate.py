@@ -96,11 +96,10 @@ from typing import Any
 
 import numpy as np
 
-from env.outcomes import AllocError, ConfigError, validate_lambda
-from policies.budget import BUDGET_SPLITS, BudgetError, budget_rows
-from rollouts.cache import CacheError
+from env.outcomes import validate_lambda
+from policies.budget import BUDGET_SPLITS, budget_rows
 from rollouts.config import load_yaml_text
-from rollouts.errors import report, user_errors
+from rollouts.errors import ConfigError, TTCError, report
 
 TOL = (
     1e-9  # utilities within TOL are a tie: every ≥ / below count below uses it (float sums of equal actions)
@@ -821,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             compare_run=args.compare_run,
             n_orders=args.orders,
         )
-    except (AllocError, CacheError, BudgetError, *user_errors()) as exc:
+    except TTCError as exc:
         return report(exc)
     if res.get("kind") == "escalate":
         from policies.escalate_eval import markdown as escalate_markdown

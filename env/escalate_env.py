@@ -44,8 +44,9 @@ import numpy as np
 from gymnasium import spaces
 
 from env.allocate_env import OBS_BOUND, AllocateEnv, EnvConfig
-from env.outcomes import SEARCH_STRATEGIES, ConfigError, OutcomeTable, pool_budgets
+from env.outcomes import SEARCH_STRATEGIES, OutcomeTable, pool_budgets
 from rollouts.cache import CacheError
+from rollouts.errors import ConfigError
 from rollouts.latency import Round
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, select
 

@@ -54,33 +54,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rollouts.cache import CacheError, RolloutCache, load_cache
+from rollouts.errors import ConfigError
 from rollouts.latency import LatencyModel, Round
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS, TIE_TOL, answer_key, select
 
 SEARCH_STRATEGIES = ("beam_search", "search_result")
-
-
-class AllocError(ValueError):
-    """Base class of the learner's user-facing errors (bad config, bad lambda, menu mismatch...)."""
-
-
-class ConfigError(AllocError):
-    """A configuration value or key is invalid; the message names it."""
-
-
-def reject_unknown_keys(cls: type, d: dict[str, Any], where: str) -> None:
-    """Raise ConfigError naming the first key of ``d`` that is not a field of dataclass ``cls``."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
 
 
 def validate_lambda(name: str, value: Any) -> float:

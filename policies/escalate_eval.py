@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from env.outcomes import ConfigError
+from rollouts.errors import ConfigError
 
 TOL = 1e-9
 

@@ -160,7 +160,7 @@ def warm_start_from_oneshot(
     p = Path(oneshot_run)
     path = p / "best_model.zip" if p.is_dir() else p
     if env_kind(read_meta(path)) != "allocate":
-        from env.outcomes import ConfigError
+        from rollouts.errors import ConfigError
 
         raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
     check_menu(read_meta(path), table, str(path))

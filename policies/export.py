@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from env.allocate_env import OBS_BOUND, ObsEncoder
-from env.outcomes import AllocError
+from rollouts.errors import FOREIGN_INPUT_ERRORS, TTCError, report
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
 
 
-class ExportError(AllocError):
+class ExportError(TTCError):
     """The exported graph disagrees with the SB3 policy."""
 
 
@@ -258,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             out.rmdir()  # empty (checked above)
         partial.rename(out)
-    except (AllocError, ValueError, OSError) as e:
+    # ValueError besides TTCError (itself one): the torch/ONNX export path raises plain ones on a model it
+    # cannot trace, which this command has always reported
+    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(
         f"exported {ck} -> {out}/policy.onnx (parity: {parity['actions_equal']}/{parity['n']} actions equal)"
     )

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollouts.errors import TTCError
 
-class DatasetError(ValueError):
+
+class DatasetError(TTCError):
     """A query source is unknown, unreadable or lacks the needed fields."""
 
 
