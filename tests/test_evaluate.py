@@ -144,7 +144,7 @@ def test_incomplete_queries_are_left_out(tmp_path):
         "512",
         "--no-progress",
     ]
-    assert train.main([*args, "--hyperparams", "n_envs:2", "val_grid:2", "export:false"]) == 0
+    assert train.main([*args, "--hyperparams", "n_envs=2", "val_grid=2", "export=false"]) == 0
     res = evaluate.evaluate(run=str(runs / "m"), which="final", grid_n=2, plots=False)
     test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]
     assert res["n_dropped_incomplete"] == len(drop & set(test_ids))
