@@ -63,9 +63,6 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Overrides
 
-_KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")  # a field or section.field
-
-
 def parse_override(item: str, legacy_colon: bool = False) -> tuple[str, Any]:
     """One command-line override: ``key=value`` (the value is YAML) -> ``(key, value)``.
 
@@ -74,14 +71,14 @@ def parse_override(item: str, legacy_colon: bool = False) -> tuple[str, Any]:
     """
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if sep and _KEY.fullmatch(key):
+    if sep and not (legacy_colon and ":" in key):  # "name:a=b" is the old spelling of name=a=b
         try:
             return key, load_yaml_text(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: malformed value ({exc})") from exc
     key, sep, raw = item.partition(":")
     key = key.strip()
-    if not (legacy_colon and sep and _KEY.fullmatch(key)):
+    if not (legacy_colon and sep):
         raise ConfigError(f"override {item!r} is not key=value")
     print(f"warning: {item!r}: key:value overrides are deprecated, write {key}={raw}", file=sys.stderr)
     try:
