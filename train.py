@@ -56,7 +56,7 @@ import yaml
 
 from env.allocate_env import EnvConfig, make_splits
 from env.escalate_env import EscalateConfig, env_config_from
-from rollouts.config import config_from_dict, load_yaml_file, parse_override
+from rollouts.config import config_from_dict, key_lines, load_yaml_file, parse_override
 from rollouts.errors import ConfigError, TTCError, report
 
 if TYPE_CHECKING:
@@ -148,7 +148,9 @@ def check_name(name: Any) -> str:
     return name
 
 
-def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
+def apply_override(d: dict[str, Any], key: str, value: Any) -> str:
+    """Set one ``--hyperparams`` item in the config mapping ``d``; returns the key it set (``section.field``
+    for a bare env or ppo field)."""
     from policies.ppo import PPOConfig
 
     env_keys = {f.name for f in fields(EscalateConfig)}  # Allocate-v0's keys and the escalation ones
@@ -162,34 +164,31 @@ def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"unknown config key {key!r}")
         d.setdefault(section, {})
         d[section][sub] = value
-    elif key in top_keys and key not in ("env", "ppo"):
+        return key
+    if key in top_keys and key not in ("env", "ppo"):
         d[key] = value
-    elif key in ppo_keys:
-        d.setdefault("ppo", {})[key] = value
-    elif key in env_keys:
-        d.setdefault("env", {})[key] = value
-    else:
-        raise ConfigError(f"unknown config key {key!r}")
+        return key
+    for section, keys in (("ppo", ppo_keys), ("env", env_keys)):
+        if key in keys:
+            d.setdefault(section, {})[key] = value
+            return f"{section}.{key}"
+    raise ConfigError(f"unknown config key {key!r}")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: ``--config`` (YAML over the defaults), then the flags, then ``--hyperparams``.
+    An error about a key the file sets (and the command line did not override) names the file's line."""
     d = load_yaml_file(args.config) if args.config else {}
-    for flag, key in (
-        ("cache", "cache"),
-        ("name", "name"),
-        ("seed", "seed"),
-        ("total_timesteps", "total_timesteps"),
-    ):
-        v = getattr(args, flag)
+    lines = key_lines(args.config) if args.config else {}
+    flags = {"cache": args.cache, "name": args.name, "seed": args.seed, "total_timesteps": args.total_timesteps,
+             "progress_bar": False if args.no_progress else None, "runs_dir": args.runs_dir or None}  # fmt: skip
+    for key, v in flags.items():
         if v is not None:
             d[key] = v
-    if args.no_progress:
-        d["progress_bar"] = False
-    if args.runs_dir:
-        d["runs_dir"] = args.runs_dir
+            lines.pop(key, None)
     for item in args.hyperparams or []:
-        apply_override(d, *parse_override(item, legacy_colon=True))
-    return TrainConfig.from_dict(d)
+        lines.pop(apply_override(d, *parse_override(item, legacy_colon=True)), None)
+    return config_from_dict(TrainConfig, d, path=args.config, lines=lines)
 
 
 def default_name(cfg: TrainConfig) -> str:

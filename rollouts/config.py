@@ -60,6 +60,26 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def key_lines(path: str | Path) -> dict[str, int]:
+    """The line of each key a config file sets: ``{"seed": 3, "env.outcome": 19, ...}`` (top level and
+    one section deep), for :func:`locate`."""
+    node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+    lines: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else []:
+        lines[str(k.value)] = k.start_mark.line + 1
+        for k2, _ in v.value if isinstance(v, yaml.MappingNode) else []:
+            lines[f"{k.value}.{k2.value}"] = k2.start_mark.line + 1
+    return lines
+
+
+def locate(exc: ConfigError, path: str | Path, lines: dict[str, int]) -> ConfigError:
+    """``exc`` as ``path:line: message`` when its message names a key the file sets (``lines``: those
+    keys, less the ones the command line overrode); ``exc`` itself otherwise."""
+    m = re.match(r"(?:unknown config key )?([A-Za-z_][\w.]*)", str(exc))
+    line = lines.get(m.group(1)) if m else None
+    return ConfigError(f"{path}:{line}: {exc}") if line else exc
+
+
 # ----------------------------------------------------------------------------------------------
 # Overrides
 
@@ -136,14 +156,24 @@ class Validated(Protocol):
 C = TypeVar("C", bound=Validated)
 
 
-def config_from_dict(cls: type[C], d: dict[str, Any] | None, where: str = "") -> C:
+def config_from_dict(
+    cls: type[C], d: dict[str, Any] | None, where: str = "", path: str | Path | None = None,
+    lines: dict[str, int] | None = None,
+) -> C:
     """The one way a config dataclass is built from a mapping: unknown keys refused, field types
-    checked, then ``cls.validate()`` (value checks, normalisation). ``where`` prefixes key names."""
+    checked, then ``cls.validate()`` (value checks, normalisation). ``where`` prefixes key names; with
+    the config file's ``path`` and :func:`key_lines`, an error about a key it sets names its line."""
     d = dict(d or {})
-    reject_unknown_keys(cls, d, where)
-    cfg = cls(**d)
-    check_types(cfg, where)
-    cfg.validate()
+    try:
+        reject_unknown_keys(cls, d, where)
+        cfg = cls(**d)
+        check_types(cfg, where)
+        cfg.validate()
+    except ConfigError as exc:
+        located = locate(exc, path, lines) if path and lines else exc
+        if located is exc:
+            raise
+        raise located from exc
     return cfg
 
 
@@ -237,7 +267,9 @@ class CollectConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> CollectConfig:
     """The collection config: ``path`` (YAML; None: the defaults) with ``key=value`` overrides."""
     data = load_yaml_file(path) if path is not None else {}
+    lines = key_lines(path) if path is not None else {}
     for item in overrides or []:
         key, value = parse_override(item)
         data[key] = value
-    return config_from_dict(CollectConfig, data)
+        lines.pop(key, None)
+    return config_from_dict(CollectConfig, data, path=path, lines=lines)

@@ -183,6 +183,32 @@ def test_config_file_errors_name_the_file_and_line(tmp_path):
         train.build_config(train.make_parser().parse_args(["--config", str(tmp_path / "list.yaml")]))
 
 
+def test_value_errors_name_the_file_line_of_the_key(tmp_path):
+    """An error about a key the config file sets names file:line; one the command line set does not."""
+    c = tmp_path / "c.yaml"
+    c.write_text("dataset: arith:0\nlimit: abc\nmenu:\n  - {strategy: tree, n: 4}\n")
+    with pytest.raises(ConfigError, match=rf"^{c}:2: limit must be an integer or null, got 'abc'$"):
+        load_config(c)
+    with pytest.raises(ConfigError, match=rf"^{c}:3: menu\[0\]: unknown strategy 'tree'"):
+        load_config(c, ["limit=3"])
+    with pytest.raises(ConfigError, match="^limit must be >= 1"):
+        load_config(c, ["limit=0"])  # the override's fault, not the file's
+    t = tmp_path / "t.yaml"
+    t.write_text("seed: 0\nenv:\n  outcome: expected\n  outcome_seed: abc\nbogus: 1\n")
+
+    def build(*argv):
+        return train.build_config(train.make_parser().parse_args(["--config", str(t), *argv]))
+
+    with pytest.raises(ConfigError, match=rf"^{t}:5: unknown config key bogus"):
+        build()
+    t.write_text("seed: 0\nenv:\n  outcome: expected\n  outcome_seed: abc\n")
+    with pytest.raises(ConfigError, match=rf"^{t}:4: env.outcome_seed must be an integer, got 'abc'$"):
+        build()
+    with pytest.raises(ConfigError, match="^env.outcome_seed must be an integer, got 'x'$"):
+        build("--hyperparams", "outcome_seed=x")  # a bare env key set on the command line
+    assert build("--hyperparams", "env.outcome_seed=2").env["outcome_seed"] == 2
+
+
 def test_one_error_root():
     from env import outcomes
     from policies.budget import BudgetError
