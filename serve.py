@@ -494,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         app = create_app(cfg)
-    # ValueError besides TTCError (itself one): the router's featurizer and tokenizer loaders still
-    # raise plain ones for bad input, which serve.py has always reported
+    # ValueError besides TTCError (itself one): plain ones below the router are bad input too (rollouts/errors.py)
     except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         return report(exc)
     import signal

@@ -258,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             out.rmdir()  # empty (checked above)
         partial.rename(out)
-    # ValueError besides TTCError (itself one): this command reported any ValueError before the error root
-    # existed (numpy, torch and ONNX raise plain ones on a checkpoint they cannot read); kept as it was
+    # ValueError besides TTCError (itself one): plain ones below the export are bad input too (rollouts/errors.py)
     except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         return report(exc)

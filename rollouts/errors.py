@@ -15,6 +15,10 @@ Not ours but user input: a file or folder named on the command line that is miss
 raises ``OSError`` wherever the standard library opens it. The CLIs that take such paths
 (``route.py``, ``serve.py``, ``collect.py import``, ``python -m policies.export``) also report
 :data:`FOREIGN_INPUT_ERRORS` with :func:`report`; the others let it be a traceback, as before.
+Three of them (``serve.py``, ``collect.py import``, ``policies.export``) reported any ``ValueError``
+before this root existed and still do: below them, json, numpy, torch, ONNX and tokenizers raise plain
+ones for bad input, and so do a few of ours not yet moved onto the root (``rollouts/latency*.py``'s
+model and file parsers, the importers' option checks, ``rollouts/features.py``'s layer check).
 """
 
 from __future__ import annotations

@@ -234,8 +234,7 @@ def main(argv: list[str]) -> int:
                   "train.py and evaluate.py run with λ_L fixed at 0 (give --latency-model api:a=..,b=..,c=.. "
                   "for an API's rates, see docs/import.md)", file=sys.stderr)
         summary = importer.run(reader)
-    # ValueError besides TTCError (itself one): the latency-model parsers (rollouts/latency*.py) and the
-    # readers' options still raise plain ones for bad input, which the importer has always reported
+    # ValueError besides TTCError (itself one): plain ones below the importer are bad input too (rollouts/errors.py)
     except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         q = out / "queries.jsonl"
         if not isinstance(exc, FolderLocked) and not existed and out.is_dir() and not (q.exists() and q.stat().st_size):
