@@ -11,8 +11,9 @@ import pytest
 import evaluate
 import train
 from env.allocate_env import EnvConfig
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from policies.budget import BudgetError, solve_lambda
+from rollouts.errors import ConfigError
 from rollouts.latency import Round
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env as _env  # noqa: F401  (registers ttc/Allocate-v0)
 from env.allocate_env import AllocateEnv, make_splits, split_of
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
+from rollouts.errors import ConfigError
 from tests.fixtures import pre13_defaults as pre13
 
 

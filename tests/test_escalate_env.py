@@ -9,8 +9,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import env as _env  # noqa: F401  (registers ttc/Escalate-v0)
 from env.allocate_env import AllocateEnv
 from env.escalate_env import SEEN_FEATURES, EscalateEnv, EscalateMenu, SeenState
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from rollouts.cache import CacheError, CacheWriter
+from rollouts.errors import ConfigError
 from rollouts.latency import Round
 from rollouts.strategies.selectors import select
 from tests.fixtures import pre13_defaults as pre13
