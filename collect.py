@@ -23,17 +23,6 @@ BUNDLED_CACHE = Path(__file__).resolve().parent / "data" / "default_cache"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "collect_default.yaml"
 
 
-def _errors() -> tuple[type[BaseException], ...]:
-    from rollouts.backends.base import BackendError
-    from rollouts.cache import CacheError
-    from rollouts.config import ConfigError
-    from rollouts.datasets import DatasetError
-    from rollouts.errors import user_errors
-    from rollouts.models import ModelNotFound
-
-    return (BackendError, CacheError, ConfigError, DatasetError, ModelNotFound, *user_errors())
-
-
 def cmd_collect(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="collect.py",
@@ -47,7 +36,7 @@ def cmd_collect(argv: list[str]) -> int:
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     ap.add_argument("--output", help="cache directory (overrides the config's output)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20 dataset=arith:3")
     args = ap.parse_args(argv)
     from rollouts.cache import load_cache
     from rollouts.config import load_config
@@ -126,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import, "recalibrate": cmd_recalibrate}
     cmd = commands.get(argv[0]) if argv else None
+    from rollouts.errors import TTCError, report
+
     try:
         return cmd(argv[1:]) if cmd else cmd_collect(argv)
-    except _errors() as exc:
-        from rollouts.errors import report
-
+    except TTCError as exc:
         return report(exc)
 
 

@@ -101,15 +101,14 @@ from typing import Any
 
 import numpy as np
 
-from env.outcomes import AllocError, ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from evaluation.oneshot import ExportedPolicy, GridEvaluation, OneShotPolicies
 from evaluation.options import EvalOptions
 from evaluation.pareto import write_oneshot_plots
 from evaluation.report import oneshot_markdown, sequential_markdown, write_csv, write_results
 from evaluation.source import ModelSource, load_source
-from policies.budget import BUDGET_SPLITS, BudgetError, budget_rows
-from rollouts.cache import CacheError
-from rollouts.errors import report, user_errors
+from policies.budget import BUDGET_SPLITS, budget_rows
+from rollouts.errors import ConfigError, TTCError, report
 
 
 @dataclass
@@ -342,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         res = evaluate(options_from_args(args))
-    except (AllocError, CacheError, BudgetError, *user_errors()) as exc:
+    except TTCError as exc:
         return report(exc)
     if res.get("kind") == "escalate":
         print(sequential_markdown(res))

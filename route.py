@@ -32,13 +32,14 @@ from typing import Any
 
 import yaml
 
+from rollouts.errors import TTCError
 from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
 
 Answers = list[str | None] | None  # the questions' reference answers (None: none has one)
 
 
-class RouteError(ValueError):
-    pass
+class RouteError(TTCError):
+    """Bad route.py input: no questions, a bad option, an export of another kind."""
 
 
 class LiveRouter:
@@ -266,13 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from tqdm.auto import tqdm
 
-    from env.outcomes import AllocError, validate_lambda
-    from policies.onnx_policy import OnnxPolicyError
-    from rollouts.backends.base import BackendError
+    from env.outcomes import validate_lambda
     from rollouts.config import load_yaml_text
-    from rollouts.datasets import DatasetError, load_queries
-    from rollouts.errors import report, user_errors
-    from rollouts.models import ModelNotFound
+    from rollouts.datasets import load_queries
+    from rollouts.errors import FOREIGN_INPUT_ERRORS, report
 
     failed = 0
     try:
@@ -289,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             answers += [q.answer for q in queries]
         if not questions:
             raise RouteError("no questions: give them as arguments or with --dataset SOURCE")
-        options = load_yaml_text(args.backend_options) or {}
+        try:
+            options = load_yaml_text(args.backend_options) or {}
+        except yaml.YAMLError as exc:
+            raise RouteError(f"--backend-options: malformed YAML ({exc})") from exc
         if not isinstance(options, dict):
             raise RouteError(f"--backend-options must be a YAML mapping, got {args.backend_options!r}")
         sequential = None
@@ -324,17 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"index": good[j], **row}), flush=True)
                 bar.update(len(batch))
             bar.close()
-    except (
-        RouteError,
-        DatasetError,
-        OnnxPolicyError,
-        AllocError,
-        BackendError,
-        ModelNotFound,
-        OSError,
-        yaml.YAMLError,
-        *user_errors(),
-    ) as exc:
+    except (TTCError, *FOREIGN_INPUT_ERRORS) as exc:
         return report(exc)
     if failed:
         print(f"{failed} of {len(questions)} questions refused or failed (lines with 'error')", file=sys.stderr)

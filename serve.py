@@ -46,6 +46,7 @@ from typing import Any
 # module level: FastAPI resolves the handlers' (postponed) annotations in this module's globals
 from fastapi import FastAPI, Request
 
+from rollouts.errors import FOREIGN_INPUT_ERRORS, ConfigError, TTCError, report
 from rollouts.strategies import POOL
 
 OPENAI_KEYS = {  # accepted and ignored: the strategy samples as the collection did
@@ -57,7 +58,7 @@ TTC_KEYS = ("lambda_tokens", "lambda_seconds", "target_tokens", "target_seconds"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-class RequestError(ValueError):
+class RequestError(TTCError):
     """A malformed request: HTTP 400 naming ``param``."""
 
     def __init__(self, param: str, message: str, status: int = 400) -> None:
@@ -192,16 +193,15 @@ class Budgets:
         self._memo: dict[tuple[str, float, float], Any] = {}
 
     def _load(self) -> None:
-        import yaml
-
         from env.outcomes import OutcomeTable
         from env.splits import split_rows
+        from rollouts.config import load_yaml_text
 
         run = self.run_dir
         if run is None or not (run / "splits.json").is_file():
             raise RequestError("ttc", f"budget targets need the run's splits; {run}/splits.json not found "
                                       "(start serve.py with --run RUN_FOLDER)")  # fmt: skip
-        cfg = yaml.safe_load((run / "config.yml").read_text()) if (run / "config.yml").is_file() else {}
+        cfg = load_yaml_text((run / "config.yml").read_text()) if (run / "config.yml").is_file() else {}
         cache = cfg.get("cache")
         if not cache or not Path(cache).is_dir():
             raise RequestError("ttc", f"the run's cache {cache!r} is not here (budget targets solve on it)")
@@ -282,8 +282,8 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
 
         kind = OnnxPolicy(cfg.export).doc.get("kind", "allocate")
         if kind not in POLICY_KINDS:
-            raise ValueError(f"{cfg.export}: a {kind!r} export; serve.py serves {', '.join(POLICY_KINDS)} exports "
-                             "(the sequential router plugs in at serve.POLICY_KINDS)")  # fmt: skip
+            raise ConfigError(f"{cfg.export}: a {kind!r} export; serve.py serves {', '.join(POLICY_KINDS)} exports "
+                              "(the sequential router plugs in at serve.POLICY_KINDS)")  # fmt: skip
 
         router = LiveRouter(
             cfg.export, backend_kind="openai",
@@ -293,7 +293,7 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
         )  # fmt: skip
     kind = router.policy.doc.get("kind", "allocate")
     if kind not in POLICY_KINDS:
-        raise ValueError(f"{cfg.export}: policy kind {kind!r} cannot be served (known: {', '.join(POLICY_KINDS)})")
+        raise ConfigError(f"{cfg.export}: policy kind {kind!r} cannot be served (known: {', '.join(POLICY_KINDS)})")
     serve_fn = POLICY_KINDS[kind]
     run_dir = Path(cfg.run) if cfg.run else Path(cfg.export).resolve().parent
     budgets = Budgets(router, run_dir, cfg.budget_split)
@@ -474,12 +474,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
     for name in ("max_concurrency", "max_queue", "max_body_bytes", "max_question_chars"):
         if getattr(args, name) < (1 if name != "max_queue" else 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("queue_timeout_s", "upstream_timeout_s", "graceful_timeout_s"):
         if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.upstream_retries < 0:
-        raise ValueError(f"--upstream-retries must be >= 0, got {args.upstream_retries}")
+        raise ConfigError(f"--upstream-retries must be >= 0, got {args.upstream_retries}")
     return ServeConfig(
         export=args.export, upstream=args.upstream, model_name=args.model_name,
         lambda_tokens=validate_lambda("--lambda-tokens", args.lambda_tokens),
@@ -493,17 +493,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from env.outcomes import AllocError
-    from policies.onnx_policy import OnnxPolicyError
-    from rollouts.models import ModelNotFound
-    from route import RouteError
-
     try:
         cfg = config_from_args(args)
         app = create_app(cfg)
-    except (RouteError, OnnxPolicyError, AllocError, ModelNotFound, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # ValueError besides TTCError (itself one): plain ones below the router are bad input too (rollouts/errors.py)
+    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
+        return report(exc)
     import signal
 
     import uvicorn

@@ -1,13 +1,15 @@
 """Train the PPO allocation policy on a rollout cache.
 
     python train.py                                    # configs/train_default.yaml on data/default_cache
-    python train.py --seed 3 --hyperparams ppo.learning_rate:1e-3 env.outcome:sampled total_timesteps:20000
+    python train.py --seed 3 --hyperparams ppo.learning_rate=1e-3 env.outcome=sampled total_timesteps=20000
     python train.py --name myrun --resume              # continue runs/myrun from its latest checkpoint
 
-Config: a YAML file (``--config``, default ``configs/train_default.yaml``) overridden by ``--cache``,
-``--name``, ``--seed``, ``--total-timesteps`` and rl-zoo style ``--hyperparams key:value ...``
-(``key`` is ``section.field`` or a bare field name of the top level, ``env`` or ``ppo``; values are
-parsed as YAML). Unknown keys are an error.
+Config: the defaults of :class:`TrainConfig`, ``env.allocate_env.EnvConfig`` (``env:``) and
+``policies.ppo.PPOConfig`` (``ppo:``), which ``configs/train_default.yaml`` (the default ``--config``)
+restates, overridden by a YAML file (``--config``), then ``--cache``, ``--name``, ``--seed``,
+``--total-timesteps`` and ``--hyperparams key=value ...`` (``key`` is ``section.field`` or a bare field
+name of the top level, ``env`` or ``ppo``; values are parsed as YAML; rl-zoo's ``key:value`` spelling
+still works, with a deprecation warning). Unknown keys are an error.
 
 Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<unix time>``)::
 
@@ -47,13 +49,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from env.allocate_env import EnvConfig
 from env.escalate_env import EscalateConfig, env_config_from
-from env.outcomes import AllocError, ConfigError
-from rollouts.cache import CacheError
-from rollouts.config import check_types, load_yaml_text
-from rollouts.errors import report, user_errors
+from rollouts.config import config_from_dict, key_lines, load_yaml_file, parse_override
+from rollouts.errors import ConfigError, TTCError, report
 
 if TYPE_CHECKING:
     from rollouts.locks import FolderLock
@@ -62,8 +61,16 @@ ENV_NAME = "ttc-Allocate-v0"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train_default.yaml"
 
 
+def _default_ppo() -> dict[str, Any]:
+    from policies.ppo import PPOConfig  # imported when needed: `train.py --help` stays light
+
+    return PPOConfig().to_dict()
+
+
 @dataclass
 class TrainConfig:
+    """One training run; the defaults are the shipped defaults (``configs/train_default.yaml``)."""
+
     cache: str = "data/default_cache"
     name: str | None = None
     exp: str = "ppo"
@@ -82,24 +89,21 @@ class TrainConfig:
     gate_folds: int = 5  # cross-fitting folds over train + validation
     # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
     warm_start_from: str | None = None
-    env: dict[str, Any] = field(default_factory=dict)
-    ppo: dict[str, Any] = field(default_factory=dict)
+    # the env (EnvConfig, or EscalateConfig with kind: escalate) and PPO settings, as plain mappings
+    # (config.yml's env: and ppo:); validate() fills in the defaults of the keys a config leaves out
+    env: dict[str, Any] = field(default_factory=lambda: EnvConfig().to_dict())
+    ppo: dict[str, Any] = field(default_factory=_default_ppo)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return config_from_dict(cls, d)
+
+    def validate(self) -> None:
+        """Value checks (the field types are checked by :func:`rollouts.config.config_from_dict`)."""
         from policies.ppo import PPOConfig
 
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        for name in ("env", "ppo"):
-            if not isinstance(d.get(name, {}), dict):
-                raise ConfigError(f"{name} must be a mapping of settings, got {d[name]!r}")
-        cfg = cls(**d)
-        check_types(cfg, ConfigError)
-        cfg.env = env_config_from(cfg.env).to_dict()
-        cfg.ppo = PPOConfig.from_dict(cfg.ppo).to_dict()
+        self.env = env_config_from(self.env).to_dict()
+        self.ppo = PPOConfig.from_dict(self.ppo).to_dict()
         for name in (
             "seed",
             "total_timesteps",
@@ -110,22 +114,19 @@ class TrainConfig:
             "torch_threads",
             "gate_folds",
         ):
-            v = getattr(cfg, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
+            v = getattr(self, name)
+            if v < (0 if name == "seed" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
-        c = cfg.gate_confidence
-        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0.5 <= c < 1:
+        c = self.gate_confidence
+        if not 0.5 <= c < 1:
             raise ConfigError(f"gate_confidence must be a number in [0.5, 1), got {c!r}")
-        if cfg.gate_folds < 3:
-            raise ConfigError(f"gate_folds must be an integer >= 3, got {cfg.gate_folds!r}")
-        if cfg.warm_start_from is not None and not isinstance(cfg.warm_start_from, str):
-            raise ConfigError(f"warm_start_from must be a run folder or null, got {cfg.warm_start_from!r}")
-        if cfg.name is not None:
-            check_name(cfg.name)
+        if self.gate_folds < 3:
+            raise ConfigError(f"gate_folds must be an integer >= 3, got {self.gate_folds!r}")
+        if self.name is not None:
+            check_name(self.name)
         for name in ("cache", "exp", "runs_dir"):
-            if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
-                raise ConfigError(f"{name} must be a non-empty string, got {getattr(cfg, name)!r}")
-        return cfg
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -142,13 +143,9 @@ def check_name(name: Any) -> str:
     return name
 
 
-def parse_value(text: str) -> Any:
-    from rollouts.config import parse_scalar
-
-    return parse_scalar(text)
-
-
-def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
+def apply_override(d: dict[str, Any], key: str, value: Any) -> str:
+    """Set one ``--hyperparams`` item in the config mapping ``d``; returns the key it set (``section.field``
+    for a bare env or ppo field)."""
     from policies.ppo import PPOConfig
 
     env_keys = {f.name for f in fields(EscalateConfig)}  # Allocate-v0's keys and the escalation ones
@@ -162,52 +159,31 @@ def apply_override(d: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"unknown config key {key!r}")
         d.setdefault(section, {})
         d[section][sub] = value
-    elif key in top_keys and key not in ("env", "ppo"):
+        return key
+    if key in top_keys and key not in ("env", "ppo"):
         d[key] = value
-    elif key in ppo_keys:
-        d.setdefault("ppo", {})[key] = value
-    elif key in env_keys:
-        d.setdefault("env", {})[key] = value
-    else:
-        raise ConfigError(f"unknown config key {key!r}")
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        d = load_yaml_text(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: malformed YAML ({exc})") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: the config must be a mapping")
-    return d
+        return key
+    for section, keys in (("ppo", ppo_keys), ("env", env_keys)):
+        if key in keys:
+            d.setdefault(section, {})[key] = value
+            return f"{section}.{key}"
+    raise ConfigError(f"unknown config key {key!r}")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    d = load_yaml(args.config) if args.config else {}
-    for flag, key in (
-        ("cache", "cache"),
-        ("name", "name"),
-        ("seed", "seed"),
-        ("total_timesteps", "total_timesteps"),
-    ):
-        v = getattr(args, flag)
+    """The run's config: ``--config`` (YAML over the defaults), then the flags, then ``--hyperparams``.
+    An error about a key the file sets (and the command line did not override) names the file's line."""
+    d = load_yaml_file(args.config) if args.config else {}
+    lines = key_lines(args.config) if args.config else {}
+    flags = {"cache": args.cache, "name": args.name, "seed": args.seed, "total_timesteps": args.total_timesteps,
+             "progress_bar": False if args.no_progress else None, "runs_dir": args.runs_dir or None}  # fmt: skip
+    for key, v in flags.items():
         if v is not None:
             d[key] = v
-    if args.no_progress:
-        d["progress_bar"] = False
-    if args.runs_dir:
-        d["runs_dir"] = args.runs_dir
+            lines.pop(key, None)
     for item in args.hyperparams or []:
-        if ":" not in item:
-            raise ConfigError(f"--hyperparams expects key:value, got {item!r}")
-        k, v = item.split(":", 1)
-        apply_override(d, k.strip(), parse_value(v))
-    return TrainConfig.from_dict(d)
+        lines.pop(apply_override(d, *parse_override(item, legacy_colon=True)), None)
+    return config_from_dict(TrainConfig, d, path=args.config, lines=lines)
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -304,8 +280,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hyperparams",
         nargs="+",
-        metavar="KEY:VALUE",
-        help="overrides, e.g. ppo.learning_rate:1e-3 env.outcome:sampled",
+        metavar="KEY=VALUE",
+        help="overrides, e.g. ppo.learning_rate=1e-3 env.outcome=sampled (the old KEY:VALUE: deprecated)",
     )
     p.add_argument("--runs-dir", dest="runs_dir", help="parent of run folders (default: runs)")
     p.add_argument(
@@ -327,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.runs_dir or "runs") / check_name(args.name)
             if not (run_dir / "config.yml").is_file():
                 raise ConfigError(f"{run_dir}: no run to resume (config.yml missing)")
-            d = load_yaml(run_dir / "config.yml")
+            d = load_yaml_file(run_dir / "config.yml")
             # the folder is the one named on the command line (a copied run resumes in the copy)
             d["name"], d["runs_dir"] = args.name, str(run_dir.parent)
             if args.hyperparams or args.cache or args.seed is not None:
@@ -342,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = build_config(args)
         run_dir = train(cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args))
-    except (AllocError, CacheError, *user_errors()) as exc:
+    except TTCError as exc:
         return report(exc)
     print(f"run folder: {run_dir}")
     return 0

@@ -43,11 +43,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from env.outcomes import ConfigError, OutcomeTable, get_table, reject_unknown_keys, validate_lambda
+from env.outcomes import OutcomeTable, get_table, validate_lambda
 from env.penalties import Lambdas, PenaltySampler, reward_divisor
 from env.splits import SPLITS, make_splits, split_rows
 from policies.observation import OBS_BOUND, ObsEncoder
-from rollouts.config import check_types
+from rollouts.config import config_from_dict
+from rollouts.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -69,26 +70,21 @@ class EnvConfig:
     reward_scale: float = 1.0
     # "context": divide each episode's reward by floor + λ_T·C_T + λ_L·C_L (C = train cost scale), which
     # leaves every (query, λ) optimum unchanged but keeps high-λ episodes from drowning low-λ ones
-    reward_norm: str = "none"  # none | context
+    reward_norm: str = "context"  # none | context
     reward_norm_floor: float = 1.0
     mc_subsets: int = 128
     outcome_seed: int = 0
     # price seconds with k queries in flight (rollouts/latency_load.py; None: the query alone, as cached)
     latency_load: int | None = None
     latency_load_models: str | None = None  # a bench/load_latency.py JSON (None: the shipped one)
-    feature_pca: int | None = None  # project features on the top-k train principal axes (None: all)
+    feature_pca: int | None = 32  # project features on the top-k train principal axes (None: all)
     obs_noise: float = 0.0  # std of Gaussian noise added to the (standardised) query part of training obs
     split_seed: int = 0
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "env") -> EnvConfig:
-        d = dict(d or {})
-        reject_unknown_keys(cls, d, where)
-        cfg = cls(**d)
-        check_types(cfg, ConfigError, f"{where}.")
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, d, f"{where}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

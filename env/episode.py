@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from env.escalate_menu import DEFAULT_SELECTOR, EscalateMenu
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from env.round_latency import round_seconds
 from env.seen import SeenState, step_mask
+from rollouts.errors import ConfigError
 
 
 def prepare_query(table: OutcomeTable, menu: EscalateMenu, qi: int) -> tuple[list, list, list[bool]]:

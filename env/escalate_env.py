@@ -48,11 +48,11 @@ from gymnasium import spaces
 from env.allocate_env import AllocateEnv, EnvConfig
 from env.episode import Episode, prepare_query
 from env.escalate_menu import EscalateMenu
-from env.outcomes import ConfigError
 from env.round_latency import check_round_prices
 from env.seen import SEEN_FEATURES, SeenUnits, fit_units
 from env.splits import split_rows
 from policies.observation import OBS_BOUND
+from rollouts.errors import ConfigError
 
 
 @dataclass

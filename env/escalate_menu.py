@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from env.menu import pool_budgets
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from rollouts.cache import CacheError
+from rollouts.errors import ConfigError
 from rollouts.strategies import SEARCH_STRATEGIES
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS
 

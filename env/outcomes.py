@@ -39,7 +39,6 @@ real ``select`` with the caller's generator breaking ties.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +47,10 @@ import numpy as np
 from env.menu import build_menu
 from env.pool_outcomes import PoolGroup, PoolRecord, prepare_pool
 from rollouts.cache import CacheError, RolloutCache, load_cache
+from rollouts.errors import ConfigError
 from rollouts.latency import LatencyModel, Round
 from rollouts.strategies import SEARCH_STRATEGIES, BeamSpec, PoolSpec
 from rollouts.strategies.selectors import select
-
-
-class AllocError(ValueError):
-    """Base class of the learner's user-facing errors (bad config, bad lambda, menu mismatch...)."""
-
-
-class ConfigError(AllocError):
-    """A configuration value or key is invalid; the message names it."""
-
-
-def reject_unknown_keys(cls: type, d: dict[str, Any], where: str) -> None:
-    """Raise ConfigError naming the first key of ``d`` that is not a field of dataclass ``cls``."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
 
 
 def validate_lambda(name: str, value: Any) -> float:

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from env.outcomes import ConfigError, validate_lambda
+from env.outcomes import validate_lambda
+from rollouts.errors import ConfigError
 
 Lambdas = tuple[float, float]  # (λ_T, λ_L)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from env.outcomes import ConfigError
+from rollouts.errors import ConfigError
 
 if TYPE_CHECKING:
     from env.outcomes import OutcomeTable

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from env.outcomes import ConfigError, validate_lambda
+from env.outcomes import validate_lambda
 from policies.budget import BUDGET_SPLITS
+from rollouts.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 

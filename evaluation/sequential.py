@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from evaluation.bootstrap import TOL, two_stage_compare, two_stage_weights
 from evaluation.options import EvalOptions
 from evaluation.pareto import write_sequential_plots
 from evaluation.report import sequential_markdown, strip_private, write_results
 from evaluation.source import ModelSource
+from rollouts.errors import ConfigError
 
 
 def evaluate_escalate(opts: EvalOptions, source: ModelSource) -> dict[str, Any]:

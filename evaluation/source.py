@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from env.outcomes import ConfigError
 from evaluation.options import EvalOptions
 from rollouts.config import load_yaml_text
+from rollouts.errors import ConfigError
 
 
 def locate_model(

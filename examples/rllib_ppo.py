@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
     import torch
-    import yaml
 
     from env.allocate_env import AllocateEnv
     from policies.rllib_policy import RLlibPolicy
+    from rollouts.config import load_yaml_file
 
     torch.set_num_threads(1)
-    env_cfg = yaml.safe_load((ROOT / "configs" / "train_default.yaml").read_text())["env"]
+    env_cfg = load_yaml_file(ROOT / "configs" / "train_default.yaml")["env"]
     own_ray = not ray.is_initialized()  # a caller's cluster (e.g. the tests') is left running
     if own_ray:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from rollouts.errors import TTCError
+
 COSTS = ("tokens", "seconds")
 #: which queries a target is solved on. ``train+val`` (default): all non-test queries. On the bundled
 #: cache the validation split alone (~216 queries) is too small: its mean cost at a fixed λ sits ~10 %
@@ -34,7 +36,7 @@ def budget_rows(rows_of: dict[str, np.ndarray], which: str = "train+val") -> np.
     return rows_of["val"] if which == "val" else np.concatenate([rows_of["train"], rows_of["val"]])
 
 
-class BudgetError(ValueError):
+class BudgetError(TTCError):
     """A target that cannot be met or is malformed; the message names it."""
 
 

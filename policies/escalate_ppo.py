@@ -146,8 +146,8 @@ def warm_start_from_oneshot(
 
     import torch
 
-    from env.outcomes import ConfigError
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
+    from rollouts.errors import ConfigError
 
     p = Path(oneshot_run)
     path = p / "best_model.zip" if p.is_dir() else p

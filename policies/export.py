@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from env.outcomes import AllocError
 from policies.observation import ObsEncoder
+from rollouts.errors import FOREIGN_INPUT_ERRORS, TTCError, report
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
 
 
-class ExportError(AllocError):
+class ExportError(TTCError):
     """The exported graph disagrees with the SB3 policy."""
 
 
@@ -235,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             out.rmdir()  # empty (checked above)
         partial.rename(out)
-    except (AllocError, ValueError, OSError) as e:
+    # ValueError besides TTCError (itself one): plain ones below the export are bad input too (rollouts/errors.py)
+    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(
         f"exported {ck} -> {out}/policy.onnx (parity: {parity['actions_equal']}/{parity['n']} actions equal)"
     )

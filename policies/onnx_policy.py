@@ -24,12 +24,13 @@ import onnxruntime as ort
 
 from policies.gate import Gate
 from policies.observation import ObsEncoder
+from rollouts.errors import TTCError
 
 ort.disable_telemetry_events()  # no usage telemetry from policy loading (README, "Telemetry")
 
 
-class OnnxPolicyError(ValueError):
-    pass
+class OnnxPolicyError(TTCError):
+    """An exported policy (policy.json / policy.onnx) is missing, malformed or unloadable."""
 
 
 class OnnxPolicy:

@@ -21,19 +21,20 @@ from typing import Any
 import numpy as np
 
 from env.menu import menu_difference
-from env.outcomes import AllocError, ConfigError, OutcomeTable, reject_unknown_keys
+from env.outcomes import OutcomeTable
 from policies.base import AllocationPolicy
 from policies.observation import ObsEncoder
-from rollouts.config import check_types
+from rollouts.config import config_from_dict
+from rollouts.errors import ConfigError, TTCError
 
 META_FORMAT = "ttc-alloc/ppo"
 
 
-class MenuMismatchError(AllocError):
+class MenuMismatchError(TTCError):
     """A checkpoint was trained on another action menu than the cache offers."""
 
 
-class CheckpointError(AllocError):
+class CheckpointError(TTCError):
     """A checkpoint file is missing or is not a ttc-alloc PPO model."""
 
 
@@ -41,14 +42,14 @@ class CheckpointError(AllocError):
 class PPOConfig:
     """MaskablePPO hyperparameters (``ppo:`` in config.yml)."""
 
-    learning_rate: float = 3e-4
-    n_steps: int = 64
-    batch_size: int = 128
+    learning_rate: float = 1e-4
+    n_steps: int = 256
+    batch_size: int = 512
     n_epochs: int = 4
     gamma: float = 0.0
     gae_lambda: float = 1.0
     clip_range: float = 0.2
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
@@ -56,32 +57,32 @@ class PPOConfig:
     weight_decay: float = 0.0  # Adam L2 penalty on the policy and value networks
     # mlp: SB3's MlpPolicy; utility: logits are priced utilities, λ enters as in the reward
     # (policies/utility_head.py), PPO learns the per-query gain over the train means
-    policy: str = "mlp"
+    policy: str = "utility"
     utility_beta: float = 20.0  # initial inverse temperature of the utility actor (learned)
-    utility_warm_start: bool = False  # fit the gain head on the train split's outcomes before PPO
+    utility_warm_start: bool = True  # fit the gain head on the train split's outcomes before PPO
     utility_ppo_trains: str = "all"  # all | response (traits frozen after the warm start)
     utility_ensemble: int = 1  # gain = mean of this many independently warm-started members
-    utility_rank: int = 0  # >0: the per-query gain is rank-limited (query traits x action responses)
+    utility_rank: int = 1  # >0: the per-query gain is rank-limited (query traits x action responses)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "ppo") -> PPOConfig:
-        d = dict(d or {})
-        reject_unknown_keys(cls, d, where)
-        cfg = cls(**d)
-        check_types(cfg, ConfigError, f"{where}.")
-        if cfg.policy not in ("mlp", "utility"):
-            raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {cfg.policy!r}")
-        if cfg.policy != "utility" and cfg.utility_warm_start:
+        return config_from_dict(cls, d, f"{where}.")
+
+    def validate(self) -> None:
+        """Value checks (the field types are checked by :func:`rollouts.config.config_from_dict`)."""
+        if self.policy not in ("mlp", "utility"):
+            raise ConfigError(f"ppo.policy must be 'mlp' or 'utility', got {self.policy!r}")
+        if self.policy != "utility" and self.utility_warm_start:
             # the warm start fits the utility actor's gain head; an MlpPolicy has none
             raise ConfigError("ppo.utility_warm_start needs ppo.policy: utility (or set it to false)")
-        if cfg.utility_ppo_trains not in ("all", "response"):
+        if self.utility_ppo_trains not in ("all", "response"):
             raise ConfigError(
-                f"ppo.utility_ppo_trains must be 'all' or 'response', got {cfg.utility_ppo_trains!r}"
+                f"ppo.utility_ppo_trains must be 'all' or 'response', got {self.utility_ppo_trains!r}"
             )
-        if cfg.activation not in ("tanh", "relu"):
-            raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {cfg.activation!r}")
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(f"ppo.activation must be 'tanh' or 'relu', got {self.activation!r}")
         for name in ("n_steps", "batch_size", "n_epochs", "utility_ensemble"):
-            v = getattr(cfg, name)
+            v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ppo.{name} must be an integer >= 1, got {v!r}")
         for name in (
@@ -94,12 +95,11 @@ class PPOConfig:
             "gamma",
             "gae_lambda",
         ):
-            v = getattr(cfg, name)
+            v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
                 raise ConfigError(f"ppo.{name} must be a finite number >= 0, got {v!r}")
-        if not (isinstance(cfg.net_arch, list) and all(isinstance(x, int) and x > 0 for x in cfg.net_arch)):
-            raise ConfigError(f"ppo.net_arch must be a list of positive integers, got {cfg.net_arch!r}")
-        return cfg
+        if not (isinstance(self.net_arch, list) and all(isinstance(x, int) and x > 0 for x in self.net_arch)):
+            raise ConfigError(f"ppo.net_arch must be a list of positive integers, got {self.net_arch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from env.outcomes import ConfigError
+from rollouts.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from env.outcomes import ConfigError
+from rollouts.errors import ConfigError
 
 
 def write_run_folder(

@@ -20,11 +20,12 @@ import numpy as np
 
 from env.allocate_env import AllocateEnv
 from env.escalate_env import EscalateConfig, env_config_from
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from env.splits import make_splits, split_rows
 from policies.observation import ObsEncoder
 from policies.ppo import PPOConfig
 from policies.run_folder import append_summary
+from rollouts.errors import ConfigError
 
 
 @dataclass

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollouts.errors import TTCError
+
 SCHEMA_NAME = "ttc-alloc/rollout-cache"
 SCHEMA_VERSION = 1
 
@@ -48,7 +50,7 @@ SAMPLE_FIELDS: dict[str, tuple[type, ...]] = {
 }  # fmt: skip
 
 
-class CacheError(ValueError):
+class CacheError(TTCError):
     """A cache file is missing, malformed or of another schema. The message names file and line."""
 
 

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from rollouts.backends import Backend, SamplingSpec, make_backend
 from rollouts.cache import CacheWriter
-from rollouts.config import CollectConfig, ConfigError
+from rollouts.config import CollectConfig
 from rollouts.datasets import Query, load_queries
+from rollouts.errors import ConfigError
 from rollouts.grading import grade
 from rollouts.latency import LatencyModel, Round, error_report
 from rollouts.locks import FolderLock

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from rollouts.arithmetic import generate
+from rollouts.errors import TTCError
 from rollouts.query import Query
 
 
-class DatasetError(ValueError):
+class DatasetError(TTCError):
     """A query source is unknown, unreadable or lacks the needed fields."""
 
 

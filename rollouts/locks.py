@@ -19,11 +19,13 @@ import fcntl
 import os
 from pathlib import Path
 
+from rollouts.errors import TTCError
+
 # lock file -> (fd, holders in this process): flock conflicts between two fds of one process too
 _HELD: dict[str, list[int]] = {}
 
 
-class FolderLocked(RuntimeError):
+class FolderLocked(TTCError, RuntimeError):
     """Another live job holds the folder's lock; the message names the folder, the pid and the lock."""
 
     def __init__(self, folder: Path, lock: Path, what: str, pid: str | None):

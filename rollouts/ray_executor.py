@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from rollouts.backends import Backend, BackendError, Completion, SamplingSpec, make_backend
 from rollouts.collector import Collector, query_line, run_strategy, sampling_spec
-from rollouts.config import CollectConfig, ConfigError
+from rollouts.config import CollectConfig
+from rollouts.errors import ConfigError
 from rollouts.models import resolve_model
 from rollouts.scorers import make_scorer
 from rollouts.strategies import PromptedQuery, StrategyResult, StrategySpec

@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory, synthetic_cache):
         [
             "--cache", str(synthetic_cache), "--runs-dir", str(runs), "--name", "tiny",
             "--total-timesteps", "3072", "--no-progress",
-            "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2",
+            "--hyperparams", "n_envs=4", "eval_freq=1024", "checkpoint_freq=1024", "val_grid=2",
         ]
     )  # fmt: skip
     assert rc == 0

@@ -11,9 +11,10 @@ import pytest
 import evaluate
 import train
 from env.allocate_env import EnvConfig
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from evaluation.options import EvalOptions
 from policies.budget import BudgetError, solve_lambda
+from rollouts.errors import ConfigError
 from rollouts.latency import Round
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def test_latency_load_config_errors(synthetic_cache, tmp_path, capsys):
     with pytest.raises(Exception, match="cannot be re-priced at env.latency_load 16"):
         OutcomeTable(synthetic_cache, latency_load=16, latency_load_models=str(_load_file(tmp_path)))
     rc = train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path / "runs"), "--name", "x",
-                     "--no-progress", "--hyperparams", "env.latency_load:-1"])  # fmt: skip
+                     "--no-progress", "--hyperparams", "env.latency_load=-1"])  # fmt: skip
     assert rc == 2 and "env.latency_load" in capsys.readouterr().err
 
 

@@ -76,13 +76,13 @@ CASES = {
         lambda w: evaluate.main(["--run", str(w["run"]), "--cache", str(w["dir"] / "dim4")]),
         "trained on 8 features per query"),
     # train config values of the wrong type
-    "train: outcome_seed 'abc'": (lambda w: _train(w, "env.outcome_seed:abc"),
+    "train: outcome_seed 'abc'": (lambda w: _train(w, "env.outcome_seed=abc"),
                                   "env.outcome_seed must be an integer, got 'abc'"),
-    "train: runs_dir 5": (lambda w: _train(w, "runs_dir:5"), "runs_dir must be a string, got 5"),
+    "train: runs_dir 5": (lambda w: _train(w, "runs_dir=5"), "runs_dir must be a string, got 5"),
     "train: env [1, 2]": (lambda w: train.main(["--config", str(w["dir"] / "env_list.yml"), "--cache",
                                                 str(w["cache"]), "--runs-dir", str(w["run"].parent)]),
                           "env must be a mapping of settings, got [1, 2]"),
-    "train: export 'false'": (lambda w: _train(w, "export:'false'"), "export must be true or false, got 'false'"),
+    "train: export 'false'": (lambda w: _train(w, "export='false'"), "export must be true or false, got 'false'"),
     # imports of an empty or undecodable file
     "import: empty file": (lambda w: collect.main(["import", "generic", str(w["dir"] / "empty.jsonl"), "--out",
                                                    str(w["dir"] / "new_cache"), "--no-progress"]),
@@ -113,7 +113,7 @@ def test_one_error_line_exit_2_nothing_changed(world, case, capsys):
 
 
 def test_numbers_in_e_notation_are_numbers():
-    args = train.make_parser().parse_args(["--hyperparams", "ppo.learning_rate:1e-3", "env.reward_scale:2E0"])
+    args = train.make_parser().parse_args(["--hyperparams", "ppo.learning_rate=1e-3", "env.reward_scale=2E0"])
     cfg = train.build_config(args)
     assert cfg.ppo["learning_rate"] == 0.001 and cfg.env["reward_scale"] == 2.0
     from rollouts.config import load_config

@@ -9,8 +9,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env as _env  # noqa: F401  (registers ttc/Allocate-v0)
 from env.allocate_env import AllocateEnv
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from env.splits import make_splits, split_of
+from rollouts.errors import ConfigError
+from tests.fixtures import pre13_defaults as pre13
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,15 @@ def table(synthetic_cache):
     ],
 )
 def test_env_checkers(table, kwargs):
-    e = AllocateEnv(table=table, **kwargs)
+    e = AllocateEnv(**pre13.ENV, table=table, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no checker warning either
         gym_check_env(e, skip_render_check=True)
-    sb3_check_env(AllocateEnv(table=table, **kwargs), warn=True)
+    sb3_check_env(AllocateEnv(**pre13.ENV, table=table, **kwargs), warn=True)
 
 
 def test_registered_make(synthetic_cache):
-    e = gym.make("ttc/Allocate-v0", cache=str(synthetic_cache), split="val")
+    e = gym.make("ttc/Allocate-v0", cache=str(synthetic_cache), split="val", **pre13.ENV)
     obs, info = e.reset(seed=0)
     assert obs.dtype == np.float32 and obs.shape == e.observation_space.shape
     obs, r, term, trunc, info = e.step(0)
@@ -45,7 +47,7 @@ def test_registered_make(synthetic_cache):
 
 
 def test_reward_and_options(table):
-    e = AllocateEnv(table=table, split="all")
+    e = AllocateEnv(**pre13.ENV, table=table, split="all")
     qid = table.query_ids[5]
     obs, info = e.reset(seed=1, options={"query_id": qid, "lambda_tokens": 1e-3, "lambda_seconds": 0.5})
     assert info["query_id"] == qid
@@ -60,18 +62,18 @@ def test_reward_and_options(table):
 
 
 def test_penalty_encoding(table):
-    e = AllocateEnv(table=table)
+    e = AllocateEnv(**pre13.ENV, table=table)
     hi = e.config.lambda_tokens_range[1]
     obs, _ = e.reset(options={"lambda_tokens": 0.0, "lambda_seconds": e.config.lambda_seconds_range[1]})
     assert obs[-2] == pytest.approx(-1.0, abs=1e-5) and obs[-1] == pytest.approx(1.0, abs=1e-5)
     obs, _ = e.reset(options={"lambda_tokens": hi, "lambda_seconds": 0.0})
     assert obs[-2] == pytest.approx(1.0, abs=1e-5) and obs[-1] == pytest.approx(-1.0, abs=1e-5)
-    fixed = AllocateEnv(table=table, penalty_mode="fixed")
+    fixed = AllocateEnv(**pre13.ENV, table=table, penalty_mode="fixed")
     assert fixed.observation_space.shape[0] == e.observation_space.shape[0] - 2
 
 
 def test_sampled_penalties_cover_zero_and_range(table):
-    e = AllocateEnv(table=table)
+    e = AllocateEnv(**pre13.ENV, table=table)
     e.reset(seed=0)
     lams = []
     for _ in range(2000):
@@ -86,15 +88,15 @@ def test_sampled_penalties_cover_zero_and_range(table):
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "x"])
 def test_bad_lambda(table, bad):
     with pytest.raises(ConfigError, match="lambda_tokens"):
-        AllocateEnv(table=table, penalty_mode="fixed", lambda_tokens=bad)
-    e = AllocateEnv(table=table)
+        AllocateEnv(**pre13.ENV, table=table, penalty_mode="fixed", lambda_tokens=bad)
+    e = AllocateEnv(**pre13.ENV, table=table)
     with pytest.raises(ConfigError, match="lambda_seconds"):
         e.reset(options={"lambda_seconds": bad})
 
 
 def test_unknown_key(table):
     with pytest.raises(ConfigError, match="unknown config key env.lamda_tokens"):
-        AllocateEnv(table=table, lamda_tokens=0.1)
+        AllocateEnv(**pre13.ENV, table=table, lamda_tokens=0.1)
 
 
 def test_masks(tmp_path):
@@ -102,7 +104,7 @@ def test_masks(tmp_path):
 
     test_missing_config_is_masked(tmp_path)
     t = OutcomeTable(tmp_path / "c")
-    e = AllocateEnv(table=t, split="all")
+    e = AllocateEnv(**pre13.ENV, table=t, split="all")
     e.reset(options={"query_id": "q0002"})
     m = e.action_masks()
     ai = t.action_ids.index("beam:N=4,M=2")
@@ -123,7 +125,7 @@ def test_splits_deterministic_disjoint_no_leakage(table):
     assert split_of(ids[0], 0, (0.7, 0.15, 0.15)) in ("train", "val", "test")
     assert make_splits(ids, seed=1)["train"] != s1["train"]
     # features are standardised with train statistics only
-    e = AllocateEnv(table=table, split="test", splits=s1)
+    e = AllocateEnv(**pre13.ENV, table=table, split="test", splits=s1)
     rows = table.indices(s1["train"])
     assert np.allclose(e.encoder.mean[:-1], table.features[rows].mean(axis=0))
     # an env only ever shows its own split's queries
@@ -137,7 +139,7 @@ def test_splits_deterministic_disjoint_no_leakage(table):
 
 def test_cycle_env_visits_every_pair(table):
     grid = [(0.0, 0.0), (1e-3, 0.1)]
-    e = AllocateEnv(table=table, split="val", cycle=True, eval_lambdas=grid)
+    e = AllocateEnv(**pre13.ENV, table=table, split="val", cycle=True, eval_lambdas=grid)
     pairs = set()
     for _ in range(e.n_episodes_per_cycle):
         _, info = e.reset()
@@ -147,7 +149,7 @@ def test_cycle_env_visits_every_pair(table):
 
 def test_sampled_outcome_is_seeded(table):
     def run(seed):
-        e = AllocateEnv(table=table, outcome="sampled")
+        e = AllocateEnv(**pre13.ENV, table=table, outcome="sampled")
         e.reset(seed=seed)
         out = []
         for _ in range(50):
@@ -160,7 +162,7 @@ def test_sampled_outcome_is_seeded(table):
 
 
 def test_feature_pca_encoder(table):
-    e = AllocateEnv(table=table, feature_pca=3)
+    e = AllocateEnv(reward_norm="none", table=table, feature_pca=3)
     assert e.observation_space.shape == (3 + 1 + 2,)
     assert e.encoder.pca.shape == (3, table.feature_dim)
     rows = e.rows
@@ -168,7 +170,7 @@ def test_feature_pca_encoder(table):
     assert np.allclose(z[:, :3].std(axis=0), 1.0, atol=1e-3)  # unit variance on train
     gym_check_env(e, skip_render_check=True)
     with pytest.raises(ConfigError, match="feature_pca"):
-        AllocateEnv(table=table, feature_pca=0)
+        AllocateEnv(reward_norm="none", table=table, feature_pca=0)
 
 
 def test_split_rows_keeps_the_split_order_and_leaves_out_unknown_ids(table):

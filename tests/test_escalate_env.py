@@ -10,11 +10,13 @@ import env as _env  # noqa: F401  (registers ttc/Escalate-v0)
 from env.allocate_env import AllocateEnv
 from env.escalate_env import EscalateEnv
 from env.escalate_menu import EscalateMenu
-from env.outcomes import ConfigError, OutcomeTable
+from env.outcomes import OutcomeTable
 from env.seen import SEEN_FEATURES, SeenState
 from rollouts.cache import CacheError, CacheWriter
+from rollouts.errors import ConfigError
 from rollouts.latency import Round
 from rollouts.strategies.selectors import select
+from tests.fixtures import pre13_defaults as pre13
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +39,15 @@ def unscored(tmp_path_factory):
 def test_env_checkers(table, kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gym_check_env(EscalateEnv(table=table, **kwargs), skip_render_check=True)
-    sb3_check_env(EscalateEnv(table=table, **kwargs), warn=True)
+        gym_check_env(EscalateEnv(**pre13.ENV, table=table, **kwargs), skip_render_check=True)
+    sb3_check_env(EscalateEnv(**pre13.ENV, table=table, **kwargs), warn=True)
 
 
 def test_registered_make_and_same_encoding_as_allocate(synthetic_cache, table):
-    e = gym.make("ttc/Escalate-v0", cache=str(synthetic_cache), split="val")
+    e = gym.make("ttc/Escalate-v0", cache=str(synthetic_cache), split="val", **pre13.ENV)
     obs, info = e.reset(seed=3)
     assert obs.shape == e.observation_space.shape and obs.dtype == np.float32
-    one = AllocateEnv(table=table, split="val")
+    one = AllocateEnv(**pre13.ENV, table=table, split="val")
     obs1, info1 = one.reset(seed=3)
     # same query, same λ and the same encoding; the seen part starts empty
     assert info1["query_id"] == info["query_id"]
@@ -77,7 +79,7 @@ def greedy_policy(e):
 
 
 def test_replay_same_seed_same_order_costs_reward(table):
-    e1, e2 = EscalateEnv(table=table), EscalateEnv(table=table)
+    e1, e2 = EscalateEnv(**pre13.ENV, table=table), EscalateEnv(**pre13.ENV, table=table)
     a = run_episode(e1, 11, greedy_policy)
     b = run_episode(e2, 11, greedy_policy)
     assert a["order"] == b["order"] and a["rewards"] == b["rewards"]
@@ -89,7 +91,7 @@ def test_replay_same_seed_same_order_costs_reward(table):
 
 
 def test_costs_are_the_sum_of_rounds(table):
-    e = EscalateEnv(table=table, split="all", penalty_mode="fixed", lambda_tokens=1e-3, lambda_seconds=0.2)
+    e = EscalateEnv(**pre13.ENV, table=table, split="all", penalty_mode="fixed", lambda_tokens=1e-3, lambda_seconds=0.2)
     qid = table.query_ids[4]
     qi = table.qindex[qid]
     order = [3, 1, 7, 0, 2, 6, 5, 4]
@@ -125,7 +127,7 @@ def test_costs_are_the_sum_of_rounds(table):
 
 
 def test_beam_after_samples_pays_both(table):
-    e = EscalateEnv(table=table, split="all", penalty_mode="fixed")
+    e = EscalateEnv(**pre13.ENV, table=table, split="all", penalty_mode="fixed")
     qid = table.query_ids[7]
     qi = table.qindex[qid]
     e.reset(options={"query_id": qid, "order": list(range(8))})
@@ -140,7 +142,7 @@ def test_beam_after_samples_pays_both(table):
 
 
 def test_masks(table, unscored):
-    e = EscalateEnv(table=table)
+    e = EscalateEnv(**pre13.ENV, table=table)
     e.reset(seed=0)
     m = e.action_masks()
     assert not any(m[i] for i in e.menu.stop_index.values())  # no answer before the first sample
@@ -153,7 +155,7 @@ def test_masks(table, unscored):
     m = e.action_masks()
     assert not any(m[i] for i in e.menu.draw_index.values())  # exhausted: only stops and beams
     # no scores: the score selectors are never legal
-    u = EscalateEnv(table=unscored)
+    u = EscalateEnv(**pre13.ENV, table=unscored)
     u.reset(seed=0)
     u.step(u.menu.draw_index[1])
     m = u.action_masks()
@@ -192,19 +194,19 @@ def _cache(path, pool_k: int | None, beam: bool = True, latency: bool = True):
 
 def test_bad_caches(tmp_path):
     with pytest.raises(CacheError, match="no sample_pool records"):
-        EscalateEnv(table=OutcomeTable(_cache(tmp_path / "nopool", None)))
+        EscalateEnv(**pre13.ENV, table=OutcomeTable(_cache(tmp_path / "nopool", None)))
     with pytest.raises(CacheError, match="pools of one sample"):
-        EscalateEnv(table=OutcomeTable(_cache(tmp_path / "one", 1)))
+        EscalateEnv(**pre13.ENV, table=OutcomeTable(_cache(tmp_path / "one", 1)))
     with pytest.raises(ConfigError, match="draw_sizes"):
-        EscalateEnv(table=OutcomeTable(_cache(tmp_path / "two", 2)), draw_sizes=[1, 4])
+        EscalateEnv(**pre13.ENV, table=OutcomeTable(_cache(tmp_path / "two", 2)), draw_sizes=[1, 4])
 
 
 def test_oneshot_actions_reachable_as_first_move(table):
-    menu = EscalateMenu(table, EscalateEnv(table=table).config)
+    menu = EscalateMenu(table, EscalateEnv(**pre13.ENV, table=table).config)
     for a in table.menu:
         plan = menu.oneshot_plan(a)
         assert plan is not None, a.id
-    e = EscalateEnv(table=table, split="all", penalty_mode="fixed")
+    e = EscalateEnv(**pre13.ENV, table=table, split="all", penalty_mode="fixed")
     # draw@8 then stop:best_score is best_score@8 on that order
     qid = table.query_ids[2]
     e.reset(options={"query_id": qid})
@@ -231,7 +233,7 @@ def test_cache_without_any_seconds_prices_tokens_only(tmp_path):
     t = OutcomeTable(_cache(tmp_path / "nolat", 4, latency=False))
     assert not t.latency_available
     with pytest.warns(UserWarning, match="λ_L is fixed at 0"):
-        e = EscalateEnv(table=t, split="all")
+        e = EscalateEnv(**pre13.ENV, table=t, split="all")
     e.reset(seed=0)
     e.step(e.menu.draw_index[2])
     _, _, done, _, info = e.step(e.menu.beam_index["beam:N=2,M=2"])

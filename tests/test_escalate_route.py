@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import route
+from tests.fixtures import pre13_defaults as pre13
 from tests.test_escalate_train_eval import ESC, SMALL, train_escalate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def test_onnx_step_policy_matches_sb3(seq_synthetic):
     model = load_model(seq_synthetic / "best_model.zip")
     t = OutcomeTable(model.ttc_meta["cache"])
     e = EscalateEnv(
-        table=t, split="all", encoder=model.ttc_meta["encoder"], units=meta_cache["escalate"]["units"]
+        **pre13.ENV, table=t, split="all", encoder=model.ttc_meta["encoder"], units=meta_cache["escalate"]["units"]
     )
     sess = ort.InferenceSession(
         str(seq_synthetic / "export" / "policy.onnx"), providers=["CPUExecutionProvider"]

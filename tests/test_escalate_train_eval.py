@@ -14,16 +14,17 @@ import evaluate
 import train
 from policies.escalate_ppo import env_kind
 from policies.ppo import read_meta
+from tests.fixtures import pre13_defaults as pre13
 
 ROOT = Path(__file__).resolve().parents[1]
 ESC = str(ROOT / "configs" / "train_escalate.yaml")
 SMALL = [
-    "n_envs:4",
-    "eval_freq:1024",
-    "checkpoint_freq:1024",
-    "val_grid:2",
-    "ppo.n_steps:128",
-    "ppo.batch_size:256",
+    "n_envs=4",
+    "eval_freq=1024",
+    "checkpoint_freq=1024",
+    "val_grid=2",
+    "ppo.n_steps=128",
+    "ppo.batch_size=256",
 ]
 
 
@@ -101,7 +102,7 @@ def test_rules_and_statics_use_the_same_orders(synthetic_cache):
     from policies.escalate_sim import Simulator, make_orders, plan_policy
 
     t = OutcomeTable(synthetic_cache)
-    e = EscalateEnv(table=t, split="test")
+    e = EscalateEnv(**pre13.ENV, table=t, split="test")
     orders, picks = make_orders(t, e.menu, e.rows, 4, seed=0)
     again, _ = make_orders(t, e.menu, e.rows[::-1], 4, seed=0)  # independent of the other queries
     assert all(np.array_equal(a, b) for a, b in zip(orders[0], again[-1], strict=True))
@@ -162,12 +163,12 @@ def test_bad_input_one_error_line(tmp_path, seq_run):
 def test_warm_start_from_oneshot_run(tmp_path, synthetic_cache, tiny_run):
     rc = train.main(
         ["--config", ESC, "--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "ws",
-         "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL, f"warm_start_from:{tiny_run}"]
+         "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL, f"warm_start_from={tiny_run}"]
     )  # fmt: skip
     assert rc == 0
     clone = json.loads((tmp_path / "ws" / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
     assert clone["samples"] > 0 and clone["agreement"] > 0.6
     # only a one-shot run can be cloned, and only into an escalate run
     assert train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "bad",
-                       "--hyperparams", f"warm_start_from:{tiny_run}"]) == 2  # fmt: skip
+                       "--hyperparams", f"warm_start_from={tiny_run}"]) == 2  # fmt: skip
     assert not (tmp_path / "bad").exists()

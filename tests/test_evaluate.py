@@ -149,7 +149,7 @@ def test_incomplete_queries_are_left_out(tmp_path):
         "512",
         "--no-progress",
     ]
-    assert train.main([*args, "--hyperparams", "n_envs:2", "val_grid:2", "export:false"]) == 0
+    assert train.main([*args, "--hyperparams", "n_envs=2", "val_grid=2", "export=false"]) == 0
     res = evaluate.evaluate(EvalOptions(run=str(runs / "m"), which_model="final", grid_n=2, plots=False))
     test_ids = json.loads((runs / "m" / "splits.json").read_text())["test"]
     assert res["n_dropped_incomplete"] == len(drop & set(test_ids))

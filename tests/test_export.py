@@ -10,6 +10,7 @@ from env.outcomes import OutcomeTable
 from policies.export import export_policy, parity_check
 from policies.onnx_policy import OnnxPolicy, OnnxPolicyError
 from policies.ppo import PPOPolicy, load_model
+from tests.fixtures import pre13_defaults as pre13
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,13 +94,13 @@ def test_onnx_loader_with_pca(synthetic_cache, tmp_path):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from env.allocate_env import AllocateEnv
-    from policies.ppo import PPOConfig, make_meta, make_model
+    from policies.ppo import make_meta, make_model
 
     table = OutcomeTable(synthetic_cache)
-    e = AllocateEnv(table=table, feature_pca=4)
+    e = AllocateEnv(reward_norm="none", table=table, feature_pca=4)
     model = make_model(
         DummyVecEnv([lambda: e]),
-        PPOConfig(n_steps=32, batch_size=32),
+        pre13.ppo_config(n_steps=32, batch_size=32),
         0,
         None,
         make_meta(table, e.encoder, e.config.to_dict()),

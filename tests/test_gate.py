@@ -205,9 +205,9 @@ def test_export_evaluation_plays_the_same_gated_policy(tiny_run, tmp_path):
 @pytest.mark.parametrize(
     "setting, message",
     [
-        ("gate_confidence:2", "gate_confidence must be a number in [0.5, 1)"),
-        ("gate_folds:2", "gate_folds must be an integer >= 3"),
-        ("gate:maybe", "gate must be"),
+        ("gate_confidence=2", "gate_confidence must be a number in [0.5, 1)"),
+        ("gate_folds=2", "gate_folds must be an integer >= 3"),
+        ("gate=maybe", "gate must be"),
     ],
 )
 def test_bad_gate_settings(synthetic_cache, tmp_path, capsys, setting, message):
@@ -224,8 +224,8 @@ def test_mlp_policy_gate_uses_validation_evidence(synthetic_cache, tmp_path):
     import train
 
     rc = train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "m",
-                     "--total-timesteps", "512", "--no-progress", "--hyperparams", "n_envs:2", "val_grid:2",
-                     "ppo.policy:mlp", "ppo.utility_warm_start:false"])  # fmt: skip
+                     "--total-timesteps", "512", "--no-progress", "--hyperparams", "n_envs=2", "val_grid=2",
+                     "ppo.policy=mlp", "ppo.utility_warm_start=false"])  # fmt: skip
     assert rc == 0
     gate = Gate.from_dict(json.loads((tmp_path / "m" / "gate.json").read_text()))
     splits = json.loads((tmp_path / "m" / "splits.json").read_text())

@@ -22,8 +22,8 @@ from rollouts.cache import CacheWriter, load_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN_DIR = ROOT.parent / "shared" / "data" / "qwen25math_rm_maj_math100"
-SHORT = ["--total-timesteps", "1024", "--no-progress", "--hyperparams", "n_envs:2", "eval_freq:512",
-         "checkpoint_freq:1024", "val_grid:2", "export:false"]  # fmt: skip
+SHORT = ["--total-timesteps", "1024", "--no-progress", "--hyperparams", "n_envs=2", "eval_freq=512",
+         "checkpoint_freq=1024", "val_grid=2", "export=false"]  # fmt: skip
 TOL = 1e-9
 
 

@@ -69,7 +69,7 @@ def test_import_then_train_and_evaluate(tmp_path):
     runs = tmp_path / "runs"
     _run([str(ROOT / "train.py"), "--cache", str(cache), "--runs-dir", str(runs), "--name", "imported",
           "--total-timesteps", "2048", "--no-progress",
-          "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2"], ROOT)
+          "--hyperparams", "n_envs=4", "eval_freq=1024", "checkpoint_freq=1024", "val_grid=2"], ROOT)
     run = runs / "imported"
     assert (run / "best_model.zip").exists()
     # rollouts from another pipeline cannot be reproduced live: the export has no serving spec

@@ -20,6 +20,7 @@ from env.outcomes import OutcomeTable
 from policies.base import lambda_grid
 from rollouts.cache import load_cache
 from rollouts.importers.cli import main
+from tests.fixtures import pre13_defaults as pre13
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "example_model_solutions.jsonl"
 SHA256 = "4bc62db838f8418365d51c627bd66294cbdca9fb7f01519cb13f0dce8c51580b"  # from its README
@@ -71,7 +72,7 @@ def test_gpt3_gsm8k_solutions_import_without_timings(tmp_path, capsys):
     assert len(table.menu) == 4 and not table.latency_available
     assert lambda_grid(table, np.arange(N), 5)["lambda_seconds"] == [0.0]
     with pytest.warns(UserWarning, match="λ_L is fixed at 0"):
-        env = AllocateEnv(table=table, split="all")
+        env = AllocateEnv(**pre13.ENV, table=table, split="all")
     env.reset(seed=0)
     *_, info = env.step(int(np.argmax(env.action_masks())))
     assert info["seconds"] == 0.0 and info["lambda_seconds"] == 0.0

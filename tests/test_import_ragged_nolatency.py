@@ -24,6 +24,7 @@ from rollouts.cache import load_cache
 from rollouts.importers import Importer, load_featurizer
 from rollouts.importers.generic import GenericReader
 from rollouts.latency import FORM_API, LatencyModel, Round
+from tests.fixtures import pre13_defaults as pre13
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
@@ -78,7 +79,7 @@ def test_ragged_pools_one_config_masked_and_reported(tmp_path):
     assert not t.latency_available and "λ_L is fixed at 0" in t.latency_note
     assert lambda_grid(t, np.arange(len(t.query_ids)), 3)["lambda_seconds"] == [0.0]
     with pytest.warns(UserWarning, match="λ_L is fixed at 0"):
-        env = AllocateEnv(table=t, split="all")
+        env = AllocateEnv(**pre13.ENV, table=t, split="all")
     for _ in range(30):
         _, info = env.reset()
         assert info["query_id"]
@@ -113,7 +114,7 @@ def test_user_api_latency_model_gives_seconds_and_width_is_one_round(tmp_path):
     toks = [x["tokens"] for x in pool["samples"]]
     mean_max = float(np.mean([max(a, b) for j, a in enumerate(toks) for b in toks[j + 1:]]))  # all 15 pairs
     assert t.seconds[t.qindex["api-0"], ai] == pytest.approx(api.predict([Round(p, 2, 0)]) + 0.02 * mean_max)
-    env = AllocateEnv(table=t, split="all", penalty_mode="fixed", lambda_seconds=0.1)
+    env = AllocateEnv(**pre13.ENV, table=t, split="all", penalty_mode="fixed", lambda_seconds=0.1)
     env.reset(options={"query_id": "api-0"})
     *_, info = env.step(ai)
     assert info["seconds"] == pytest.approx(t.seconds[t.qindex["api-0"], ai])
@@ -152,7 +153,7 @@ def test_api_import_without_timings_ragged_trains_and_evaluates(tmp_path):
     runs = tmp_path / "runs"
     p = _run([str(ROOT / "train.py"), "--cache", str(cache), "--runs-dir", str(runs), "--name", "api",
               "--total-timesteps", "2048", "--no-progress",
-              "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2"], ROOT)
+              "--hyperparams", "n_envs=4", "eval_freq=1024", "checkpoint_freq=1024", "val_grid=2"], ROOT)
     assert "λ_L is fixed at 0" in p.stderr
     out = tmp_path / "eval"
     _run([str(ROOT / "evaluate.py"), "--run", str(runs / "api"), "--out", str(out), "--json", str(out / "r.json"),

@@ -55,8 +55,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_two_trainings_on_one_name(synthetic_cache, tmp_path):
     runs = tmp_path / "runs"
     cmd = [sys.executable, "train.py", "--cache", str(synthetic_cache), "--runs-dir", str(runs), "--name", "same",
-           "--total-timesteps", "8192", "--no-progress", "--hyperparams", "n_envs:4", "eval_freq:2048",
-           "checkpoint_freq:2048", "val_grid:2", "export:false"]  # fmt: skip
+           "--total-timesteps", "8192", "--no-progress", "--hyperparams", "n_envs=4", "eval_freq=2048",
+           "checkpoint_freq=2048", "val_grid=2", "export=false"]  # fmt: skip
     procs = [subprocess.Popen([*cmd, "--seed", str(s)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for s in (0, 1)]  # fmt: skip
     outs = [p.communicate(timeout=300) for p in procs]

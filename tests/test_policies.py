@@ -10,7 +10,6 @@ from policies.base import lambda_grid, score_choices
 from policies.baselines import OraclePolicy, RandomPolicy, StaticPolicy, static_policies
 from policies.ppo import (
     MenuMismatchError,
-    PPOConfig,
     PPOPolicy,
     check_menu,
     load_model,
@@ -19,6 +18,7 @@ from policies.ppo import (
     read_meta,
 )
 from policies.probe_router import ProbeRouter
+from tests.fixtures import pre13_defaults as pre13
 
 _DATA = Path(__file__).resolve().parents[1] / "data"
 REAL_CACHE = next(
@@ -88,10 +88,10 @@ def test_probe_router(table):
 def _small_model(table, **env_kw):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    e = AllocateEnv(table=table, **env_kw)
+    e = AllocateEnv(**pre13.ENV, table=table, **env_kw)
     venv = DummyVecEnv([lambda: e])
     return make_model(
-        venv, PPOConfig(n_steps=32, batch_size=32), 0, None, make_meta(table, e.encoder, e.config.to_dict())
+        venv, pre13.ppo_config(n_steps=32, batch_size=32), 0, None, make_meta(table, e.encoder, e.config.to_dict())
     ), e
 
 
@@ -128,13 +128,13 @@ def _learn_and_match(table, rows_ids, lt, ls, steps, margin=0.05, lr=1e-3):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     envs = [
-        AllocateEnv(table=table, split=rows_ids, penalty_mode="fixed", lambda_tokens=lt, lambda_seconds=ls)
+        AllocateEnv(**pre13.ENV, table=table, split=rows_ids, penalty_mode="fixed", lambda_tokens=lt, lambda_seconds=ls)
         for _ in range(4)
     ]
     venv = DummyVecEnv([lambda e=e: e for e in envs])
     model = make_model(
         venv,
-        PPOConfig(learning_rate=lr, n_steps=64, batch_size=64),
+        pre13.ppo_config(learning_rate=lr, n_steps=64, batch_size=64),
         0,
         None,
         make_meta(table, envs[0].encoder, {}),

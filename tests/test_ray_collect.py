@@ -27,7 +27,7 @@ VLLM_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "1", 
 # decoding needs n = 1 per request in vLLM, so the pool has one sample and the beam search one beam
 # (it still runs its step-by-step engine calls).
 WORK = ["dataset=arith:7", "limit=4", "budgets=[1]", "max_tokens=24", "temperature=0", "batch_queries=1",
-        "calibration_queries=0",
+        "calibration_queries=0", "backend_options={}",  # backend_options: the pre-#13 default
         "menu=[{strategy: sample_pool, n: 1}, {strategy: beam_search, n: 1, m: 1, max_iterations: 3}]"]
 N_RECORDS = 8
 

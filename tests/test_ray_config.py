@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rollouts.config import ConfigError, load_config
+from rollouts.config import load_config
+from rollouts.errors import ConfigError
 
 
 @pytest.mark.parametrize(("override", "message"), [

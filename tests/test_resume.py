@@ -71,8 +71,8 @@ def test_kill_9_then_resume_keeps_each_step_once(synthetic_cache, tmp_path):
     runs = tmp_path / "runs"
     run = runs / "k"
     cmd = [sys.executable, "train.py", "--cache", str(synthetic_cache), "--runs-dir", str(runs), "--name", "k",
-           "--total-timesteps", "40000", "--no-progress", "--hyperparams", "n_envs:4", "eval_freq:4096",
-           "checkpoint_freq:4096", "val_grid:2", "export:false"]  # fmt: skip
+           "--total-timesteps", "40000", "--no-progress", "--hyperparams", "n_envs=4", "eval_freq=4096",
+           "checkpoint_freq=4096", "val_grid=2", "export=false"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -67,7 +67,7 @@ def bundled_run(tmp_path_factory):
     rc = train.main(
         [
             "--runs-dir", str(runs), "--name", "bundled", "--total-timesteps", "1024", "--no-progress",
-            "--hyperparams", "n_envs:2", "eval_freq:512", "checkpoint_freq:512", "val_grid:2",
+            "--hyperparams", "n_envs=2", "eval_freq=512", "checkpoint_freq=512", "val_grid=2",
         ]
     )  # fmt: skip
     assert rc == 0

@@ -116,7 +116,7 @@ def stack(tmp_path_factory):
     try:
         runs = tmp / "runs"  # trains while the upstream loads
         rc = train.main(["--runs-dir", str(runs), "--name", "srv", "--total-timesteps", "1024", "--no-progress",
-                         "--hyperparams", "n_envs:2", "eval_freq:512", "checkpoint_freq:512", "val_grid:2"])  # fmt: skip
+                         "--hyperparams", "n_envs=2", "eval_freq=512", "checkpoint_freq=512", "val_grid=2"])  # fmt: skip
         assert rc == 0
         port = free_port()
         log = tmp / "serve.log"

@@ -11,7 +11,7 @@ import train
 from tests.fixtures.synthetic_cache import make_synthetic_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--no-progress", "--hyperparams", "n_envs:4", "eval_freq:1024", "checkpoint_freq:1024", "val_grid:2"]
+FAST = ["--no-progress", "--hyperparams", "n_envs=4", "eval_freq=1024", "checkpoint_freq=1024", "val_grid=2"]
 
 
 def test_run_folder_contents(tiny_run):
@@ -107,16 +107,16 @@ def _snapshot(folder: Path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--hyperparams", "ppo.learnin_rate:0.1"], "unknown config key 'ppo.learnin_rate'"),
-        (["--hyperparams", "ppo.policy:lstm"], "ppo.policy must be 'mlp' or 'utility'"),
-        (["--hyperparams", "ppo.policy:mlp"], "ppo.utility_warm_start needs ppo.policy: utility"),
-        (["--hyperparams", "ppo.utility_ensemble:0"], "ppo.utility_ensemble must be an integer >= 1"),
-        (["--hyperparams", "bogus:1"], "unknown config key 'bogus'"),
+        (["--hyperparams", "ppo.learnin_rate=0.1"], "unknown config key 'ppo.learnin_rate'"),
+        (["--hyperparams", "ppo.policy=lstm"], "ppo.policy must be 'mlp' or 'utility'"),
+        (["--hyperparams", "ppo.policy=mlp"], "ppo.utility_warm_start needs ppo.policy: utility"),
+        (["--hyperparams", "ppo.utility_ensemble=0"], "ppo.utility_ensemble must be an integer >= 1"),
+        (["--hyperparams", "bogus=1"], "unknown config key 'bogus'"),
         (
-            ["--hyperparams", "env.lambda_tokens:-1", "env.penalty_mode:fixed"],
+            ["--hyperparams", "env.lambda_tokens=-1", "env.penalty_mode=fixed"],
             "env.lambda_tokens must be a finite number >= 0",
         ),
-        (["--hyperparams", "env.lambda_seconds:.nan"], "env.lambda_seconds must be a finite number >= 0"),
+        (["--hyperparams", "env.lambda_seconds=.nan"], "env.lambda_seconds must be a finite number >= 0"),
         ([], "run folder exists"),
     ],
 )
@@ -161,7 +161,7 @@ def test_resume_with_other_menu_is_refused(tiny_run, tmp_path, capsys):
 
 def test_cli_exit_code(tmp_path):
     out = subprocess.run(
-        [sys.executable, "train.py", "--hyperparams", "nope:1"],
+        [sys.executable, "train.py", "--hyperparams", "nope=1"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,8 +11,9 @@ from env.allocate_env import AllocateEnv
 from env.outcomes import OutcomeTable
 from env.splits import make_splits
 from policies.export import export_policy
-from policies.ppo import PPOConfig, PPOPolicy, make_meta, make_model
+from policies.ppo import PPOPolicy, make_meta, make_model
 from policies.utility_head import utility_spec, warm_start_gain
+from tests.fixtures import pre13_defaults as pre13
 
 REAL_CACHE = Path(__file__).resolve().parents[1] / "data" / "default_cache"
 LAMBDAS = [(0.0, 0.0), (1e-4, 0.0), (0.0, 0.05), (1e-3, 0.05), (3e-3, 0.5), (0.02, 2.0)]
@@ -27,6 +28,7 @@ def _utility_model(table, rank=0, ensemble=1, ppo_trains="all", **env_kw):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     env_kw.setdefault("reward_norm", "context")
+    env_kw.setdefault("feature_pca", pre13.ENV["feature_pca"])
     e = AllocateEnv(table=table, **env_kw)
     venv = DummyVecEnv([lambda: e])
     splits = make_splits(table.query_ids, e.config.split_seed, e.config.split_fractions)
@@ -41,7 +43,7 @@ def _utility_model(table, rank=0, ensemble=1, ppo_trains="all", **env_kw):
         ensemble=ensemble,
         ppo_trains=ppo_trains,
     )
-    cfg = PPOConfig(policy="utility", n_steps=32, batch_size=32, utility_rank=rank)
+    cfg = pre13.ppo_config(policy="utility", n_steps=32, batch_size=32, utility_rank=rank)
     model = make_model(venv, cfg, 0, None, make_meta(table, e.encoder, e.config.to_dict()), utility_spec=spec)
     return model, e, splits
 
@@ -137,12 +139,12 @@ def test_ppo_alone_learns_oracle_choice_on_easy_split(table):
     easy = [q for q, c in zip(table.query_ids, (u[:, -1] - u[:, -2]) > 0.05, strict=True) if c]
     assert len(easy) >= 20
     kw = dict(split=easy, penalty_mode="fixed", lambda_tokens=lt, lambda_seconds=ls)
-    envs = [AllocateEnv(table=table, **kw) for _ in range(4)]
+    envs = [AllocateEnv(**pre13.ENV, table=table, **kw) for _ in range(4)]
     rows = table.indices(easy)
     spec = utility_spec(table, rows, envs[0].encoder, envs[0].config.to_dict(), beta=20.0)
     model = make_model(
         DummyVecEnv([lambda e=e: e for e in envs]),
-        PPOConfig(policy="utility", learning_rate=1e-3, n_steps=64, batch_size=64),
+        pre13.ppo_config(policy="utility", learning_rate=1e-3, n_steps=64, batch_size=64),
         0,
         None,
         make_meta(table, envs[0].encoder, {}),

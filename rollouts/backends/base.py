@@ -11,8 +11,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from rollouts.errors import TTCError
 
-class BackendError(RuntimeError):
+
+class BackendError(TTCError, RuntimeError):
     """The engine or server failed, or could not be reached; the message names it."""
 
 

@@ -187,11 +187,10 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "import":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    from rollouts.cache import CacheError
-    from rollouts.datasets import DatasetError, check_text_file
+    from rollouts.datasets import check_text_file
+    from rollouts.errors import FOREIGN_INPUT_ERRORS, TTCError, report
     from rollouts.importers import DEFAULT_FEATURIZER, Importer, load_featurizer, load_tokenizer
     from rollouts.locks import FolderLock, FolderLocked
-    from rollouts.models import ModelNotFound
 
     out = Path(args.out)
     lock, existed = FolderLock(out, "cache"), out.exists()
@@ -235,14 +234,14 @@ def main(argv: list[str]) -> int:
                   "train.py and evaluate.py run with λ_L fixed at 0 (give --latency-model api:a=..,b=..,c=.. "
                   "for an API's rates, see docs/import.md)", file=sys.stderr)
         summary = importer.run(reader)
-    except (CacheError, ModelNotFound, FileNotFoundError, ValueError, DatasetError, FolderLocked) as exc:
+    # ValueError besides TTCError (itself one): plain ones below the importer are bad input too (rollouts/errors.py)
+    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
         q = out / "queries.jsonl"
         if not isinstance(exc, FolderLocked) and not existed and out.is_dir() and not (q.exists() and q.stat().st_size):
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)  # this run made it and wrote no query: leave nothing behind
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     finally:
         lock.release()
     if args.json:

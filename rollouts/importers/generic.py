@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollouts.errors import TTCError
+
 #: Accepted strategy names -> cache strategy. Pools keep every sample (smaller budgets are derived
 #: from them); search strategies give one final result.
 STRATEGY_NAMES: dict[str, str] = {
@@ -40,7 +42,7 @@ SAMPLE_KEYS = {"answer", "text", "correct", "tokens", "score", "seconds", "score
 RESULT_KEYS = {"answer", "text", "correct", "tokens", "seconds", "scorer_tokens", "beams", "iterations", "score"}
 
 
-class LineError(ValueError):
+class LineError(TTCError):
     """One input line cannot be imported; the message says why (the caller adds file:line)."""
 
 
