@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from env.outcomes import validate_lambda
     from rollouts.config import load_yaml_text
     from rollouts.datasets import load_queries
-    from rollouts.errors import FOREIGN_INPUT_ERRORS, report
+    from rollouts.errors import PATH_INPUT_ERRORS, report
 
     failed = 0
     try:
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"index": good[j], **row}), flush=True)
                 bar.update(len(batch))
             bar.close()
-    except (TTCError, *FOREIGN_INPUT_ERRORS) as exc:
+    except PATH_INPUT_ERRORS as exc:
         return report(exc)
     if failed:
         print(f"{failed} of {len(questions)} questions refused or failed (lines with 'error')", file=sys.stderr)

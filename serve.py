@@ -46,7 +46,7 @@ from typing import Any
 # module level: FastAPI resolves the handlers' (postponed) annotations in this module's globals
 from fastapi import FastAPI, Request
 
-from rollouts.errors import FOREIGN_INPUT_ERRORS, ConfigError, TTCError, report
+from rollouts.errors import LIBRARY_INPUT_ERRORS, ConfigError, TTCError, report
 from rollouts.strategies import POOL
 
 OPENAI_KEYS = {  # accepted and ignored: the strategy samples as the collection did
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         app = create_app(cfg)
     # ValueError besides TTCError (itself one): plain ones below the router are bad input too (rollouts/errors.py)
-    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
+    except LIBRARY_INPUT_ERRORS as exc:
         return report(exc)
     import signal
 

@@ -18,10 +18,11 @@ from rollouts.latency import Round
 
 if TYPE_CHECKING:
     from env.escalate_menu import EscalateMenu
-    from env.outcomes import OutcomeTable, _Pool
+    from env.outcomes import OutcomeTable
+    from env.pool_outcomes import PoolRecord
 
 
-def round_seconds(table: OutcomeTable, qi: int, pool: _Pool, k: int, max_gen: float) -> float:
+def round_seconds(table: OutcomeTable, qi: int, pool: PoolRecord, k: int, max_gen: float) -> float:
     """The seconds of drawing ``k`` samples (the longest ``max_gen`` tokens) of query row ``qi``."""
     if not table.latency_available:
         return 0.0

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from policies.observation import ObsEncoder
-from rollouts.errors import FOREIGN_INPUT_ERRORS, TTCError, report
+from rollouts.errors import LIBRARY_INPUT_ERRORS, TTCError, report
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             out.rmdir()  # empty (checked above)
         partial.rename(out)
     # ValueError besides TTCError (itself one): plain ones below the export are bad input too (rollouts/errors.py)
-    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
+    except LIBRARY_INPUT_ERRORS as exc:
         shutil.rmtree(partial, ignore_errors=True)
         return report(exc)
     print(

@@ -151,7 +151,7 @@ def make_model(
         device="cpu",
         verbose=0,
     )
-    model.ttc_meta = meta
+    model.ttc_meta = meta  # type: ignore[attr-defined]  # our checkpoint meta rides on the SB3 model
     return model
 
 

@@ -140,6 +140,7 @@ class SequentialRouter:
 
     def _beam(self, backend, q, config_id: str | None, st: SeenState, grade_fn, seed: int) -> tuple[Any, Any, dict]:
         """The final beam search ``config_id`` (a beam step's), charged to ``st``: its answer, correctness and summary."""
+        assert config_id is not None  # a beam step always names its config
         beam = self.beam_runs[self.menu.beam_configs.index(config_id)]
         assert beam is not None  # the step mask offers only the beams the serving spec can run
         t0 = time.perf_counter()

@@ -37,6 +37,11 @@ class ConfigError(TTCError):
 
 #: Raised for bad user input by code that is not ours: a missing or unreadable file (``OSError``).
 FOREIGN_INPUT_ERRORS: tuple[type[Exception], ...] = (OSError,)
+#: What ``route.py`` reports: ours and :data:`FOREIGN_INPUT_ERRORS`.
+PATH_INPUT_ERRORS: tuple[type[Exception], ...] = (TTCError, *FOREIGN_INPUT_ERRORS)
+#: What ``serve.py``, ``collect.py import`` and ``python -m policies.export`` report: the above and any plain
+#: ``ValueError`` (TTCError is one) from the libraries below them (see the module docstring).
+LIBRARY_INPUT_ERRORS: tuple[type[Exception], ...] = (ValueError, *FOREIGN_INPUT_ERRORS)
 
 
 def report(exc: BaseException) -> int:

@@ -201,7 +201,8 @@ class RayCollector(Collector):
         replica; yield ``(unit, result)`` as results arrive. A replica out of restarts is dropped and its
         unit goes to another one."""
         ray, actors = self._ray, self.pool()
-        queue, inflight, load = deque(units), {}, [0] * len(actors)
+        queue, load = deque(units), [0] * len(actors)
+        inflight: dict[Any, Any] = {}  # ref -> (actor index, unit)
         while queue or inflight:
             for i, actor in enumerate(actors):
                 while queue and i not in self._dead and load[i] < IN_FLIGHT:

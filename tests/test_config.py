@@ -69,12 +69,11 @@ def test_collect_defaults_are_the_default_yaml(monkeypatch, tmp_path):
     class Stop(Exception):
         pass
 
-    class FakeCollector:
-        def __init__(self, cfg, **_):
-            seen.append(cfg)
-            raise Stop
+    def capture(cfg, **_):  # stands in for the collector: only the config it gets is under test
+        seen.append(cfg)
+        raise Stop
 
-    monkeypatch.setattr(importlib.import_module("rollouts.collector"), "Collector", FakeCollector)
+    monkeypatch.setattr(importlib.import_module("rollouts.executors"), "make_collector", capture)
     with pytest.raises(Stop):
         collect.main(["--no-progress"])
     assert seen == [CollectConfig()]

@@ -224,4 +224,4 @@ def test_reward_divisor(table):
     e = AllocateEnv(table=table, reward_norm="context", reward_norm_floor=0.5)
     c_t, c_l = e.cost_scale
     assert reward_divisor(e.config, (2.0, 3.0), e.cost_scale) == 0.5 + 2.0 * c_t + 3.0 * c_l
-    assert reward_divisor(AllocateEnv(table=table).config, (2.0, 3.0), e.cost_scale) == 1.0
+    assert reward_divisor(AllocateEnv(table=table, reward_norm="none").config, (2.0, 3.0), e.cost_scale) == 1.0

@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     from rollouts.datasets import check_text_file
-    from rollouts.errors import FOREIGN_INPUT_ERRORS, TTCError, report
+    from rollouts.errors import LIBRARY_INPUT_ERRORS, report
     from rollouts.importers import DEFAULT_FEATURIZER, Importer, load_featurizer, load_tokenizer
     from rollouts.locks import FolderLock, FolderLocked
 
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
                   "for an API's rates, see docs/import.md)", file=sys.stderr)
         summary = importer.run(reader)
     # ValueError besides TTCError (itself one): plain ones below the importer are bad input too (rollouts/errors.py)
-    except (TTCError, ValueError, *FOREIGN_INPUT_ERRORS) as exc:
+    except LIBRARY_INPUT_ERRORS as exc:
         q = out / "queries.jsonl"
         if not isinstance(exc, FolderLocked) and not existed and out.is_dir() and not (q.exists() and q.stat().st_size):
             import shutil

@@ -1,0 +1,82 @@
+"""How much room the sequential bar leaves: at each λ point of the grid, the best stopping rule picked
+on the evaluated (test) split itself, against the one-shot PPO run, on the same queries and sample orders.
+
+Picking each point's rule among every configuration of the four families (Adaptive-Consistency, ESC,
+k-agree, score threshold) on the very queries it is scored on is hindsight: an optimistic bound on
+what a rule that watches the first samples can gain over the one-shot choice. The comparison is
+``evaluate.py``'s (paired two-stage bootstrap over queries and orders, 90 %, ties within 1e-9 equal).
+
+    python -m scripts.escalate_headroom --run runs/esc_ws2 --compare-run runs/default_run [--json out.json]
+
+``--run`` is any sequential run (its step menu, encoder and splits; its model is not used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.bootstrap import two_stage_compare, two_stage_weights
+from evaluation.options import EvalOptions
+from evaluation.sequential import SequentialEvaluation, load_setup
+from evaluation.source import load_source
+from policies.stopping_rules import simulate_rules
+from rollouts.errors import TTCError, report
+
+
+def headroom(opts: EvalOptions) -> dict:
+    """Per λ point: the one-shot PPO's and the hindsight-best rule's mean utility and their paired difference."""
+    setup = load_setup(opts, load_source(opts))
+    if setup.oneshot is None:
+        raise TTCError("--compare-run (the one-shot PPO run) is required")
+    ev = SequentialEvaluation(opts, setup)
+    table, rows = setup.table, setup.rows
+    configs = [(rule, res) for rules in ev.families.values() for rule, res in zip(rules, simulate_rules(ev.sim, rules))]
+    weights = two_stage_weights(len(rows), opts.n_orders, opts.n_boot, opts.seed)
+    points = []
+    for lt, ls in ev.lambdas:
+        ids = [table.action_ids[int(a)] for a in setup.oneshot.choose(table, rows, lt, ls)]
+        oneshot = np.stack([ev.static[a].utility(lt, ls)[i] for i, a in enumerate(ids)])
+        rule, res = max(configs, key=lambda c: c[1].utility(lt, ls).mean())
+        c = two_stage_compare(res.utility(lt, ls) - oneshot, weights)
+        points.append({
+            "lambda_tokens": lt, "lambda_seconds": ls, "rule": rule.name,
+            "oneshot_ppo": float(oneshot.mean()), "rule_utility": float(res.utility(lt, ls).mean()),
+            "diff": c["diff"], "ci90": c["ci90"], "above_90": c["above_90"], "below_90": c["below_90"],
+        })  # fmt: skip
+    return {
+        "n_queries": int(len(rows)), "n_orders": opts.n_orders, "rule_configurations": len(configs),
+        "above_90": sum(p["above_90"] for p in points), "below_90": sum(p["below_90"] for p in points),
+        "points": points,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a sequential run folder (step menu, encoder, splits)")
+    ap.add_argument("--compare-run", required=True, help="the one-shot PPO run folder")
+    ap.add_argument("--orders", type=int, default=16, help="sample orders per query (evaluate.py's default)")
+    ap.add_argument("--json", dest="json_path", help="write the per-point table here")
+    args = ap.parse_args(argv)
+    opts = EvalOptions(run=args.run, compare_run=args.compare_run, n_orders=args.orders, progress=False)
+    try:
+        out = headroom(opts)
+    except TTCError as exc:
+        return report(exc)
+    for p in out["points"]:
+        print(f"λ_T {p['lambda_tokens']:.3g} λ_L {p['lambda_seconds']:.3g}: one-shot {p['oneshot_ppo']:.4f}, "
+              f"best rule on test {p['rule_utility']:.4f} ({p['rule']}), diff {p['diff']:+.4f} "
+              f"[{p['ci90'][0]:+.4f}, {p['ci90'][1]:+.4f}]")  # fmt: skip
+    print(f"hindsight-best rule above the one-shot PPO at 90 %: {out['above_90']}/{len(out['points'])} points, "
+          f"below at {out['below_90']}; {out['n_queries']} queries x {out['n_orders']} orders, "
+          f"{out['rule_configurations']} rule configurations")  # fmt: skip
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
