@@ -1,5 +1,6 @@
 """Whole-cache rewrites: every record of a plain cache re-made in place (:func:`rewrite_records`, e.g.
-re-priced seconds), and the bundled form, a gzip-compressed copy (:func:`write_compressed_copy`).
+re-priced seconds), the bundled form, a gzip-compressed copy (:func:`write_compressed_copy`), and a copy
+holding only some queries (:func:`write_subset`, e.g. for small-data experiments).
 
 Both validate what they write with :mod:`rollouts.cache`'s rules and replace files atomically.
 """
@@ -13,7 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rollouts.cache import fsync_dir, iter_jsonl, load_cache, validate_record, write_json_atomic
+from rollouts.cache import (
+    CacheWriter,
+    RolloutCache,
+    fsync_dir,
+    iter_jsonl,
+    load_cache,
+    validate_record,
+    write_json_atomic,
+)
 
 
 def rewrite_records(directory: str | Path, fn: Any) -> int:
@@ -68,3 +77,16 @@ def _write_gz_lines(path: Path, objs: Iterable[dict[str, Any]]) -> None:
         for o in objs:
             fh.write(json.dumps(o, sort_keys=True, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
+
+
+def write_subset(src: RolloutCache, query_ids: set[str], out: str | Path) -> Path:
+    """A new cache at ``out`` with ``src``'s meta and only the queries ``query_ids`` and their records."""
+    meta = {k: v for k, v in src.meta.items() if k not in ("schema", "schema_version")}
+    with CacheWriter(out, meta=meta) as w:
+        for q in src.queries.values():
+            if q["query_id"] in query_ids:
+                w.add_query(q)
+        for r in src.records:
+            if r["query_id"] in query_ids:
+                w.add_record(r)
+    return Path(out)

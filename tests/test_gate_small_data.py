@@ -18,7 +18,8 @@ import pytest
 import evaluate
 import train
 from evaluation.options import EvalOptions
-from rollouts.cache import CacheWriter, load_cache
+from rollouts.cache import load_cache
+from rollouts.cache_rewrite import write_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN_DIR = ROOT.parent / "shared" / "data" / "qwen25math_rm_maj_math100"
@@ -34,15 +35,7 @@ def bundled():
 
 def subset_cache(src, n: int, seed: int, out: Path) -> Path:
     keep = set(np.random.default_rng(seed).choice(src.query_ids, size=n, replace=False).tolist())
-    meta = {k: v for k, v in src.meta.items() if k not in ("schema", "schema_version")}
-    with CacheWriter(out, meta=meta) as w:
-        for q in src.queries.values():
-            if q["query_id"] in keep:
-                w.add_query(q)
-        for r in src.records:
-            if r["query_id"] in keep:
-                w.add_record(r)
-    return out
+    return write_subset(src, keep, out)
 
 
 def train_and_evaluate(cache: Path, runs: Path) -> dict:
