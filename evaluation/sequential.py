@@ -56,9 +56,9 @@ class SequentialSetup:
     """What a sequential evaluation runs on: the table, the step menu, the run's encoders and the rows."""
 
     table: OutcomeTable
-    menu: Any  # env.escalate_env.EscalateMenu
-    encoder: Any  # env.allocate_env.ObsEncoder of the run
-    units: Any  # env.escalate_env.SeenUnits of the run
+    menu: Any  # env.escalate_menu.EscalateMenu
+    encoder: Any  # policies.observation.ObsEncoder of the run
+    units: Any  # env.seen.SeenUnits of the run
     model_path: Path
     oneshot: Any  # the --compare-run policy (policies.ppo.PPOPolicy), or None
     rows: np.ndarray  # the evaluated split: queries with a pool and every action
