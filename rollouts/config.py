@@ -22,6 +22,7 @@ import yaml
 
 from rollouts.errors import ConfigError
 from rollouts.prompts import DEFAULT_SUFFIX
+from rollouts.strategies import BEAM, POOL, STRATEGIES
 
 
 class _Loader(yaml.SafeLoader):
@@ -177,9 +178,6 @@ def config_from_dict(
     return cfg
 
 
-STRATEGY_KEYS = {"sample_pool": {"n"}, "beam_search": {"n", "m", "max_iterations"}}
-
-
 @dataclass
 class CollectConfig:
     dataset: str = "arith:0"  # hf:<id>[:split] | jsonl:<path> | arith:<seed>
@@ -232,18 +230,19 @@ class CollectConfig:
             raise ConfigError("the strategy menu is empty")
         for i, item in enumerate(self.menu):
             name = item.get("strategy")
-            if name not in STRATEGY_KEYS:
-                raise ConfigError(f"menu[{i}]: unknown strategy {name!r} (known: {', '.join(STRATEGY_KEYS)})")
-            extra = set(item) - STRATEGY_KEYS[name] - {"strategy"}
+            if name not in STRATEGIES:
+                raise ConfigError(f"menu[{i}]: unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+            keys = STRATEGIES[name].item_keys  # the spec's own keys (rollouts/strategies/)
+            extra = set(item) - set(keys) - {"strategy"}
             if extra:
                 raise ConfigError(f"menu[{i}] ({name}): unknown keys {sorted(extra)}")
-            for k in STRATEGY_KEYS[name]:
+            for k in keys:
                 v = item.get(k)
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                     raise ConfigError(f"menu[{i}] ({name}): {k} must be a positive integer, got {v!r}")
-            if name == "beam_search" and item["n"] % item["m"]:
+            if name == BEAM and item["n"] % item["m"]:
                 raise ConfigError(f"menu[{i}] (beam_search): n={item['n']} must be divisible by m={item['m']}")
-        pools = [m["n"] for m in self.menu if m["strategy"] == "sample_pool"]
+        pools = [m["n"] for m in self.menu if m["strategy"] == POOL]
         for b in self.budgets:
             if not isinstance(b, int) or b < 1:
                 raise ConfigError(f"budgets must be positive integers, got {b!r}")
