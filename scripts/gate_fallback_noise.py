@@ -2,11 +2,13 @@
 how does that fallback fare against evaluate.py's train-only pick on the test split, where the two differ?
 
 Runs what ``tests/test_gate_small_data.py`` runs (short PPO, the gate fitted, evaluate on the 5 x 5 grid)
-on random subsets of the bundled cache (``--subsets 200:0 400:1 ...``, size:seed) and optionally on an
-imported cache (``--cache DIR``), and counts per cache: closed cells, closed cells whose two statics
+on random subsets of the bundled cache (``--subsets 200:0 400:1 ...``, size:seed), on a Qwen2.5-Math
+harness folder imported as that test imports it (``--qwen-harness DIR``), and on any cache (``--cache DIR``),
+and counts per cache: closed cells, closed cells whose two statics
 differ, and there the paired bootstrap verdicts (90 %) of fallback - train-only pick.
 
-    python -m scripts.gate_fallback_noise --subsets 200:0 200:1 200:2 400:0 400:1 400:2 --json out.json
+    python -m scripts.gate_fallback_noise --subsets 200:0 200:1 200:2 400:0 400:1 400:2 \
+        --qwen-harness ../shared/data/qwen25math_rm_maj_math100 --json out.json
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ def subset_cache(src: RolloutCache, n: int, seed: int, out: Path) -> Path:
     return write_subset(src, keep, out)
 
 
+def import_qwen_harness(src: Path, out: Path) -> Path:
+    """The harness folder as the small-data test imports it: RM scores, seconds from the shipped latency model."""
+    from rollouts.importers import Importer, load_featurizer
+    from rollouts.importers.qwen25math import QwenHarnessReader
+    from rollouts.latency_fit import default_latency_model
+
+    reader = QwenHarnessReader(src, scorer="Qwen2.5-Math-RM-72B")
+    Importer(out, featurizer=load_featurizer(), latency_model=default_latency_model(), progress=False).run(reader)
+    return out
+
+
 def fallback_vs_train_pick(cache: Path, work: Path) -> dict:
     """Train + evaluate on ``cache``; the counts of the closed cells' fallback against the train-only pick."""
     assert train.main(["--cache", str(cache), "--runs-dir", str(work), "--name", "r", *SHORT]) == 0
@@ -63,6 +76,7 @@ def fallback_vs_train_pick(cache: Path, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subsets", nargs="*", default=[], help="size:seed subsets of the bundled cache")
+    ap.add_argument("--qwen-harness", help="a Qwen2.5-Math harness folder, imported as the small-data test does")
     ap.add_argument("--cache", action="append", default=[], help="a whole cache (e.g. an import), repeatable")
     ap.add_argument("--json", dest="json_path", help="write the counts and cells here")
     args = ap.parse_args(argv)
@@ -70,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundled = load_cache(ROOT / "data" / "default_cache") if args.subsets else None
-        jobs = [(f"subset {s}", s) for s in args.subsets] + [(c, c) for c in args.cache]
-        for i, (label, what) in enumerate(jobs):
-            if what in args.subsets:
+        jobs = [(f"subset {s}", "subset", s) for s in args.subsets] + [(c, "cache", c) for c in args.cache]
+        if args.qwen_harness:
+            jobs.append((f"qwen harness {args.qwen_harness}", "qwen", args.qwen_harness))
+        for i, (label, kind, what) in enumerate(jobs):
+            if kind == "subset":
                 n, seed = (int(x) for x in what.split(":"))
                 cache = subset_cache(bundled, n, seed, work / f"cache{i}")  # type: ignore[arg-type]
+            elif kind == "qwen":
+                cache = import_qwen_harness(Path(what), work / f"cache{i}")
             else:
                 cache = Path(what)
             out[label] = fallback_vs_train_pick(cache, work / f"runs{i}")
