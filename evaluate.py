@@ -134,11 +134,7 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     cache = source.cache
     lt_axis, ls_axis = opts.lambda_axes()
     env_config = EnvConfig.from_dict(source.model_meta["env"])
-    load = env_config.latency_load if opts.latency_load is None else opts.latency_load  # price seconds at it
-    table = OutcomeTable(
-        cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed,
-        latency_load=load, latency_load_models=env_config.latency_load_models,
-    )  # fmt: skip
+    table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)  # --latency-load prices at it
     check_menu(source.model_meta, table, str(source.model_path))
     if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
         raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
@@ -155,7 +151,8 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
         raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
     grid = lambda_grid(table, rows_of["train"], opts.grid_n)
     return EvalInputs(
-        table, rows_of, rows, n_dropped, lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"], load
+        table, rows_of, rows, n_dropped, lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"],
+        table.latency_load,
     )
 
 
@@ -179,7 +176,7 @@ def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) ->
     router = ProbeRouter(ProbeConfig(seed=opts.seed)).fit(table, rows_of["train"], rows_of["val"])
     # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
     # own gate from the same cross-fitted rule, so the router comparison stays fair
-    trval = np.concatenate([rows_of["train"], rows_of["val"]])
+    trval = budget_rows(rows_of, "train+val")
     ppo_gated: Any
     if onnx is not None:  # the export carries its gate and its shrunk actor: ppo is it with the gate off
         gate = onnx.gate or run_gate(source.run_dir, None, table, rows_of["train"], rows_of["val"], source.run_config)

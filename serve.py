@@ -193,6 +193,7 @@ class Budgets:
         self._memo: dict[tuple[str, float, float], Any] = {}
 
     def _load(self) -> None:
+        from env.escalate_env import env_config_from
         from env.outcomes import OutcomeTable
         from env.splits import split_rows
         from rollouts.config import load_yaml_text
@@ -205,11 +206,7 @@ class Budgets:
         cache = cfg.get("cache")
         if not cache or not Path(cache).is_dir():
             raise RequestError("ttc", f"the run's cache {cache!r} is not here (budget targets solve on it)")
-        env = cfg.get("env") or {}
-        table = OutcomeTable(
-            cache, mc_subsets=env.get("mc_subsets", 128), outcome_seed=env.get("outcome_seed", 0),
-            latency_load=env.get("latency_load"), latency_load_models=env.get("latency_load_models"),
-        )  # fmt: skip
+        table = OutcomeTable.for_env(cache, env_config_from(cfg.get("env") or {}))
         if list(table.action_ids) != list(self.router.policy.menu):
             raise RequestError("ttc", "the run's cache has another action menu than the export")
         from policies.budget import budget_rows
@@ -443,6 +440,8 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from policies.budget import BUDGET_SPLITS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ServeConfig(export="")
     p.add_argument("--export", required=True, help="an export folder (policy.json + policy.onnx with a serving spec)")
@@ -462,7 +461,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("TTC_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $TTC_SERVE_API_KEY; none: open)")
     p.add_argument("--run", help="run folder for budget targets (splits.json, config.yml; default: the export's parent)")
-    p.add_argument("--budget-split", default=d.budget_split, choices=("train+val", "val"),
+    p.add_argument("--budget-split", default=d.budget_split, choices=BUDGET_SPLITS,
                    help="queries budget targets are solved on (default: train+val)")
     p.add_argument("--graceful-timeout-s", type=float, default=d.graceful_timeout_s,
                    help="on SIGTERM, how long in-flight requests may take to finish")

@@ -75,6 +75,16 @@ class OutcomeTable:
     (float64, 0 where masked), ``mask`` (bool), ``features`` (float64, Q x D), ``prompt_tokens`` (Q).
     """
 
+    @classmethod
+    def for_env(cls, cache: RolloutCache | str | Path, env_config: Any, latency_load: int | None = None) -> OutcomeTable:
+        """The table an env config (``EnvConfig`` / ``EscalateConfig``) prices: its Monte-Carlo settings
+        and latency load; ``latency_load`` prices seconds at that load instead (None: the config's)."""
+        return cls(
+            cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed,
+            latency_load=env_config.latency_load if latency_load is None else latency_load,
+            latency_load_models=env_config.latency_load_models,
+        )  # fmt: skip
+
     def __init__(
         self,
         cache: RolloutCache | str | Path,

@@ -78,7 +78,7 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
 
     model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
     env_config = env_config_from(model_meta["env"])
-    table = OutcomeTable(cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed)
+    table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)
     check_menu(model_meta, table, str(model_path))
     menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
     if list(menu.ids) != list(model_meta["escalate"]["step_menu"]):

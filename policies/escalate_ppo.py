@@ -16,6 +16,7 @@ import numpy as np
 
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
+from env.penalties import reward_divisor
 from env.seen import SEEN_FEATURES, SeenUnits
 from policies.observation import ObsEncoder
 from policies.ppo import make_meta
@@ -112,11 +113,7 @@ def _clone_targets(
             return a
 
         sim.run(record, lt, ls)
-        norm = (
-            env_cfg.reward_norm_floor + lt * cost_scale[0] + ls * cost_scale[1]
-            if env_cfg.reward_norm == "context"
-            else 1.0
-        )
+        norm = reward_divisor(env_cfg, (lt, ls), cost_scale)
         rtg = [
             (ep.correct - lt * (ep.state.tokens - t0) - ls * (ep.state.seconds - s0)) / norm for ep, t0, s0 in seen
         ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from env.episode import Episode
+from env.episode import Episode, prepare_query
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
 from env.seen import SEEN_FEATURES, SeenUnits
@@ -94,11 +94,16 @@ class Simulator:
         self.rows = np.asarray(rows)
         self.orders, self.picks = orders, picks
         self.base = encoder.encode_base(table.features[self.rows], table.prompt_tokens[self.rows])
+        # each row's records and beams, built once: every run (one per λ point and rule) replays them
+        self.prepared = [prepare_query(table, menu, int(q)) for q in self.rows]
 
     def run(self, policy: StepPolicy, lt: float, ls: float) -> SimResult:
         n, r_n = len(self.rows), len(self.orders[0])
         eps = [
-            Episode(self.table, self.menu, int(self.rows[i]), self.orders[i][r], float(self.picks[i, r]))
+            Episode(
+                self.table, self.menu, int(self.rows[i]), self.orders[i][r], float(self.picks[i, r]),
+                prepared=self.prepared[i],
+            )  # fmt: skip
             for i in range(n)
             for r in range(r_n)
         ]

@@ -118,11 +118,7 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool) -> TrainingJob:
     env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
     _check_combination(cfg, env_cfg, ppo_cfg, resume)
-    table = OutcomeTable(
-        cfg.cache, mc_subsets=env_cfg.mc_subsets, outcome_seed=env_cfg.outcome_seed,
-        latency_load=getattr(env_cfg, "latency_load", None),
-        latency_load_models=getattr(env_cfg, "latency_load_models", None),
-    )  # fmt: skip
+    table = OutcomeTable.for_env(cfg.cache, env_cfg)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
     else:

@@ -104,9 +104,3 @@ class VLLMServer:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.kill()
-
-    def __enter__(self) -> VLLMServer:
-        return self.start() if self.proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
