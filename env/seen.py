@@ -62,7 +62,7 @@ class SeenState:
     """
 
     __slots__ = (
-        "pool_size", "has_scores", "keys", "gen", "scorer", "scores", "counts", "score_sum",
+        "pool_size", "has_scores", "keys", "scorer", "scores", "counts", "score_sum",
         "n_none", "max_score", "gen_sum", "tokens", "seconds", "widths", "round_tokens", "round_seconds",
     )  # fmt: skip
 
@@ -70,7 +70,6 @@ class SeenState:
         self.pool_size = int(pool_size)
         self.has_scores = bool(has_scores)
         self.keys: list[str | None] = []
-        self.gen: list[float] = []
         self.scorer: list[float] = []
         self.scores: list[float] = []
         self.counts: dict[str, int] = {}
@@ -98,7 +97,6 @@ class SeenState:
         for i, key in enumerate(keys):
             g = float(gen_tokens[i])
             self.keys.append(key)
-            self.gen.append(g)
             self.scorer.append(float(scorer_tokens[i]))
             s = float(scores[i]) if scores is not None else 0.0
             self.scores.append(s)

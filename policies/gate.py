@@ -26,8 +26,7 @@ per region. For a policy whose fitting cannot be repeated cheaply (an SB3 ``MlpP
 :func:`policies.gate_fit.holdout_gains` uses its choices on the validation split against the
 train-picked static. The sequential policy (issue #12) can use the same gate: a fallback per λ
 (a :class:`StaticFallback`, or its best tuned stopping rule) and :func:`fit_gate` fed with per-query
-held-out gains (its episodes' utilities minus the fallback's); only :meth:`Gate.apply` assumes one
-action per query.
+held-out gains (its episodes' utilities minus the fallback's).
 
 **Shrinkage.** The per-query gain δ(q) of the utility actor is scaled by α ∈ [0, 1] before it is
 used: α is the least-squares coefficient of the out-of-fold residual correctness (y − c̄) on the
@@ -178,14 +177,6 @@ class Gate:
     def open_share(self) -> float:
         """The share of λ regions in which the policy may deviate from its fallback."""
         return float(np.mean(self.open)) if self.open.size else 0.0
-
-    def apply(
-        self, mask: np.ndarray, routed: np.ndarray, lambda_tokens: float, lambda_seconds: float
-    ) -> np.ndarray:
-        """The routed actions where the gate is open at this λ, else the fallback."""
-        if self.is_open(lambda_tokens, lambda_seconds):
-            return np.asarray(routed, dtype=np.int64)
-        return self.fallback.choose(mask, lambda_tokens, lambda_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
