@@ -72,9 +72,10 @@ class RaceRule:
         try:
             n_s, tag = str(text).split(":")
             rule = next(r for r in RULES if tag.startswith(r))
-            return cls(int(n_s), int(tag[len(rule):]), rule)
+            n, k = int(n_s), int(tag[len(rule):])
         except (ValueError, StopIteration):
             raise ConfigError(f"race {text!r} is not N:agreeK or N:firstK (e.g. 8:agree3, 16:first4)") from None
+        return cls(n, k, rule)
 
     def __str__(self) -> str:
         return f"{self.n}:{self.tag}"
