@@ -275,8 +275,12 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
     from rollouts.backends.base import BackendError
 
     if router is None:
+        from importlib import import_module
+
         from policies.onnx_policy import OnnxPolicy
-        from route import LiveRouter
+
+        # route.py is `route` in a checkout and `ttc_alloc.cli.route` in the wheel (beside this module).
+        LiveRouter = import_module(f"{__package__}.route" if __package__ else "route").LiveRouter
 
         kind = OnnxPolicy(cfg.export).doc.get("kind", "allocate")
         if kind not in POLICY_KINDS:
