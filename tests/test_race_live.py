@@ -25,7 +25,7 @@ CACHE = ROOT / "data" / "default_cache"
 N_QUERIES = 20
 # the engine decodes a request's samples in lockstep: when the stopping sample's last chunk is read, the
 # other running samples' tokens of that same decode step may still be in flight, and one more step may run
-# before the abort reaches the engine core (see the README's live race figures)
+# before the abort reaches the engine core
 SLACK_PER_CANCELLED = 2
 
 
@@ -48,7 +48,7 @@ def _generated(url: str) -> float:
 
 def _closed_gate_export(run: Path, dest: Path) -> tuple[Path, float, float, str]:
     """The run's export with its gate closed everywhere (it plays the train+val-best static at each λ), and
-    a λ where that static is an ``agree`` race (a ``first`` race if none is)."""
+    a λ where that static is a race: an ``agree`` race if one is, else the race that stops earliest."""
     from policies.onnx_policy import OnnxPolicy
 
     shutil.copytree(run / "export", dest)
@@ -57,14 +57,14 @@ def _closed_gate_export(run: Path, dest: Path) -> tuple[Path, float, float, str]
     (dest / "policy.json").write_text(json.dumps(doc))
     policy = OnnxPolicy(dest)
     races = []
-    for lt in (0.0, 1e-4, 3e-4, 1e-3, 3e-3):
-        for ls in (0.0, 0.01, 0.03, 0.1, 0.3):
+    for lt in [0.0, *np.geomspace(1e-6, 1e-2, 9)]:
+        for ls in [0.0, *np.geomspace(1e-3, 1.0, 7)]:
             action = policy.menu[policy.gate.fallback.action(lt, ls)]
             spec = doc["serving"]["actions"][action]
             if spec["strategy"] == "race":
-                races.append((spec["rule"] != "agree", lt, ls, action))
-    assert races, "no λ of the grid makes a race the train+val-best static"
-    _, lt, ls, action = min(races)
+                races.append((spec["rule"] != "agree", spec["k"] / spec["n"], spec["n"], float(lt), float(ls), action))
+    assert races, "no λ makes a race the train+val-best static"
+    *_, lt, ls, action = min(races)
     return dest, lt, ls, action
 
 
