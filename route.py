@@ -9,7 +9,9 @@ collection the policy was trained on (``policy.json``'s ``serving`` spec, writte
 One JSON line per query on stdout, printed as each batched engine call finishes (so not in input
 order: ``index`` is the question's position): ``question``, ``action`` (menu id), ``params`` (the strategy run),
 ``answer``, ``correct`` (only with a reference answer), ``tokens`` (charged as the cache charges them:
-generated tokens, plus the scorer's for score-based selectors), ``seconds`` (wall time of the engine
+generated tokens, plus the scorer's for score-based selectors), ``generated_tokens`` (what the engine
+generated: a race's cancelled samples count the tokens streamed before the cancel), for a race
+``samples_launched`` / ``samples_finished`` / ``samples_cancelled``, ``seconds`` (wall time of the engine
 call that ran the query; queries routed to the same action share one batched call, ``batch`` says
 how many) and ``lambda_tokens`` / ``lambda_seconds``. A question that is empty, not valid UTF-8,
 longer than ``--max-chars`` or whose prompt does not fit the engine's context with the generation
@@ -36,6 +38,7 @@ from rollouts.errors import TTCError
 from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
 
 Answers = list[str | None] | None  # the questions' reference answers (None: none has one)
+SAMPLE_COUNTS = ("samples_launched", "samples_finished", "samples_cancelled")  # a race's line has them
 
 
 class RouteError(TTCError):
@@ -193,21 +196,23 @@ class LiveRouter:
             run = self.serving["actions"][action]  # a pool budget or a beam config (serving_spec)
             t0 = time.perf_counter()
             try:
-                done = [(o["answer"], o["correct"], o["tokens"]) for o in self.run_action(group, action)]
+                done = self.run_action(group, action)
             except (BackendError, ValueError) as exc:  # the engine refused this batch; the others still run
                 msg = " ".join(f"engine call failed: {type(exc).__name__}: {exc}".split())
                 yield {i: {"question": prompted[i].question, "action": action, "error": msg} for i in idx}
                 continue
             seconds = time.perf_counter() - t0
             results: dict[int, dict[str, Any]] = {}
-            for i, (answer, correct, tokens) in zip(idx, done):
+            for i, o in zip(idx, done):
                 results[i] = {
                     "question": prompted[i].question,
                     "action": action,
                     "params": run,
-                    "answer": answer,
-                    **({"correct": bool(correct)} if prompted[i].answer is not None else {}),
-                    "tokens": int(tokens),
+                    "answer": o["answer"],
+                    **({"correct": bool(o["correct"])} if prompted[i].answer is not None else {}),
+                    "tokens": int(o["tokens"]),
+                    "generated_tokens": int(o["generated_tokens"]),
+                    **{k: o[k] for k in SAMPLE_COUNTS if k in o},  # a race's samples
                     "seconds": round(seconds, 3),
                     "batch": len(idx),
                     "lambda_tokens": lambda_tokens,

