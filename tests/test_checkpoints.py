@@ -229,7 +229,8 @@ while True:
 
 def test_kill_9_during_a_best_model_save_leaves_the_previous_one(tiny_run, tmp_path):
     """A process saving best_model.zip over and over (train.py's save, policies/trust.py) is killed with
-    SIGKILL at random moments: the file under the name is always a whole, trusted, loadable model."""
+    SIGKILL at random moments: the file under the name is always a whole, trusted, loadable model. (The
+    same loop with SB3's own ``model.save`` leaves a torn zip nearly every time: it writes in place.)"""
     import random
     import signal
     import subprocess
@@ -243,7 +244,7 @@ def test_kill_9_during_a_best_model_save_leaves_the_previous_one(tiny_run, tmp_p
     best = tmp_path / "best_model.zip"
     shutil.copy(tiny_run / "best_model.zip", best)
     rng = random.Random(0)
-    for _ in range(3):
+    for _ in range(2):
         p = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(tiny_run / "final_model.zip"), str(best)],
                              cwd=root, stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
