@@ -117,7 +117,9 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False
     resolve the env's λ ranges into ``cfg.env`` and build the checkpoint meta. ``trust``
     (``--trust-checkpoint``): load zips this user's train.py did not write (policies/trust.py)."""
     from policies.ppo import make_meta
+    from policies.trust import ensure_store
 
+    ensure_store()  # every zip the job writes is recorded there: refuse an unwritable store before training
     env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
     _check_combination(cfg, env_cfg, ppo_cfg, resume, trust)

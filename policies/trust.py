@@ -69,13 +69,28 @@ def trusted_digests() -> set[str]:
     return found
 
 
+def _append_fd() -> int:
+    store = store_path()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.open(store, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"{store}: cannot write the checkpoint trust store ({exc.strerror}); set {ENV_VAR} to a file you can write"
+        ) from exc
+
+
+def ensure_store() -> None:
+    """Fail now, not at the first checkpoint, if the trust store cannot be written or is not trustworthy."""
+    os.close(_append_fd())
+    trusted_digests()
+
+
 def record(data: bytes, path: str | Path) -> None:
     """Add the sha256 of ``data`` (about to be written at ``path``) to the trust store, durably."""
-    store = store_path()
-    store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     entry = {"sha256": sha256(data), "path": str(Path(path).resolve()),
              "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    fd = os.open(store, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = _append_fd()
     try:
         os.write(fd, (json.dumps(entry) + "\n").encode())  # one write of one line: appends never interleave
         os.fsync(fd)

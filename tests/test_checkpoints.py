@@ -229,8 +229,8 @@ while True:
 
 def test_kill_9_during_a_best_model_save_leaves_the_previous_one(tiny_run, tmp_path):
     """A process saving best_model.zip over and over (train.py's save, policies/trust.py) is killed with
-    SIGKILL at random moments: the file under the name is always a whole, trusted, loadable model. (The
-    same loop with SB3's own ``model.save`` leaves a torn zip nearly every time: it writes in place.)"""
+    SIGKILL at a random moment: the file under the name is a whole, trusted, loadable model. (The same
+    loop with SB3's own ``model.save`` leaves a torn zip nearly every time: it writes in place.)"""
     import random
     import signal
     import subprocess
@@ -243,18 +243,29 @@ def test_kill_9_during_a_best_model_save_leaves_the_previous_one(tiny_run, tmp_p
     root = Path(__file__).resolve().parents[1]
     best = tmp_path / "best_model.zip"
     shutil.copy(tiny_run / "best_model.zip", best)
-    rng = random.Random(0)
-    for _ in range(2):
-        p = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(tiny_run / "final_model.zip"), str(best)],
-                             cwd=root, stdout=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            assert p.stdout is not None and p.stdout.readline().strip() == "saving"
-            time.sleep(rng.uniform(0.05, 0.5))
-        finally:
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=30)
-        assert p.returncode == -signal.SIGKILL
-        with zipfile.ZipFile(best) as zf:
-            assert zf.testzip() is None
-        assert load_model(best).ttc_meta["format"] == "ttc-alloc/ppo"  # no flag: still recorded as trusted
+    p = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(tiny_run / "final_model.zip"), str(best)],
+                         cwd=root, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "saving"
+        time.sleep(random.uniform(0.05, 0.5))  # the loop does nothing but save: the kill lands in one
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    with zipfile.ZipFile(best) as zf:
+        assert zf.testzip() is None
+    assert load_model(best).ttc_meta["format"] == "ttc-alloc/ppo"  # no flag: still recorded as trusted
     assert [p.name for p in tmp_path.glob("*.zip")] == ["best_model.zip"]  # a killed save's temp file is hidden
+
+
+def test_an_unwritable_trust_store_stops_training_before_it_starts(synthetic_cache, tmp_path, monkeypatch, capsys):
+    import train
+    from policies.trust import ENV_VAR
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "a_file" / "store.jsonl"))  # its folder cannot be made
+    rc = train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path / "runs"), "--name", "x",
+                     "--total-timesteps", "256", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and ENV_VAR in err[0] and "trust store" in err[0]
+    assert not (tmp_path / "runs" / "x").exists()
