@@ -7,9 +7,7 @@ during a save leaves the previous one loadable."""
 
 from __future__ import annotations
 
-import base64
 import json
-import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -18,27 +16,7 @@ import pytest
 
 import evaluate
 from evaluation.options import EvalOptions
-
-
-class _Plant:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):  # unpickling calls open(marker, "w"): the "planted command"
-        return (open, (self.marker, "w"))
-
-
-def plant(src: Path, dst: Path, marker: Path) -> Path:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "data":
-                d = json.loads(data)
-                d["planted"] = {":type:": "<class 'object'>",
-                                ":serialized:": base64.b64encode(pickle.dumps(_Plant(marker))).decode()}  # fmt: skip
-                data = json.dumps(d).encode()
-            zout.writestr(item, data)
-    return dst
+from tests.fixtures.planted_checkpoint import plant
 
 
 @pytest.fixture()
@@ -236,7 +214,6 @@ def test_kill_9_during_a_best_model_save_leaves_the_previous_one(tiny_run, tmp_p
     import subprocess
     import sys
     import time
-    import zipfile
 
     from policies.ppo import load_model
 
