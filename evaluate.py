@@ -127,14 +127,14 @@ class EvalInputs:
 
 def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     """The run's outcome table (at ``--latency-load``), its rows per split and the λ grid."""
-    from env.allocate_env import EnvConfig
+    from env.allocate_env import EnvConfig, stored_env_dict
     from env.splits import SPLITS, split_rows
     from policies.base import lambda_grid
     from policies.ppo import check_menu
 
     cache = source.cache
     lt_axis, ls_axis = opts.lambda_axes()
-    env_config = EnvConfig.from_dict(source.model_meta["env"])
+    env_config = EnvConfig.from_dict(stored_env_dict(source.model_meta["env"]))
     table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)  # --latency-load prices at it
     check_menu(source.model_meta, table, str(source.model_path))
     if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):

@@ -193,6 +193,7 @@ class Budgets:
         self._memo: dict[tuple[str, float, float], Any] = {}
 
     def _load(self) -> None:
+        from env.allocate_env import stored_env_dict
         from env.escalate_env import env_config_from
         from env.outcomes import OutcomeTable
         from env.splits import split_rows
@@ -206,7 +207,7 @@ class Budgets:
         cache = cfg.get("cache")
         if not cache or not Path(cache).is_dir():
             raise RequestError("ttc", f"the run's cache {cache!r} is not here (budget targets solve on it)")
-        table = OutcomeTable.for_env(cache, env_config_from(cfg.get("env") or {}))
+        table = OutcomeTable.for_env(cache, env_config_from(stored_env_dict(cfg.get("env"))))
         if list(table.action_ids) != list(self.router.policy.menu):
             raise RequestError("ttc", "the run's cache has another action menu than the export")
         from policies.budget import budget_rows
@@ -274,8 +275,12 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
     from rollouts.backends.base import BackendError
 
     if router is None:
+        from importlib import import_module
+
         from policies.onnx_policy import OnnxPolicy
-        from route import LiveRouter
+
+        # route.py is `route` in a checkout and `ttc_alloc.cli.route` in the wheel (beside this module).
+        LiveRouter = import_module(f"{__package__}.route" if __package__ else "route").LiveRouter
 
         kind = OnnxPolicy(cfg.export).doc.get("kind", "allocate")
         if kind not in POLICY_KINDS:

@@ -43,6 +43,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from env.menu import DEFAULT_RACES, parse_race_action
 from env.outcomes import OutcomeTable, get_table, validate_lambda
 from env.penalties import Lambdas, PenaltySampler, reward_divisor
 from env.splits import SPLITS, make_splits, split_rows
@@ -81,6 +82,9 @@ class EnvConfig:
     obs_noise: float = 0.0  # std of Gaussian noise added to the (standardised) query part of training obs
     split_seed: int = 0
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    # races on the menu: "<selector>@<N>:agree<K>" (launch N, stop when K finished answers agree, cancel
+    # the rest) or "...:first<M>" (stop at the M-th finisher); [] for budgets and beams only
+    races: list[str] = field(default_factory=lambda: list(DEFAULT_RACES))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "env") -> EnvConfig:
@@ -107,6 +111,10 @@ class EnvConfig:
             if not 0 < lo < hi:
                 raise ConfigError(f"env.{name} must satisfy 0 < lo < hi, got {list(rng)}")
             setattr(self, name, [lo, hi])
+        if not isinstance(self.races, (list, tuple)):
+            raise ConfigError(f"env.races must be a list like [best_score@8:agree3], got {self.races!r}")
+        for text in self.races:
+            parse_race_action(text)
         if not (isinstance(self.p_zero, (int, float)) and 0 <= self.p_zero <= 1):
             raise ConfigError(f"env.p_zero must be in [0, 1], got {self.p_zero!r}")
         if not (
@@ -333,13 +341,23 @@ class AllocateEnv(gym.Env):
         return len(self.rows) * max(len(self.eval_lambdas), 1)
 
 
+def stored_env_dict(d: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's stored ``env`` settings (config.yml, a model's meta) as this version reads them: a run
+    written before races existed stores no ``races``, and its menu had none."""
+    d = dict(d or {})
+    d.setdefault("races", [])
+    return d
+
+
 def _open_table(cache: str | Path | None, table: OutcomeTable | None, cfg: EnvConfig) -> OutcomeTable:
     """The env's outcome table: ``table`` or one built from ``cache``; a cache without seconds is
     said once per table (token costs only) and refuses a λ_L > 0."""
     if table is None:
         if cache is None:
             raise ConfigError("AllocateEnv needs a cache path or a table")
-        table = get_table(cache, cfg.mc_subsets, cfg.outcome_seed, cfg.latency_load, cfg.latency_load_models)
+        table = get_table(
+            cache, cfg.mc_subsets, cfg.outcome_seed, cfg.latency_load, cfg.latency_load_models, cfg.races
+        )
     if not table.latency_available:
         if cfg.lambda_seconds > 0:
             raise ConfigError(f"env.lambda_seconds is {cfg.lambda_seconds} but {table.latency_note}")

@@ -111,6 +111,8 @@ class EscalateMenu:
         or N not a draw size)."""
         if action.strategy in SEARCH_STRATEGIES:
             return [self.beam_index[action.config_id]] if action.config_id in self.beam_index else None
+        if action.race is not None:
+            return None  # a race stops mid-round; the step menu draws whole rounds
         if action.config_id != self.pool_config or action.n not in self.draw_index:
             return None
         return [self.draw_index[action.n], self.stop_index[action.selector or DEFAULT_SELECTOR]]

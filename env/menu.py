@@ -4,7 +4,11 @@
   8, ...} (powers of two <= K) plus K itself. N = 1 is one action (``<config>/sample@1``; no selector is
   needed); each N > 1 is offered with the ``majority`` selector, and with ``best_score`` and
   ``weighted`` only when every sample of that config in the cache carries a score;
-- every ``beam_search`` / ``search_result`` config is one action, its id is the config id.
+- every ``beam_search`` / ``search_result`` config is one action, its id is the config id;
+- races (``rollouts/strategies/race.py``), given as ``<selector>@<N>:agree<K>`` or ``...:first<M>``
+  (``env.races``), on every pool config with N <= K whose samples all carry their generated tokens (the
+  finish order needs them) and, for score selectors, their scores. Their id is
+  ``<pool config id>/<selector>@<N>:agree<K>``.
 
 Action ids are unique and stable (``<pool config id>/<selector>@<N>``); display names drop the pool
 prefix when the cache has a single pool config.
@@ -12,12 +16,22 @@ prefix when the cache has a single pool config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rollouts.cache import CacheError, RolloutCache
-from rollouts.strategies import POOL
+from rollouts.errors import ConfigError
+from rollouts.strategies import POOL, RaceRule
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS
+
+# The races every pool config offers by default (env.races): those that are the train+val-best static
+# of the bundled cache at some point of the default λ grid, out of 90 candidates (docs/races.md).
+DEFAULT_RACES: tuple[str, ...] = (
+    "majority@4:first1", "best_score@4:first2", "best_score@4:first3", "best_score@8:first3",
+    "best_score@8:first4", "best_score@8:first6", "best_score@16:first8", "best_score@8:agree4",
+    "best_score@16:agree4",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -28,15 +42,22 @@ class Action:
     config_id: str
     strategy: str  # the record kind: POOL, BEAM or SEARCH_RESULT (rollouts/strategies)
     selector: str | None  # sample@1 and search actions: None
-    n: int  # budget (samples); search actions: 1
+    n: int  # budget (samples); a race: the samples it launches; search actions: 1
     name: str  # display name
+    race: RaceRule | None = None  # a race derived from the pool (stops early, cancels the rest)
 
     @property
     def is_pool(self) -> bool:
+        """Derived from a pool record (budgets and races)."""
         return self.strategy == POOL
 
+    @property
+    def is_budget(self) -> bool:
+        """A plain budget of a pool: N samples, all waited for."""
+        return self.strategy == POOL and self.race is None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "id": self.id,
             "config_id": self.config_id,
             "strategy": self.strategy,
@@ -44,6 +65,20 @@ class Action:
             "n": self.n,
             "name": self.name,
         }
+        if self.race is not None:
+            d["race"] = {"k": self.race.k, "rule": self.race.rule}
+        return d
+
+
+def parse_race_action(text: str) -> tuple[str, RaceRule]:
+    """``best_score@8:agree3`` -> (selector, rule); ConfigError naming the entry otherwise."""
+    sel, _, rest = str(text).partition("@")
+    if sel not in SELECTORS or not rest:
+        raise ConfigError(
+            f"env.races entry {text!r} is not <selector>@<N>:agree<K> or ...:first<M> "
+            f"(selectors: {', '.join(SELECTORS)}; e.g. best_score@8:agree3)"
+        )
+    return sel, RaceRule.parse(rest)
 
 
 def pool_budgets(k: int) -> list[int]:
@@ -57,10 +92,12 @@ def pool_budgets(k: int) -> list[int]:
     return out
 
 
-def build_menu(cache: RolloutCache) -> list[Action]:
-    """The action menu found in the cache (see module docstring); raises CacheError if empty."""
+def build_menu(cache: RolloutCache, races: Sequence[str] = (), notes: list[str] | None = None) -> list[Action]:
+    """The action menu found in the cache (see module docstring), with the ``races`` it can offer; why it
+    could not offer some goes to ``notes``. Raises CacheError if empty."""
     pool_k: dict[str, int] = {}
     pool_scored: dict[str, bool] = {}
+    pool_timed: dict[str, bool] = {}  # every sample carries its generated tokens
     strategies: dict[str, str] = {}
     for r in cache.records:
         cfg = r["config_id"]
@@ -73,6 +110,8 @@ def build_menu(cache: RolloutCache) -> list[Action]:
             pool_k[cfg] = max(pool_k.get(cfg, 0), len(r["samples"]))
             scored = all(s.get("score") is not None for s in r["samples"])
             pool_scored[cfg] = pool_scored.get(cfg, True) and scored
+            timed = all(s.get("tokens") is not None for s in r["samples"])
+            pool_timed[cfg] = pool_timed.get(cfg, True) and timed
     if not strategies:
         raise CacheError(f"{cache.path}: the cache has no records, so no action menu")
     single_pool = len(pool_k) == 1
@@ -91,7 +130,27 @@ def build_menu(cache: RolloutCache) -> list[Action]:
                 if sel in SCORE_SELECTORS and not pool_scored[cfg]:
                     continue
                 menu.append(Action(f"{cfg}/{sel}@{n}", cfg, strat, sel, n, f"{prefix}{sel}@{n}"))
+    for cfg in (c for c in cache.config_ids if c in pool_k):
+        menu += _race_actions(cfg, pool_k[cfg], pool_scored[cfg], pool_timed[cfg], races, single_pool,
+                              [] if notes is None else notes)
     return menu
+
+
+def _race_actions(cfg: str, k: int, scored: bool, timed: bool, races: Sequence[str], single_pool: bool,
+                  notes: list[str]) -> list[Action]:
+    """The race actions ``races`` asks for that pool config ``cfg`` (pools of up to ``k`` samples) offers."""
+    if races and not timed:
+        notes.append(f"races are not offered on {cfg!r}: some of its samples lack their generated tokens, "
+                     "which a race's finish order needs")
+        return []
+    out, prefix = [], "" if single_pool else f"{cfg}/"
+    for text in races:
+        sel, rule = parse_race_action(text)
+        if rule.n > k or (sel in SCORE_SELECTORS and not scored):
+            continue  # a budget above the pool, or a score selector without scores: not offered, as for budgets
+        name = f"{sel}@{rule.n}:{rule.tag}"
+        out.append(Action(f"{cfg}/{name}", cfg, POOL, sel, rule.n, f"{prefix}{name}", rule))
+    return out
 
 
 def menu_difference(old: list[str], new: list[str]) -> str:

@@ -39,17 +39,19 @@ real ``select`` with the caller's generator breaking ties.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env.menu import build_menu
+from env.menu import DEFAULT_RACES, Action, build_menu
 from env.pool_outcomes import PoolGroup, PoolRecord, prepare_pool
 from rollouts.cache import CacheError, RolloutCache, load_cache
 from rollouts.errors import ConfigError
 from rollouts.latency import LatencyModel, Round
-from rollouts.strategies import SEARCH_STRATEGIES, BeamSpec, PoolSpec
+from rollouts.strategies import SEARCH_STRATEGIES, BeamSpec, PoolSpec, run_race
 from rollouts.strategies.selectors import select
 
 
@@ -77,13 +79,17 @@ class OutcomeTable:
 
     @classmethod
     def for_env(cls, cache: RolloutCache | str | Path, env_config: Any, latency_load: int | None = None) -> OutcomeTable:
-        """The table an env config (``EnvConfig`` / ``EscalateConfig``) prices: its Monte-Carlo settings
-        and latency load; ``latency_load`` prices seconds at that load instead (None: the config's)."""
-        return cls(
+        """The table an env config (``EnvConfig`` / ``EscalateConfig``) prices: its Monte-Carlo settings,
+        latency load and races; ``latency_load`` prices seconds at that load instead (None: the config's).
+        Races the cache cannot offer are said once, as ``warning:`` lines on stderr."""
+        table = cls(
             cache, mc_subsets=env_config.mc_subsets, outcome_seed=env_config.outcome_seed,
             latency_load=env_config.latency_load if latency_load is None else latency_load,
-            latency_load_models=env_config.latency_load_models,
+            latency_load_models=env_config.latency_load_models, races=getattr(env_config, "races", ()),
         )  # fmt: skip
+        for note in table.race_notes:
+            print(f"warning: {note}", file=sys.stderr)
+        return table
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class OutcomeTable:
         outcome_seed: int = 0,
         latency_load: int | None = None,
         latency_load_models: str | None = None,
+        races: Sequence[str] = DEFAULT_RACES,
     ):
         if not isinstance(cache, RolloutCache):
             cache = load_cache(cache)
@@ -101,9 +108,8 @@ class OutcomeTable:
         self.meta = cache.meta
         self.mc_subsets = int(mc_subsets)
         self.outcome_seed = int(outcome_seed)
-        self.menu = build_menu(cache)
-        self.action_ids = [a.id for a in self.menu]
-        self.action_names = [a.name for a in self.menu]
+        self.race_notes: list[str] = []  # races the cache cannot offer, and why
+        self.menu = build_menu(cache, races, self.race_notes)
         self.query_ids = cache.query_ids
         if not self.query_ids:
             raise CacheError(f"{cache.path}: no query has records")
@@ -137,6 +143,12 @@ class OutcomeTable:
             f"{cache.path}: no record has seconds and meta.json has no latency model: λ_L is fixed at 0 "
             "(token costs only)"
         )
+        if self.latency_available and self.latency is None and any(a.race for a in self.menu):
+            self.menu = [a for a in self.menu if a.race is None]
+            self.race_notes.append(f"races are not offered on {cache.path}: they stop mid-round, and pricing "
+                                   "that needs a latency model (meta.json has none; import with --latency-model)")
+        self.action_ids = [a.id for a in self.menu]
+        self.action_names = [a.name for a in self.menu]
         q_n, a_n = len(self.query_ids), len(self.menu)
         self.correct = np.zeros((q_n, a_n))
         self.tokens = np.zeros((q_n, a_n))
@@ -200,11 +212,14 @@ class OutcomeTable:
             self.mask[qi, ai] = True
 
     def _pool_seconds(
-        self, pool: PoolRecord, n: int, mean_max_tokens: float, prompt_tokens: int, where: str
+        self, pool: PoolRecord, a: Action, mean_max_tokens: float, prompt_tokens: int, where: str
     ) -> float:
+        """A pool action's seconds: one round of width ``a.n`` whose longest sample (a race: L_stop) has
+        ``mean_max_tokens`` tokens."""
+        n = a.n
         if not self.latency_available:
             return 0.0
-        if str(n) in pool.seconds_by_n and self.latency_load is None:
+        if str(n) in pool.seconds_by_n and self.latency_load is None and a.race is None:
             return pool.seconds_by_n[str(n)]
         if self.latency is not None:
             return self.latency.predict([Round(int(prompt_tokens), n, mean_max_tokens)])  # type: ignore[arg-type]
@@ -236,12 +251,17 @@ class OutcomeTable:
                 if a.n > k:
                     continue  # masked for these records
                 # the menu offers score selectors only where every sample is scored, so scores are there
-                exp_correct, exp_tokens, mean_max, exact = group.budget(
-                    a.n, a.selector, self.mc_subsets, self.outcome_seed
-                )
+                if a.race is not None:  # L_stop in place of the longest sample: the rest were cancelled
+                    exp_correct, exp_tokens, mean_max, exact = group.race(
+                        a.race, a.selector, self.mc_subsets, self.outcome_seed
+                    )
+                else:
+                    exp_correct, exp_tokens, mean_max, exact = group.budget(
+                        a.n, a.selector, self.mc_subsets, self.outcome_seed
+                    )
                 self.exact[ai] &= exact
                 for j, (qi, p, where) in enumerate(items):
-                    secs = self._pool_seconds(p, a.n, float(mean_max[j]), int(self.prompt_tokens[qi]), where)
+                    secs = self._pool_seconds(p, a, float(mean_max[j]), int(self.prompt_tokens[qi]), where)
                     acc = sums[ai].setdefault(qi, [0.0, 0.0, 0.0, 0])
                     acc[0] += exp_correct[j]
                     acc[1] += exp_tokens[j]
@@ -292,14 +312,19 @@ class OutcomeTable:
         pools = [p for p in self._pools[(qi, a.config_id)] if p.k >= a.n]
         p = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
         idx = np.sort(rng.choice(p.k, size=a.n, replace=False)) if a.n < p.k else np.arange(p.k)
+        where = f"query {self.query_ids[qi]!r} config {a.config_id!r}"
+        if a.race is not None:
+            race = run_race(a.race, [p.keys[i] for i in idx], p.gen_tokens[idx], None if p.scores is None else
+                            p.scores[idx], p.scorer_tokens[idx], a.selector or "majority", rng=rng)
+            secs = self._pool_seconds(p, a, race.stop_tokens, int(self.prompt_tokens[qi]), where)
+            return float(p.correct[idx[race.pick]]), race.tokens, secs
         if a.n == 1:
             pick = int(idx[0])
         else:
             sc = None if p.scores is None else [float(p.scores[i]) for i in idx]
             pick = int(idx[select(a.selector or "majority", [p.keys[i] for i in idx], sc, rng=rng)])
         tokens = PoolSpec.charged_tokens(float(p.gen_tokens[idx].sum()), float(p.scorer_tokens[idx].sum()), a.selector)
-        where = f"query {self.query_ids[qi]!r} config {a.config_id!r}"
-        secs = self._pool_seconds(p, a.n, float(p.gen_tokens[idx].max()), int(self.prompt_tokens[qi]), where)
+        secs = self._pool_seconds(p, a, float(p.gen_tokens[idx].max()), int(self.prompt_tokens[qi]), where)
         return float(p.correct[pick]), tokens, secs
 
     def pool_records(self, qi: int, config_id: str) -> list[PoolRecord]:
@@ -340,7 +365,7 @@ class OutcomeTable:
         return self.mean_correct(rows) - lambda_tokens * mt - lambda_seconds * ms
 
 
-_TABLES: dict[tuple[str, int, int, int | None, str | None], OutcomeTable] = {}
+_TABLES: dict[tuple[str, int, int, int | None, str | None, tuple[str, ...]], OutcomeTable] = {}
 
 
 def get_table(
@@ -349,12 +374,14 @@ def get_table(
     outcome_seed: int = 0,
     latency_load: int | None = None,
     latency_load_models: str | None = None,
+    races: Sequence[str] = DEFAULT_RACES,
 ) -> OutcomeTable:
-    """A process-wide memo of tables by (resolved path, mc_subsets, seed, load): envs share one table."""
-    key = (str(Path(cache).resolve()), int(mc_subsets), int(outcome_seed), latency_load, latency_load_models)
+    """A process-wide memo of tables by (resolved path, mc_subsets, seed, load, races): envs share one table."""
+    key = (str(Path(cache).resolve()), int(mc_subsets), int(outcome_seed), latency_load, latency_load_models,
+           tuple(races))
     if key not in _TABLES:
         _TABLES[key] = OutcomeTable(
             cache, mc_subsets=mc_subsets, outcome_seed=outcome_seed,
-            latency_load=latency_load, latency_load_models=latency_load_models,
+            latency_load=latency_load, latency_load_models=latency_load_models, races=races,
         )  # fmt: skip
     return _TABLES[key]

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from rollouts.strategies import PoolSpec
-from rollouts.strategies.selectors import TIE_TOL, answer_key
+from rollouts.strategies import PoolSpec, RaceRule
+from rollouts.strategies.selectors import SCORE_SELECTORS, TIE_TOL, answer_key
 
 
 def select_many(selector: str, answers: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
@@ -49,18 +49,21 @@ def select_many(selector: str, answers: np.ndarray, scores: np.ndarray | None) -
 
 
 def expected_selected_correct(
-    selector: str, answers: np.ndarray, scores: np.ndarray | None, correct: np.ndarray
+    selector: str, answers: np.ndarray, scores: np.ndarray | None, correct: np.ndarray,
+    present: np.ndarray | None = None,
 ) -> np.ndarray:
     """Vectorised expected correctness of :func:`select` with a uniformly random tie-break.
 
     ``answers``/``scores``/``correct``: (..., N) (``correct`` 0/1 floats). Among the tied best answers
     (``majority``, ``weighted``: each answer once, at its first sample) or the tied best samples
     (``best_score``), each is chosen with equal probability: the result is the mean of their
-    correctness, the exact expectation of ``select(..., rng=...)`` over its draws.
+    correctness, the exact expectation of ``select(..., rng=...)`` over its draws. ``present`` (bool,
+    (..., N)) restricts the selection to those samples (a race's finished ones); None: all.
     """
-    valid = answers >= 0
+    present = np.ones(answers.shape, dtype=bool) if present is None else present
+    valid = (answers >= 0) & present
     any_valid = valid.any(axis=-1, keepdims=True)
-    eligible = valid | ~any_valid  # None never wins unless all are None
+    eligible = valid | (~any_valid & present)  # None never wins unless all (present) are None
     if selector == "best_score":
         if scores is None:
             raise ValueError("best_score needs scores")
@@ -78,7 +81,7 @@ def expected_selected_correct(
         weight = np.where(eligible, weight, -np.inf)
         n = answers.shape[-1]
         earlier = np.tril(np.ones((n, n), dtype=bool), k=-1)  # [i, j]: j < i
-        candidate = eligible & ~(eq & earlier).any(axis=-1)  # first sample of each answer
+        candidate = eligible & ~(eq & earlier & eligible[..., None, :]).any(axis=-1)  # first sample of each answer
     else:
         raise ValueError(f"unknown selector {selector!r}")
     top = np.max(np.where(candidate, weight, -np.inf), axis=-1, keepdims=True)
@@ -180,3 +183,54 @@ class PoolGroup:
         exp_tokens = per_sample.mean(axis=1) * n
         mean_max = self.gen_tokens[:, subsets].max(axis=2).mean(axis=1)
         return exp_correct, exp_tokens, mean_max, exact
+
+    def race(
+        self, rule: RaceRule, selector: str | None, mc_subsets: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """A race launching ``rule.n`` (<= K) samples, over the same subsets as budget ``rule.n``: per
+        record the expected correctness, charged tokens and L_stop, and whether subsets were exact."""
+        subsets, exact = subsets_for(self.answers.shape[1], rule.n, mc_subsets, seed)
+        out = np.empty((3, len(self.answers)))
+        for lo in range(0, len(self.answers), 64):  # bound memory for big pools
+            sl = slice(lo, lo + 64)
+            sc = self.scores[sl][:, subsets] if self.scores is not None else None
+            parts = race_many(
+                rule, selector, self.answers[sl][:, subsets], self.gen_tokens[sl][:, subsets], sc,
+                self.scorer_tokens[sl][:, subsets], self.correct[sl][:, subsets],
+            )  # fmt: skip
+            for j, arr in enumerate(parts):
+                out[j, sl] = arr.mean(axis=1)
+        return out[0], out[1], out[2], exact
+
+
+def race_many(
+    rule: RaceRule, selector: str | None, answers: np.ndarray, gen_tokens: np.ndarray, scores: np.ndarray | None,
+    scorer_tokens: np.ndarray, correct: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised :func:`rollouts.strategies.race.run_race` over leading axes (tests check it against it).
+
+    Inputs (..., N): the N launched samples of each race in sample order. Returns, per race, the
+    expected correctness of the selector over the finished samples (random tie-break, in expectation),
+    the charged tokens and L_stop (the decode steps until the stop).
+    """
+    n = answers.shape[-1]
+    order = np.argsort(gen_tokens, axis=-1, kind="stable")  # finish order: shortest first, ties by position
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, order, axis=-1)
+
+    ans, tok, cor, scr = take(answers), take(gen_tokens), take(correct), take(scorer_tokens)
+    pos = np.arange(n)
+    if rule.rule == "first":
+        hit = np.broadcast_to(pos == rule.k - 1, ans.shape)
+    else:
+        same = (ans[..., :, None] == ans[..., None, :]) & (pos[None, :] <= pos[:, None])  # [t, j]: j <= t agrees
+        hit = ((same.sum(axis=-1) >= rule.k) & (ans >= 0))
+    stop = np.argmax(hit | (pos == n - 1), axis=-1)  # the first finisher at which the race stops
+    present = pos <= stop[..., None]
+    stop_len = np.take_along_axis(tok, stop[..., None], axis=-1)[..., 0]
+    generated = np.minimum(tok, stop_len[..., None]).sum(axis=-1)
+    sel = selector or "majority"
+    charged = generated + ((scr * present).sum(axis=-1) if sel in SCORE_SELECTORS else 0.0)
+    exp_correct = expected_selected_correct(sel, ans, None if scores is None else take(scores), cor, present)
+    return exp_correct, charged, stop_len

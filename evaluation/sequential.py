@@ -69,6 +69,7 @@ class SequentialSetup:
 def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     """The run's outcome table and step menu (checked against the model's), ``--compare-run``'s policy
     and the rows per split."""
+    from env.allocate_env import stored_env_dict
     from env.escalate_env import env_config_from
     from env.escalate_menu import EscalateMenu
     from env.seen import SeenUnits
@@ -77,7 +78,7 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     from policies.ppo import check_menu
 
     model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
-    env_config = env_config_from(model_meta["env"])
+    env_config = env_config_from(stored_env_dict(model_meta["env"]))
     table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)
     check_menu(model_meta, table, str(model_path))
     menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]

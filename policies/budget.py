@@ -25,7 +25,7 @@ from rollouts.errors import TTCError
 COSTS = ("tokens", "seconds")
 #: which queries a target is solved on. ``train+val`` (default): all non-test queries. On the bundled
 #: cache the validation split alone (~216 queries) is too small: its mean cost at a fixed λ sits ~10 %
-#: above the train and test splits' (README, "Budgets"), so a λ solved on it misses on test.
+#: above the train and test splits' (docs/evaluation.md, "Budgets instead of prices"), so a λ solved on it misses on test.
 BUDGET_SPLITS = ("train+val", "val")
 
 

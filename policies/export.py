@@ -65,13 +65,15 @@ def serving_spec(table) -> dict[str, Any] | None:
         k in meta for k in ("model", "sampling", "scorer", "featurizer")
     ):
         return None
-    from rollouts.strategies import BEAM, PoolSpec, StrategySpec, parse_strategy
+    from rollouts.strategies import BEAM, PoolSpec, RaceSpec, StrategySpec, parse_strategy
 
     # the collection menu's beam configs; a pool action is a pool run of its budget
     beams = {s.config_id: s for s in (parse_strategy(m) for m in meta.get("menu", []) if m.get("strategy") == BEAM)}
     actions: dict[str, Any] = {}
     for a in table.menu:
-        run: StrategySpec | None = PoolSpec(a.n) if a.is_pool else beams.get(a.config_id)
+        run: StrategySpec | None = PoolSpec(a.n) if a.is_budget else beams.get(a.config_id)
+        if a.race is not None:
+            run = RaceSpec(a.n, a.race.k, a.race.rule)
         if run is None:
             return None
         actions[a.id] = run.serving_action(a.selector)
@@ -224,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         serving = None
         cache = model.ttc_meta.get("cache")
         if cache and Path(cache).is_dir():
+            from env.allocate_env import stored_env_dict
             from env.outcomes import OutcomeTable
             from policies.ppo import check_menu
 
-            table = OutcomeTable(cache)
+            table = OutcomeTable(cache, races=stored_env_dict(model.ttc_meta.get("env"))["races"])
             check_menu(model.ttc_meta, table, str(ck))
             serving = serving_spec(table)
         else:

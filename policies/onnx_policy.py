@@ -26,7 +26,7 @@ from policies.gate import Gate
 from policies.observation import ObsEncoder
 from rollouts.errors import TTCError
 
-ort.disable_telemetry_events()  # no usage telemetry from policy loading (README, "Telemetry")
+ort.disable_telemetry_events()  # no usage telemetry from policy loading (docs/reliability.md)
 
 
 class OnnxPolicyError(TTCError):

@@ -13,7 +13,7 @@ kill is the last line of a file without a trailing newline, which ``JsonlAppende
 was never acknowledged, so nothing is lost). Any other unreadable line is corruption: ``CacheError``
 names the file and the line number.
 
-Schema v1 (see README "Rollout cache schema"). Fields that a producer may not have are optional and
+Schema v1 (see docs/cache.md). Fields that a producer may not have are optional and
 flagged: ``seconds`` may be ``None`` with ``seconds_source`` telling ``"measured"``, ``"modelled"``
 or ``"missing"``; sample ``score``/``tokens``/``correct`` may be ``None``; ``provenance`` says for
 each measured field whether it was measured by the engine, graded here, given by a third party or

@@ -1,6 +1,6 @@
 """The cache summary printed after collection and by ``collect.py stats``.
 
-JSON keys (documented in the README):
+JSON keys (documented in docs/collect.md):
 
 - ``queries``, ``records``: counts; ``tokens``: all generated tokens; ``seconds``: sum of record latencies;
 - ``configs``: per config id: ``strategy``, ``records``, ``accuracy`` (a pool's per-sample accuracy, i.e.

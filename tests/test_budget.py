@@ -109,7 +109,7 @@ def test_shipped_latency_by_load_file():
     from rollouts.latency_load import DEFAULT_PATH, load_models
 
     models = load_models(DEFAULT_PATH)  # shipped with the repo: its absence is a failure, not a skip
-    assert {1, 4, 16} <= set(models)  # the loads the README's "Latency under load" reports
+    assert {1, 4, 16} <= set(models)  # the loads docs/evaluation.md's "Latency under load" reports
     beam = [Round(50, 8, 20)] * 4  # four rounds of eight beams
     pool = [Round(50, 8, 60)]
     for m in models.values():

@@ -46,7 +46,7 @@ def train_and_evaluate(cache: Path, runs: Path) -> dict:
 
 
 def report(label: str, res: dict) -> None:
-    """One line of the figures the README quotes (shown with ``pytest -s``)."""
+    """One line of the figures docs/results.md quotes (shown with ``pytest -s``)."""
     s, p0 = res["summary"], res["points"][0]
     print(
         f"\n{label}: {res['n_queries']} test queries, gate open at {s['gate']['points_open']['ppo']}/25 "

@@ -67,11 +67,11 @@ def test_ragged_pools_one_config_masked_and_reported(tmp_path):
     assert [c for c in cache.config_ids if c.startswith("pool")] == [cfg]  # one pool config whatever K
     assert s.cache["short_pools"][cfg] == {"K": 6, "records_by_k": {"3": 2, "4": 1, "5": 1}}
     t = OutcomeTable(cache)
-    assert [a.id for a in t.menu if a.is_pool][-1] == f"{cfg}/majority@6"  # stable: budgets from the largest K
+    assert [a.id for a in t.menu if a.is_budget][-1] == f"{cfg}/majority@6"  # stable: budgets from the largest K
     for i, k in SHORT.items():
         qi = t.qindex[f"api-{i}"]
         for ai, a in enumerate(t.menu):
-            if a.is_pool:
+            if a.is_budget:
                 assert t.mask[qi, ai] == (a.n <= k), (i, a.id)
     assert {p["query_id"] for p in t.short_pools} == {f"api-{i}" for i in SHORT}
     assert t.mask[[t.qindex[f"api-{i}"] for i in range(24) if i not in SHORT]].all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class SamplingSpec:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled" (a race stopped it)
     logprobs: list[float] | None = None  # per generated token
     stop_reason: str | int | None = None  # the stop string that ended it, if any
 
@@ -65,6 +66,19 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[list[Completion]]:
         """Run one request per prompt (token ids) with its spec; all requests may be batched."""
+
+    def generate_watched(
+        self, prompts: list[list[int]], specs: list[SamplingSpec], on_finish: Callable[[int, int, Completion], bool]
+    ) -> list[list[Completion]]:
+        """Like :meth:`generate`, but calls ``on_finish(prompt index, sample index, completion)`` as each
+        sample finishes, in the order the engine finishes them; once it returns True for a prompt, that
+        prompt's unfinished samples are cancelled on the engine and come back with ``finish_reason``
+        ``"cancelled"`` and the token ids the engine generated before the cancel. A backend that cannot
+        cancel refuses (races run live only against a server)."""
+        raise BackendError(
+            f"the {self.info.get('backend', type(self).__name__)!r} backend cannot cancel samples, so it cannot run "
+            "a race: use the openai backend (a vLLM OpenAI-compatible server)"
+        )
 
     @property
     @abstractmethod

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def server_command(model_path: str, port: int, served_model_name: str, max_model_len: int = 1024) -> list[str]:
-    """The command line that starts the upstream server (also printed in the README)."""
+    """The command line that starts the upstream server (also in docs/collect.md and docs/serving.md)."""
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",

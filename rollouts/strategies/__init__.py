@@ -23,14 +23,19 @@ from rollouts.strategies.base import (
 )
 from rollouts.strategies.beam_search import BeamSpec
 from rollouts.strategies.pool import PoolSpec
+from rollouts.strategies.race import RACE, RaceRule, RaceSpec, RaceWatch, run_race
 
 __all__ = [
-    "BEAM", "POOL", "SEARCH_RESULT", "SEARCH_STRATEGIES", "STRATEGIES", "BeamSpec", "PoolSpec", "PromptedQuery",
-    "StrategyResult", "StrategySpec", "parse_serving_action", "parse_strategy",
+    "BEAM", "POOL", "RACE", "SEARCH_RESULT", "SEARCH_STRATEGIES", "SERVING_STRATEGIES", "STRATEGIES", "BeamSpec",
+    "PoolSpec", "PromptedQuery", "RaceRule", "RaceSpec", "RaceWatch", "StrategyResult", "StrategySpec",
+    "parse_serving_action", "parse_strategy", "run_race",
 ]  # fmt: skip
 
-# The runnable strategies by menu name (the shape of search-and-learn's approach table).
+# The strategies a collection menu runs, by menu name (the shape of search-and-learn's approach table).
 STRATEGIES: dict[str, type[StrategySpec]] = {POOL: PoolSpec, BEAM: BeamSpec}
+# What a policy can play live: the collected strategies, plus races, which derive from a pool record in
+# the cache (env/pool_outcomes.py) and run live as one streaming request cancelled at the stop.
+SERVING_STRATEGIES: dict[str, type[StrategySpec]] = {**STRATEGIES, RACE: RaceSpec}
 
 
 def parse_strategy(item: Mapping[str, Any]) -> StrategySpec:
@@ -44,4 +49,7 @@ def parse_strategy(item: Mapping[str, Any]) -> StrategySpec:
 
 def parse_serving_action(action: Mapping[str, Any]) -> tuple[StrategySpec, str | None]:
     """The run and selector of one policy.json serving action (:meth:`StrategySpec.serving_action`)."""
-    return parse_strategy(action), action.get("selector")
+    name = action.get("strategy")
+    if name not in SERVING_STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r} (known: {', '.join(SERVING_STRATEGIES)})")
+    return SERVING_STRATEGIES[name].from_item(dict(action)), action.get("selector")
