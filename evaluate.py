@@ -5,8 +5,9 @@
     python evaluate.py --run runs/<name> --lambda-tokens 0 1e-4 --lambda-seconds 0 0.1
     python evaluate.py --export runs/<name>/export               # the ONNX export: never unpickles
 
-A ``.zip`` checkpoint is a pickle and runs code when loaded: ``--checkpoint`` of a file outside the
-run folder needs ``--trust-checkpoint``; share and evaluate exports (``--export``) instead.
+A ``.zip`` checkpoint is a pickle and runs code when loaded: one your own train.py did not write (its
+sha256 is not in your trust store, policies/trust.py) needs ``--trust-checkpoint``; without it ``--run``
+evaluates the run's ONNX export instead (a ``warning:`` line names it). Share and evaluate exports.
 
 For each (λ_T, λ_L) point and each policy: accuracy (expected correctness), mean tokens, mean seconds
 and utility = accuracy − λ_T·tokens − λ_L·seconds, on the run's test split (``--split``; queries
@@ -172,7 +173,8 @@ def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) ->
             f"{source.model_path}: the policy was trained on {dim} features per query, {source.cache} has "
             f"{table.features.shape[1]} (another featurizer)"
         )
-    ppo = ExportedPolicy(onnx, gated=False) if onnx is not None else PPOPolicy(load_model(source.model_path, table))
+    trust = opts.trust_checkpoint
+    ppo = ExportedPolicy(onnx, gated=False) if onnx is not None else PPOPolicy(load_model(source.model_path, table, trust=trust))
     router = ProbeRouter(ProbeConfig(seed=opts.seed)).fit(table, rows_of["train"], rows_of["val"])
     # the gated policies (policies/gate.py): the run's gate with its gain shrinkage, and the router's
     # own gate from the same cross-fitted rule, so the router comparison stays fair
@@ -182,7 +184,7 @@ def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) ->
         gate = onnx.gate or run_gate(source.run_dir, None, table, rows_of["train"], rows_of["val"], source.run_config)
         ppo_gated = ExportedPolicy(onnx)
     else:
-        gated_model = load_model(source.model_path, table)
+        gated_model = load_model(source.model_path, table, trust=trust)
         gate = run_gate(source.run_dir, gated_model, table, rows_of["train"], rows_of["val"], source.run_config)
         if gate.shrinkage is not None:
             shrink_gain(gated_model, gate.shrinkage)
@@ -261,11 +263,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder (runs/<name>)")
     p.add_argument(
         "--checkpoint",
-        help="a model zip (default: the run's best_model.zip); zips run code when loaded, so one outside "
-        "the run folder needs --trust-checkpoint",
+        help="a model zip (default: the run's best_model.zip); zips run code when loaded, so one your "
+        "train.py did not write needs --trust-checkpoint",
     )
     p.add_argument(
-        "--trust-checkpoint", action="store_true", help="load a --checkpoint from outside the run folder"
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a zip your train.py did not write (without it, --run evaluates the run's ONNX export)",
     )
     p.add_argument(
         "--export",

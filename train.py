@@ -36,7 +36,10 @@ arguments; each resume appends its command to ``command.txt``. Without ``--resum
 folder is never touched. One job per run folder: a second one exits 2 naming the holder's pid (an
 OS lock on ``runs_dir/.<name>.lock``, released when the job ends or dies).
 
-Checkpoints (``*.zip``) are pickles: load only your own (see README, "Checkpoints are code").
+Checkpoints (``*.zip``) are pickles and run code when loaded. Every zip is written atomically (temp
+file, fsync, rename: a kill leaves the previous one whole) and its sha256 recorded in your trust store
+(policies/trust.py, outside the run folder); ``--resume`` and ``warm_start_from`` load only zips whose
+hash is there, others need ``--trust-checkpoint`` (see README, "Checkpoints are code").
 Errors (bad cache, unknown key, bad λ, other action menu...) print one ``error: ...`` line, exit 2.
 """
 
@@ -196,7 +199,11 @@ def default_name(cfg: TrainConfig) -> str:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, argv: list[str] | None = None, args_dict: dict | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    argv: list[str] | None = None,
+    args_dict: dict | None = None,
+    trust_checkpoint: bool = False,
 ) -> Path:
     """Train (or resume) and return the run folder. Everything is validated before anything is written.
 
@@ -224,7 +231,7 @@ def train(
             raise ConfigError(
                 f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
             )
-        return _train(cfg, resume, argv, args_dict, name, run_dir, lock)
+        return _train(cfg, resume, argv, args_dict, name, run_dir, lock, trust_checkpoint)
     finally:
         lock.release()
 
@@ -237,6 +244,7 @@ def _train(
     name: str,
     run_dir: Path,
     lock: FolderLock,
+    trust_checkpoint: bool = False,
 ) -> Path:
     """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run),
     as named stages (policies/training.py): set up → make envs → model → run folder → callbacks →
@@ -244,7 +252,7 @@ def _train(
     from policies import training as stage
     from policies.run_folder import write_run_folder
 
-    job = stage.set_up(cfg, name, run_dir, resume)  # table, splits, encoder; cfg.env gets its λ ranges
+    job = stage.set_up(cfg, name, run_dir, resume, trust_checkpoint)  # table, splits, encoder; cfg.env gets its λ ranges
     envs = stage.make_envs(job)  # n_envs training envs, one validation env cycling over val x λ grid
     model = stage.load_resumed_model(job, envs) if resume else None  # refused before anything is written
     lock.acquire()  # everything validated: take the folder (another job may have started meanwhile)
@@ -289,6 +297,12 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue runs_dir/<name> from its latest readable checkpoint, with its own config",
     )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load --resume's checkpoint and warm_start_from's model even if your train.py did not write "
+        "them (a .zip runs code when loaded)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -317,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = TrainConfig.from_dict(d)
         else:
             cfg = build_config(args)
-        run_dir = train(cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args))
+        run_dir = train(
+            cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args),
+            trust_checkpoint=args.trust_checkpoint,
+        )  # fmt: skip
     except TTCError as exc:
         return report(exc)
     print(f"run folder: {run_dir}")

@@ -24,7 +24,7 @@ class EvalOptions:
     checkpoint: str | None = None  # --checkpoint
     which_model: str = "best"  # --model: best | final (of --run)
     export: str | None = None  # --export DIR
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = False  # load zips this user's train.py did not write (policies/trust.py)
     cache: str | None = None  # default: the run's
     # -- where: the evaluated split and the λ grid (explicit axes replace the grid's)
     split: str = "test"

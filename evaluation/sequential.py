@@ -84,7 +84,7 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
     if list(menu.ids) != list(model_meta["escalate"]["step_menu"]):
         raise ConfigError(f"{model_path}: its step menu {model_meta['escalate']['step_menu']} is not {menu.ids}")
-    oneshot = _compare_policy(opts.compare_run, table)
+    oneshot = _compare_policy(opts.compare_run, table, opts.trust_checkpoint)
     encoder = ObsEncoder.from_dict(model_meta["encoder"])
     units = SeenUnits.from_dict(model_meta["escalate"]["units"])
     splits = json.loads((source.run_dir / "splits.json").read_text())
@@ -101,21 +101,22 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     return SequentialSetup(table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows)
 
 
-def _compare_policy(compare_run: str | None, table: OutcomeTable) -> Any:
-    """The one-shot run ``--compare-run`` names (its best model), on this table's menu; None without."""
+def _compare_policy(compare_run: str | None, table: OutcomeTable, trust: bool) -> Any:
+    """The one-shot run ``--compare-run`` names (its best model), on this table's menu; None without.
+    ``trust``: load it even if this user's train.py did not write it (policies/trust.py)."""
     if not compare_run:
         return None
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
 
     run = Path(compare_run)
     compare_path = run / "best_model.zip" if run.is_dir() else run
-    compare_meta = read_meta(compare_path)
+    compare_meta = read_meta(compare_path, trust)
     if compare_meta.get("kind") == "escalate":
         raise ConfigError(
             f"{compare_path}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
         )
     check_menu(compare_meta, table, str(compare_path))
-    return PPOPolicy(load_model(compare_path, table))
+    return PPOPolicy(load_model(compare_path, table, trust=trust))
 
 
 class SequentialEvaluation:
@@ -176,7 +177,9 @@ class SequentialEvaluation:
 
         opts = self.opts
         self._tune_rules()
-        self.seq_policy = model_policy(load_model(self.setup.model_path, self.setup.table))
+        self.seq_policy = model_policy(
+            load_model(self.setup.model_path, self.setup.table, trust=opts.trust_checkpoint)
+        )
         n_q = len(self.setup.rows)
         self.weights = two_stage_weights(n_q, opts.n_orders, opts.n_boot, opts.seed) if opts.n_boot > 0 else None
         for lt, ls in tqdm(self.lambdas, desc="λ points", disable=not opts.progress):

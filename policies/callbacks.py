@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.logger import HParam, Logger, TensorBoardOutputFormat
 
 from env.outcomes import OutcomeTable
 from policies.base import score_choices
+from policies.trust import save_model
+from rollouts.atomic import write_text_atomic
 
 
 def tb_tag(action_id: str) -> str:
@@ -170,17 +172,30 @@ class EscalateValCallback(BaseCallback):
 
 
 class BestTracker(BaseCallback):
-    """Called on each new best validation result: writes its value and step to ``best.json`` (a
-    resume reads it back, so a later best must beat the killed job's)."""
+    """Called on each new best validation result: saves ``best_model.zip`` (the EvalCallback saves
+    nothing itself) and writes the value and step to ``best.json`` (a resume reads it back, so a later
+    best must beat the killed job's). Both are replaced atomically, the zip recorded as trusted
+    (:func:`policies.trust.save_model`): a kill mid-save leaves the previous pair."""
 
-    def __init__(self, best_path: Path):
+    def __init__(self, best_path: Path, model_path: Path):
         super().__init__()
-        self.best_path = best_path
+        self.best_path, self.model_path = best_path, model_path
 
     def _on_step(self) -> bool:
         assert isinstance(self.parent, EvalCallback)  # callback_on_new_best of the EvalCallback
+        save_model(self.model, self.model_path)
         best = {"best_mean_reward": float(self.parent.best_mean_reward), "timesteps": int(self.num_timesteps)}
-        self.best_path.write_text(json.dumps(best) + "\n")
+        write_text_atomic(self.best_path, json.dumps(best) + "\n")
+        return True
+
+
+class TrustedCheckpointCallback(CheckpointCallback):
+    """SB3's CheckpointCallback (``<save_path>/<prefix>_<steps>_steps.zip``), each zip written atomically
+    and recorded as trusted (:func:`policies.trust.save_model`)."""
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            save_model(self.model, self._checkpoint_path(extension="zip"))
         return True
 
 

@@ -66,10 +66,12 @@ def env_simulator(env: Any, table: OutcomeTable, encoder: ObsEncoder, n_orders: 
 
 
 def clone_oneshot_into(
-    model, oneshot_run: str, table: OutcomeTable, encoder: ObsEncoder, train_env: Any, env_cfg: Any, seed: int
+    model, oneshot_run: str, table: OutcomeTable, encoder: ObsEncoder, train_env: Any, env_cfg: Any, seed: int,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """:func:`warm_start_from_oneshot` on the training env's queries (two sample orders each) at 32 λ
-    drawn as the env draws them; the report gains the seconds it took."""
+    drawn as the env draws them; the report gains the seconds it took. ``trust``: load the one-shot
+    run's zip even if this user's train.py did not write it (policies/trust.py)."""
     import time
 
     train_env.reset(seed=seed)
@@ -77,7 +79,9 @@ def clone_oneshot_into(
     sim = env_simulator(train_env, table, encoder, 2, seed=seed + 1)
     t0 = time.time()
     cost_scale = train_env.cost_scale
-    clone = warm_start_from_oneshot(model, oneshot_run, table, sim, lambdas, env_cfg, cost_scale, seed=seed)
+    clone = warm_start_from_oneshot(
+        model, oneshot_run, table, sim, lambdas, env_cfg, cost_scale, seed=seed, trust=trust
+    )
     clone["seconds"] = round(time.time() - t0, 2)
     return clone
 
@@ -131,6 +135,7 @@ def warm_start_from_oneshot(
     cost_scale: tuple[float, float],
     epochs: int = 20,
     seed: int = 0,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """Behaviour-clone a one-shot run before PPO: the actor learns to play the one-shot policy's choice
     as its first move (``draw@N`` then ``stop:<selector>``, or the beam), the critic the normalised
@@ -148,10 +153,11 @@ def warm_start_from_oneshot(
 
     p = Path(oneshot_run)
     path = p / "best_model.zip" if p.is_dir() else p
-    if env_kind(read_meta(path)) != "allocate":
+    meta = read_meta(path, trust)
+    if env_kind(meta) != "allocate":
         raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
-    check_menu(read_meta(path), table, str(path))
-    oneshot = PPOPolicy(load_model(path, table))
+    check_menu(meta, table, str(path))
+    oneshot = PPOPolicy(load_model(path, table, trust=trust))
     obs_np, masks, acts_np, rtg_np = _clone_targets(oneshot, table, sim, lambdas, env_cfg, cost_scale)
     obs, acts = torch.as_tensor(obs_np), torch.as_tensor(acts_np)
     rtg = torch.as_tensor(rtg_np, dtype=torch.float32)

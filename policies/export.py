@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Export a ttc-alloc checkpoint to ONNX (parity-checked).")
     p.add_argument("checkpoint", help="a .zip saved by train.py (best_model, final_model or checkpoints/...)")
     p.add_argument("out", help="output folder for policy.onnx + policy.json (must not hold an export yet)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a zip your train.py did not write (a .zip runs code when loaded; policies/trust.py)",
+    )
     args = p.parse_args(argv)
     from policies.ppo import load_model
 
@@ -215,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     partial = out.parent / f".{out.name}.partial"  # renamed into place only once the parity check passed
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        model = load_model(ck)  # a missing file or a non-ttc-alloc zip raises CheckpointError
+        # a missing file or a non-ttc-alloc zip raises CheckpointError, one this user's train.py did not
+        # write UntrustedCheckpointError (before anything of it is unpickled)
+        model = load_model(ck, trust=args.trust_checkpoint)
         serving = None
         cache = model.ttc_meta.get("cache")
         if cache and Path(cache).is_dir():

@@ -5,6 +5,8 @@ Every saved model carries ``model.ttc_meta`` (SB3 stores plain attributes in the
 ``{"format": "ttc-alloc/ppo", "menu": [action ids], "menu_names": [...], "encoder": ObsEncoder dict,
 "env": EnvConfig dict, "cache": path}``. :func:`read_meta` reads it without loading the network, so a
 checkpoint made for another action menu is refused with both menus' difference before anything runs.
+Reading a zip unpickles it: :func:`read_meta` and :func:`load_model` load only one that this user's
+train.py wrote (:mod:`policies.trust`, which also saves them), any with ``trust=True``.
 
 The problem is a contextual bandit (one-step episodes, ``terminated=True``): returns are the rewards,
 ``gamma``/``gae_lambda`` have no effect (the config sets ``gamma: 0`` to say so), and short rollouts
@@ -13,6 +15,7 @@ The problem is a contextual bandit (one-step episodes, ``terminated=True``): ret
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,23 +173,35 @@ def make_meta(table: OutcomeTable, encoder: ObsEncoder, env_cfg: dict[str, Any])
 # Checkpoints
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The ttc_meta stored in a saved model, without building the network."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
+def _zip_path(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists() and p.with_suffix(".zip").exists():
         p = p.with_suffix(".zip")
     if not p.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    return p
+
+
+def _meta_of(p: Path, stream: Any) -> dict[str, Any]:
+    from stable_baselines3.common.save_util import load_from_zip_file
+
     try:
-        data, _, _ = load_from_zip_file(p, load_data=True, device="cpu", print_system_info=False)
+        data, _, _ = load_from_zip_file(stream, load_data=True, device="cpu", print_system_info=False)
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{p}: not a stable-baselines3 model ({exc})") from exc
     meta = (data or {}).get("ttc_meta")
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise CheckpointError(f"{p}: not a ttc-alloc PPO checkpoint (no ttc_meta)")
     return meta
+
+
+def read_meta(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The ttc_meta stored in a saved model, without building the network. Reading it unpickles, so
+    the zip must be one this user's train.py wrote (:mod:`policies.trust`) unless ``trust``."""
+    from policies.trust import checked_stream
+
+    p = _zip_path(path)
+    return _meta_of(p, checked_stream(p, trust))
 
 
 def check_menu(meta: dict[str, Any], table: OutcomeTable, where: str) -> None:
@@ -197,15 +212,19 @@ def check_menu(meta: dict[str, Any], table: OutcomeTable, where: str) -> None:
         )
 
 
-def load_model(path: str | Path, table: OutcomeTable | None = None, env=None, **kwargs):
-    """Load a MaskablePPO checkpoint; with ``table``, refuse a different action menu first."""
+def load_model(path: str | Path, table: OutcomeTable | None = None, env=None, trust: bool = False, **kwargs):
+    """Load a MaskablePPO checkpoint; with ``table``, refuse a different action menu first. Only a zip
+    this user's train.py wrote is unpickled (:mod:`policies.trust`), any with ``trust``."""
     from sb3_contrib import MaskablePPO
 
-    meta = read_meta(path)
+    from policies.trust import read_checked
+
+    p = _zip_path(path)
+    data = read_checked(p, trust)  # the checked bytes are what is unpickled, never the file again
+    meta = _meta_of(p, io.BytesIO(data))
     if table is not None:
         check_menu(meta, table, str(path))
-    model = MaskablePPO.load(str(path), env=env, device="cpu", **kwargs)
-    return model
+    return MaskablePPO.load(io.BytesIO(data), env=env, device="cpu", **kwargs)
 
 
 class PPOPolicy(AllocationPolicy):
@@ -219,8 +238,8 @@ class PPOPolicy(AllocationPolicy):
         self.encoder = ObsEncoder.from_dict(self.meta["encoder"])
 
     @classmethod
-    def load(cls, path: str | Path, table: OutcomeTable | None = None) -> PPOPolicy:
-        return cls(load_model(path, table))
+    def load(cls, path: str | Path, table: OutcomeTable | None = None, trust: bool = False) -> PPOPolicy:
+        return cls(load_model(path, table, trust=trust))
 
     def observations(self, table: OutcomeTable, rows, lambda_tokens, lambda_seconds) -> np.ndarray:
         rows = np.asarray(rows)

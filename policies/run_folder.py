@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from rollouts.atomic import write_text_atomic
 from rollouts.errors import ConfigError
 
 
@@ -31,11 +32,11 @@ def write_run_folder(
             f"{run_dir}: run folder exists; pass --resume to continue it or choose another --name"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
     if not resume:
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
+        write_text_atomic(run_dir / "splits.json", json.dumps(splits, indent=1) + "\n")
     if not (run_dir / "args.yml").exists():  # the run's original arguments; resumes add to command.txt
-        (run_dir / "args.yml").write_text(yaml.safe_dump(args_dict or {}, sort_keys=False))
+        write_text_atomic(run_dir / "args.yml", yaml.safe_dump(args_dict or {}, sort_keys=False))
     with open(run_dir / "command.txt", "a") as fh:
         fh.write(shlex.join(argv or sys.argv) + "\n")
 
@@ -45,4 +46,4 @@ def append_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     summary_path = run_dir / "train_summary.json"
     history = json.loads(summary_path.read_text()) if summary_path.exists() else []
     history = history if isinstance(history, list) else [history]
-    summary_path.write_text(json.dumps([*history, summary], indent=1) + "\n")
+    write_text_atomic(summary_path, json.dumps([*history, summary], indent=1) + "\n")

@@ -25,6 +25,7 @@ from env.splits import make_splits, split_rows
 from policies.observation import ObsEncoder
 from policies.ppo import PPOConfig
 from policies.run_folder import append_summary
+from rollouts.atomic import write_text_atomic
 from rollouts.errors import ConfigError
 
 
@@ -45,6 +46,7 @@ class TrainingJob:
     meta: dict[str, Any]  # the checkpoints' ttc_meta
     env_cls: type
     env_kwargs: dict[str, Any]
+    trust_checkpoint: bool = False  # --trust-checkpoint: load zips this user's train.py did not write
 
     @property
     def escalate(self) -> bool:
@@ -83,7 +85,7 @@ def check_splits(splits: dict[str, Any]) -> None:
             seen[q] = s
 
 
-def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool) -> None:
+def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool, trust: bool) -> None:
     """Settings valid alone but not together."""
     escalate = isinstance(env_cfg, EscalateConfig)
     if escalate and ppo_cfg.policy != "mlp":
@@ -93,7 +95,7 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool)
         from policies.ppo import read_meta
 
         ws = Path(cfg.warm_start_from)
-        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws)) != "allocate":
+        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws, trust)) != "allocate":
             raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
 
 
@@ -110,14 +112,17 @@ def _train_val_rows(cfg: Any, table: OutcomeTable, splits: dict[str, Any]) -> tu
     return train_rows, val_rows
 
 
-def set_up(cfg: Any, name: str, run_dir: Path, resume: bool) -> TrainingJob:
+def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False) -> TrainingJob:
     """Load the outcome table, the splits (a resume keeps its own) and fit the encoder on train;
-    resolve the env's λ ranges into ``cfg.env`` and build the checkpoint meta."""
+    resolve the env's λ ranges into ``cfg.env`` and build the checkpoint meta. ``trust``
+    (``--trust-checkpoint``): load zips this user's train.py did not write (policies/trust.py)."""
     from policies.ppo import make_meta
+    from policies.trust import ensure_store
 
+    ensure_store()  # every zip the job writes is recorded there: refuse an unwritable store before training
     env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
-    _check_combination(cfg, env_cfg, ppo_cfg, resume)
+    _check_combination(cfg, env_cfg, ppo_cfg, resume, trust)
     table = OutcomeTable.for_env(cfg.cache, env_cfg)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
@@ -142,7 +147,7 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool) -> TrainingJob:
         meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
     return TrainingJob(
         cfg, run_dir, resume, env_cfg, ppo_cfg, table, splits, train_rows, val_rows, encoder, meta, env_cls,
-        env_kwargs,
+        env_kwargs, trust,
     )  # fmt: skip
 
 
@@ -181,13 +186,17 @@ def make_envs(job: TrainingJob) -> TrainingEnvs:
 
 def load_resumed_model(job: TrainingJob, envs: TrainingEnvs) -> Any:
     """The newest readable checkpoint, refused if it was trained with other env settings or has
-    already reached ``total_timesteps``."""
+    already reached ``total_timesteps``, or if it (or the run's best_model.zip, loaded at the end) was
+    not written by this user's train.py and ``--trust-checkpoint`` was not given."""
     from policies.ppo import load_model
     from policies.resume import load_latest_good
+    from policies.trust import read_checked
 
-    cfg, run_dir = job.cfg, job.run_dir
+    cfg, run_dir, trust = job.cfg, job.run_dir, job.trust_checkpoint
+    if (run_dir / "best_model.zip").is_file():
+        read_checked(run_dir / "best_model.zip", trust)  # refused now, not after training
     ckpt, model = load_latest_good(
-        run_dir, lambda p: load_model(p, job.table, env=envs.train, tensorboard_log=str(job.tb_dir))
+        run_dir, lambda p: load_model(p, job.table, env=envs.train, tensorboard_log=str(job.tb_dir), trust=trust)
     )
     old_env = model.ttc_meta["env"]
     if old_env != cfg.env:
@@ -237,7 +246,8 @@ def make_fresh_model(job: TrainingJob, envs: TrainingEnvs) -> tuple[Any, dict[st
 
         first_env = envs.train.envs[0].unwrapped
         clone = clone_oneshot_into(
-            model, cfg.warm_start_from, table, job.encoder, first_env, job.env_cfg, seed=cfg.seed
+            model, cfg.warm_start_from, table, job.encoder, first_env, job.env_cfg, seed=cfg.seed,
+            trust=job.trust_checkpoint,
         )
         print(
             f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
@@ -255,7 +265,7 @@ def make_callbacks(job: TrainingJob, envs: TrainingEnvs, warm_start: dict[str, A
     best_model.zip + best.json (and once at step 0 of a fresh run), a checkpoint every
     ``checkpoint_freq`` steps."""
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.callbacks import CallbackList
 
     from policies import callbacks as cb
 
@@ -273,14 +283,14 @@ def make_callbacks(job: TrainingJob, envs: TrainingEnvs, warm_start: dict[str, A
         after_eval: Any = cb.EscalateValCallback(val_sim, envs.val_lambdas)
     else:
         after_eval = cb.ValMetricsCallback(table, job.val_rows, envs.val_lambdas)
-    eval_cb = MaskableEvalCallback(
+    eval_cb = MaskableEvalCallback(  # BestTracker saves best_model.zip (atomically, recorded as trusted)
         envs.val, n_eval_episodes=envs.n_eval, eval_freq=max(cfg.eval_freq // cfg.n_envs, 1),
-        best_model_save_path=str(run_dir), log_path=str(run_dir / "eval"), deterministic=True,
-        callback_after_eval=after_eval, callback_on_new_best=cb.BestTracker(best_path), verbose=0,
+        log_path=str(run_dir / "eval"), deterministic=True, callback_after_eval=after_eval,
+        callback_on_new_best=cb.BestTracker(best_path, run_dir / "best_model.zip"), verbose=0,
     )  # fmt: skip
     if job.resume and best_path.is_file():
         eval_cb.best_mean_reward = float(json.loads(best_path.read_text())["best_mean_reward"])
-    ckpt_cb = CheckpointCallback(
+    ckpt_cb = cb.TrustedCheckpointCallback(
         save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1),
         save_path=str(run_dir / "checkpoints"),
         name_prefix="ppo",
@@ -297,6 +307,7 @@ def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
     """PPO up to ``total_timesteps`` (a resume continues its step count and TensorBoard curves), then
     final_model.zip (and best_model.zip if no evaluation ran). Returns the summary's timing part."""
     from policies.resume import purging_logger
+    from policies.trust import save_model
 
     cfg, run_dir = job.cfg, job.run_dir
     model.ttc_meta = job.meta
@@ -310,9 +321,9 @@ def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
         progress_bar=cfg.progress_bar,
     )  # fmt: skip
     wall = time.time() - t0
-    model.save(run_dir / "final_model.zip")
+    save_model(model, run_dir / "final_model.zip")  # atomically, recorded as trusted (policies/trust.py)
     if not (run_dir / "best_model.zip").exists():
-        model.save(run_dir / "best_model.zip")
+        save_model(model, run_dir / "best_model.zip")
     return {
         "timesteps": int(model.num_timesteps),
         "steps_this_run": int(model.num_timesteps - start_steps),
@@ -333,7 +344,7 @@ def _fit_gate(job: TrainingJob, model: Any, best: Any, summary: dict[str, Any]) 
         best, job.table, job.train_rows, job.val_rows, cfg.ppo,
         confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
     )  # fmt: skip
-    (job.run_dir / "gate.json").write_text(json.dumps(gate.to_dict(), indent=1) + "\n")
+    write_text_atomic(job.run_dir / "gate.json", json.dumps(gate.to_dict(), indent=1) + "\n")
     scalars = {"ttc/gate/open_share": gate.open_share}
     if gate.shrinkage is not None:
         scalars["ttc/gate/shrinkage"] = gate.shrinkage
@@ -358,7 +369,9 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
     # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
     # per region API is generic enough for it (fit_gate with its own held-out episode gains)
     gate_it = cfg.gate and not job.escalate
-    best = load_model(run_dir / "best_model.zip", job.table) if cfg.export or gate_it else None  # loaded once
+    best = (  # loaded once; trusted as a resume checked it up front
+        load_model(run_dir / "best_model.zip", job.table, trust=job.trust_checkpoint) if cfg.export or gate_it else None
+    )
     gate = _fit_gate(job, model, best, summary) if gate_it else None
     if cfg.export:
         from policies.export import export_policy, serving_spec

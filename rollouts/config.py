@@ -187,7 +187,8 @@ class CollectConfig:
     answer_field: str | None = None
     model: str = "smollm2-135m-instruct"
     backend: str = "vllm"  # vllm | openai
-    # vllm: engine arguments (max_model_len bounds the KV cache); openai: base_url, api_key, max_retries...
+    # vllm: engine arguments (max_model_len: the context, bounds the KV cache); openai: base_url, api_key,
+    # max_retries..., max_model_len (bounds the server's own context length from /v1/models)
     backend_options: dict[str, Any] = field(default_factory=lambda: {"max_model_len": 1024})
     prompt_suffix: str = DEFAULT_SUFFIX
     system_prompt: str | None = None

@@ -3,8 +3,9 @@
 Two jobs writing one run folder or one cache would mix their outputs and both report success. Each
 writer therefore holds an OS file lock (``fcntl.flock``) on ``<parent>/.<folder name>.lock``, beside
 the folder so that it can be taken before the folder exists and a failed job leaves nothing inside
-it. The kernel drops the lock when its process dies, so a lock file left by a killed job never
-blocks the next one; the file holds the holder's pid only to name it in the error.
+it; the folder's real path names it, so a symlink to the folder takes the same lock. The kernel drops
+the lock when its process dies, so a lock file left by a killed job never blocks the next one; the
+file holds the holder's pid only to name it in the error.
 
     with FolderLock("runs/my_run", "run folder"):   # FolderLocked (exit 2 in the CLIs) if held
         ...
@@ -35,8 +36,9 @@ class FolderLocked(TTCError, RuntimeError):
 
 
 def lock_path(folder: str | Path) -> Path:
-    """The lock file of a folder: a hidden file beside it."""
-    f = Path(os.path.abspath(folder))
+    """The lock file of a folder: a hidden file beside it, keyed by its real path (symlinks resolved),
+    so every name of one folder (a symlink to it, a path through a linked parent) takes the same lock."""
+    f = Path(os.path.realpath(folder))
     return f.parent / f".{f.name}.lock"
 
 

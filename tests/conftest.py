@@ -1,8 +1,20 @@
-"""Shared test setup: one torch thread (the machine's cores are busy), a synthetic cache, a tiny run."""
+"""Shared test setup: one torch thread (the machine's cores are busy), a private checkpoint trust store,
+a synthetic cache, a tiny run."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# The checkpoint trust store (policies/trust.py) of this test process and the subprocesses it starts:
+# set at import, before any test module builds its subprocess environment, never the user's own store.
+_TRUST_DIR = tempfile.mkdtemp(prefix="ttc-trust-")
+os.environ["TTC_ALLOC_TRUST_STORE"] = os.path.join(_TRUST_DIR, "trusted_checkpoints.jsonl")
+atexit.register(shutil.rmtree, _TRUST_DIR, True)
 
 try:
     import torch

@@ -172,3 +172,15 @@ def test_warm_start_from_oneshot_run(tmp_path, synthetic_cache, tiny_run):
     assert train.main(["--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "bad",
                        "--hyperparams", f"warm_start_from={tiny_run}"]) == 2  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_run_refuses_a_planted_zip(tmp_path, seq_run, tiny_run, capsys):
+    """--compare-run unpickles a one-shot zip: one this user's train.py did not write is refused first."""
+    from tests.fixtures.planted_checkpoint import plant
+
+    marker = tmp_path / "PWNED"
+    gift = plant(tiny_run / "best_model.zip", tmp_path / "gift.zip", marker)
+    rc = evaluate.main(["--run", str(seq_run), "--compare-run", str(gift), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(gift) in err[0]
+    assert "--trust-checkpoint" in err[0] and not marker.exists() and not (tmp_path / "e").exists()

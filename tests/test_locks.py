@@ -141,3 +141,24 @@ def test_two_collectors_on_one_cache(fake_server, tmp_path):
     keys = [(r["query_id"], r["config_id"], r["seed"]) for r in records]
     assert len(keys) == len(set(keys)) == 6  # every record once
     assert len((out / "queries.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_symlink_takes_the_same_lock(tmp_path):
+    """Every name of one folder (a symlink to it, a path through a linked parent) is one lock."""
+    real = tmp_path / "data" / "cache"
+    real.mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+    (tmp_path / "linked_parent").symlink_to(tmp_path / "data", target_is_directory=True)
+    names = [tmp_path / "alias", tmp_path / "linked_parent" / "cache", tmp_path / "data" / "." / "cache"]
+    assert {lock_path(n) for n in names} == {lock_path(real)}
+    holder = _hold(tmp_path / "alias")
+    try:
+        for name in (real, *names):
+            assert is_locked(name) == str(holder.pid)
+            with pytest.raises(FolderLocked, match=f"pid {holder.pid}"):
+                FolderLock(name, "cache").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with FolderLock(real), FolderLock(tmp_path / "alias"):  # re-entrant across names in one process
+        assert lock_path(tmp_path / "alias").read_text().strip() == str(os.getpid())

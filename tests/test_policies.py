@@ -18,6 +18,7 @@ from policies.ppo import (
     read_meta,
 )
 from policies.probe_router import ProbeRouter
+from policies.trust import save_model
 from tests.fixtures import pre13_defaults as pre13
 
 _DATA = Path(__file__).resolve().parents[1] / "data"
@@ -99,7 +100,7 @@ def test_save_load_predict_round_trip(table, tmp_path):
     model, e = _small_model(table)
     model.learn(256)
     path = tmp_path / "m.zip"
-    model.save(path)
+    save_model(model, path)  # what train.py does: the zip is recorded as trusted (policies/trust.py)
     assert read_meta(path)["menu"] == table.action_ids
     loaded = PPOPolicy.load(path, table)
     rows = np.arange(len(table.query_ids))
@@ -113,7 +114,7 @@ def test_menu_mismatch_is_refused(table, tmp_path):
 
     model, _ = _small_model(table)
     path = tmp_path / "m.zip"
-    model.save(path)
+    save_model(model, path)
     other = OutcomeTable(make_synthetic_cache(tmp_path / "k4", n_queries=8, k=4))
     with pytest.raises(
         MenuMismatchError, match="only in the model: .*pool:n=8.*only in the cache: .*pool:n=4"

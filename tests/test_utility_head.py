@@ -12,6 +12,7 @@ from env.outcomes import OutcomeTable
 from env.splits import make_splits
 from policies.export import export_policy
 from policies.ppo import PPOPolicy, make_meta, make_model
+from policies.trust import save_model
 from policies.utility_head import utility_spec, warm_start_gain
 from tests.fixtures import pre13_defaults as pre13
 
@@ -108,7 +109,7 @@ def test_save_load_and_onnx_parity(table, tmp_path, ensemble):
     )
     model.learn(64)
     path = tmp_path / "u.zip"
-    model.save(path)
+    save_model(model, path)  # recorded as trusted, as train.py's saves are
     loaded = PPOPolicy.load(path, table)
     rows = np.arange(len(table.query_ids))
     for lt, ls in LAMBDAS:

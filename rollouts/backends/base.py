@@ -59,6 +59,9 @@ class Completion:
 class Backend(ABC):
     model: str
     info: dict[str, Any] = field(default_factory=dict)
+    # the engine's context length in tokens (prompt + generation), None where it is not known: the
+    # offline engine's max_model_len option, the server's own for the openai backend (bounded by the option)
+    max_model_len: int | None = None
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[list[Completion]]:

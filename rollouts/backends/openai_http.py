@@ -10,6 +10,10 @@ handed to the caller as it streams in, and when the caller stops, the connection
 the server abort the samples still running on the engine. A cancelled sample comes back with the ids
 streamed before the close: the engine may have generated a token or two more before the abort landed
 (measured per cancelled sample by tests/test_race_live.py against the server's own counter).
+
+The context length (``max_model_len``) is the server's own where it reports one (vLLM lists it per
+model at ``/v1/models``); a ``max_model_len`` option bounds it further (the smaller one counts) or
+stands in for it where the server reports none.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from typing import Any
 import requests
 
 from rollouts.backends.base import Backend, BackendError, Completion, SamplingSpec
+from rollouts.errors import ConfigError
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class OpenAIBackend(Backend):
@@ -39,6 +50,7 @@ class OpenAIBackend(Backend):
         max_concurrency: int = 32,
         api_key: str | None = None,
         per_request_seeds: bool = False,
+        max_model_len: int | None = None,
     ):
         super().__init__(model=model, info={"backend": "openai", "base_url": base_url})
         self.base_url = base_url.rstrip("/")
@@ -55,8 +67,13 @@ class OpenAIBackend(Backend):
         self.session.mount("https://", adapter)
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self.served_model_name = served_model_name or self._first_model()
+        option = _positive_int(max_model_len, "max_model_len") if max_model_len is not None else None
+        self.served_model_name, reported = self._served_model(served_model_name)
         self.info["served_model_name"] = self.served_model_name
+        known = [n for n in (option, reported) if n is not None]
+        self.max_model_len = min(known) if known else None  # the context length prompts must fit in
+        if self.max_model_len is not None:
+            self.info["max_model_len"] = self.max_model_len
         self._tokenizer: Any = None
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -80,11 +97,19 @@ class OpenAIBackend(Backend):
             f"inference server at {self.base_url} unreachable or failing after {self.max_retries + 1} attempts: {last}"
         )
 
-    def _first_model(self) -> str:
+    def _served_model(self, name: str | None) -> tuple[str, int | None]:
+        """The model to request (``name``, else the server's first) and its ``max_model_len`` as the
+        server reports it at ``/v1/models`` (vLLM does; None where it does not)."""
         data = self._request("GET", "/models").get("data") or []
         if not data:
             raise BackendError(f"inference server at {self.base_url} serves no model")
-        return str(data[0]["id"])
+        entry = next((m for m in data if isinstance(m, dict) and m.get("id") == name), None) if name else data[0]
+        reported = (entry or {}).get("max_model_len")
+        try:
+            length = _positive_int(reported, "max_model_len") if reported is not None else None
+        except ConfigError:
+            length = None  # not a length this client can use: as if the server reported none
+        return (name or str(data[0]["id"])), length
 
     @property
     def tokenizer(self) -> Any:

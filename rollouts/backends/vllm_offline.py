@@ -74,7 +74,9 @@ class VLLMBackend(Backend):
             "enforce_eager": kwargs["enforce_eager"],
             "prefix_caching": True,
             "device": "cpu" if cpu else "cuda",
+            "max_model_len": max_model_len,
         })
+        self.max_model_len = max_model_len
 
     @property
     def tokenizer(self) -> Any:
