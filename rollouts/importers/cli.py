@@ -57,9 +57,12 @@ class _Limited:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rollouts.console import HelpFormatter
+
     ap = argparse.ArgumentParser(
         prog="collect.py import",
         description="Import third-party rollouts into a rollout cache (see docs/import.md).",
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("format", choices=sorted(FORMATS), help="input format")
     ap.add_argument("path", help="input file (or folder, for qwen25math)")
