@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,8 +220,11 @@ class LiveRouter:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from rollouts.console import HelpFormatter
+
     p = argparse.ArgumentParser(
-        description=" ".join(__doc__.split("\n\n")[0].split()),
+        description=textwrap.fill(" ".join(__doc__.split("\n\n")[0].split()), 100),
+        formatter_class=HelpFormatter,
         epilog="Exit status: 0 every question answered, 1 some refused or failed (their lines have "
         "'error'), 2 nothing routed (bad export, λ, dataset, engine...).",
     )
@@ -234,16 +238,17 @@ def make_parser() -> argparse.ArgumentParser:
         "--dataset",
         help="also route a dataset, as collect.py names them: jsonl:<path>, hf:<id>[:split], arith:<seed>",
     )
-    p.add_argument("--limit", type=int, help="at most this many dataset queries")
+    p.add_argument("--limit", type=int, help="at most this many dataset queries (default: all)")
     p.add_argument("--offset", type=int, default=0, help="skip this many dataset queries first")
-    p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token")
-    p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
-    p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
+    p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token (λ_T)")
+    p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency (λ_L)")
+    p.add_argument("--backend", choices=["vllm", "openai"], help="the engine (default: the collection's)")
     p.add_argument(
         "--backend-options",
         default="{}",
         help="YAML mapping passed to the backend, e.g. \"{base_url: 'http://127.0.0.1:8000/v1'}\" or "
-        "\"{max_model_len: 2048}\" (also the context length questions are checked against)",
+        "\"{max_model_len: 2048}\" (also the context length questions are checked against; default: {}, the "
+        "backend's own settings)",
     )
     p.add_argument(
         "--max-chars",

@@ -81,19 +81,19 @@ def _limits(xs: list[float], ys: list[float]) -> tuple[tuple[float, float], tupl
     """Axis limits around the drawn points, with room for the labels."""
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     dx, dy = max(x1 - x0, 1e-9), max(y1 - y0, 1e-3)
-    return (x0 - 0.04 * dx, x1 + 0.18 * dx), (y0 - 0.08 * dy, y1 + 0.12 * dy)
+    return (x0 - 0.04 * dx, x1 + 0.22 * dx), (y0 - 0.08 * dy, y1 + 0.12 * dy)
 
 
 def _oracle_at_edge(ax: Any, xs: list[float], ys: list[float], what: str) -> None:
-    """The oracle's sweep, far above the plotted range: its points marked on the top edge at their
+    """The oracle's sweep, far above the plotted range: its points marked along the top edge at their
     costs, its accuracy range in the legend."""
     from matplotlib.transforms import blended_transform_factory
 
     trans = blended_transform_factory(ax.transData, ax.transAxes)
     ax.plot(
-        xs, [1.0] * len(xs), ls="none", marker="^", ms=7, mfc="none", mec="tab:green", mew=1.5,
+        xs, [0.975] * len(xs), ls="none", marker="^", ms=7, mfc="none", mec="tab:green", mew=1.5,
         transform=trans, clip_on=False, zorder=5,
-        label=f"{what}: accuracy {min(ys):.2f}–{max(ys):.2f},\nabove this range (▲ on the top edge at its cost)",
+        label=f"{what}: accuracy {min(ys):.2f}–{max(ys):.2f},\nabove this range (△ at the top edge, at its cost)",
     )  # fmt: skip
 
 
@@ -110,7 +110,9 @@ def draw_pareto(
     ax.scatter(sx, sy, c="grey", s=20, zorder=3, label="static config (one action for every query)")
     fx, fy = _frontier(sx, sy)
     ax.step(fx, fy, where="post", c="grey", lw=1, zorder=2, label="static frontier")
-    drawn_x, drawn_y, markers = list(sx), list(sy), []
+    steps_x = fx[:1] + [v for v in fx[1:] for _ in range(2)]  # the frontier's corners, for the labels
+    steps_y = [v for v in fy[:-1] for _ in range(2)] + fy[-1:]
+    drawn_x, drawn_y, lines = list(sx), list(sy), [(steps_x, steps_y)]
     for key, label, color, marker, width in sweeps:
         x, y = sweep(points, key, cost)
         if not x:
@@ -118,7 +120,7 @@ def draw_pareto(
         ax.plot(x, y, c=color, marker=marker, lw=width, ms=4 + width, zorder=4, label=f"{label} ({sym} sweep)")
         drawn_x += x
         drawn_y += y
-        markers += list(zip(x, y, strict=True))
+        lines.append((x, y))
     xlim, ylim = _limits(drawn_x, drawn_y)
     ox, oy = sweep(points, oracle, cost)
     if ox and max(oy) > ylim[1]:
@@ -134,7 +136,7 @@ def draw_pareto(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    place_labels(ax, sx.tolist(), sy.tolist(), names, obstacles=markers, fontsize=7, color="dimgrey")
+    place_labels(ax, sx.tolist(), sy.tolist(), names, lines=lines, fontsize=7, color="dimgrey")
     return fig
 
 

@@ -80,7 +80,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (
             "default" not in text
             and action.option_strings
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.default is not None
+            and action.default is not False  # a flag's off state (0 and 0.0 are defaults to name)
+            and action.default != argparse.SUPPRESS
             and not (isinstance(action.default, list | tuple) and not action.default)
         ):
             text += " (default: %(default)s)"

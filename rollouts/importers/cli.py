@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for the featurizer (1 is fastest on a machine busy with other work)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
 
