@@ -39,11 +39,13 @@ def phase(message: str) -> Iterator[None]:
 def results_only_stdout() -> Iterator[TextIO]:
     """Yield a text stream on the process's stdout while everything else written to stdout (this
     process's ``print``, a library's logging handler, child processes, C code writing to file
-    descriptor 1) goes to stderr. Restored on exit. Where stdout is no file descriptor (a captured
-    stream in tests), it is yielded as it is."""
+    descriptor 1) goes to stderr. Restored on exit. Where ``sys.stdout`` is not file descriptor 1 (a
+    stream captured in tests), it is yielded as it is."""
     try:
         out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        out_fd = err_fd = -1
+    if out_fd != 1 or err_fd < 0:
         yield sys.stdout
         return
     sys.stdout.flush()

@@ -163,3 +163,23 @@ def test_math_verify_timeout_notice_is_not_shown():
                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr[-2000:]
     assert "Timeout is disabled" not in out.stderr
+
+
+def test_results_only_stdout_sends_everything_else_to_stderr():
+    """route.py's stdout discipline: inside results_only_stdout, print, raw writes to file descriptor 1
+    and child processes (vLLM's workers) land on stderr; the yielded stream is the real stdout."""
+    code = (
+        "import os, subprocess, sys\n"
+        "from rollouts.console import results_only_stdout\n"
+        "with results_only_stdout() as out:\n"
+        "    print('noise from print')\n"
+        "    os.write(1, b'noise from fd 1\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"noise from a child\")'])\n"
+        "    print('{\"ok\": 1}', file=out, flush=True)\n"
+        "print('after')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ['{"ok": 1}', "after"]
+    assert out.stderr.splitlines() == ["noise from print", "noise from fd 1", "noise from a child"]
