@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     from rollouts.console import results_only_stdout
 
     # stdout carries the JSON lines alone: the engine's logs (vLLM prints to stdout, from this process
-    # and its workers) go to stderr
-    with results_only_stdout() as out:
+    # and its workers, also when it shuts down at exit) go to stderr, to the end of the process
+    with results_only_stdout(restore=False) as out:
         return _main(args, out)
 
 

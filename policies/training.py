@@ -230,8 +230,9 @@ def make_fresh_model(job: TrainingJob, envs: TrainingEnvs) -> tuple[Any, dict[st
         with phase(f"warm start: fitting the gain head on {len(job.train_rows)} train queries"):
             ws = warm_start_gain(model.policy, table, job.encoder, job.train_rows, job.val_rows, seed=cfg.seed)
         ws["seconds"] = round(time.time() - t_ws, 2)
+        epochs = ws["epochs"] if isinstance(ws["epochs"], list) else [ws["epochs"]]  # one per ensemble member
         print(
-            f"warm start of the gain head: {ws['epochs']} epochs, validation MSE "
+            f"warm start of the gain head: {'/'.join(map(str, epochs))} epochs, validation MSE "
             f"{ws['val_mse']:.4f} (train means alone: {ws['val_mse_prior_only']:.4f})"
         )
         report["warm_start"] = ws

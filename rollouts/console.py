@@ -36,11 +36,13 @@ def phase(message: str) -> Iterator[None]:
 
 
 @contextmanager
-def results_only_stdout() -> Iterator[TextIO]:
+def results_only_stdout(restore: bool = True) -> Iterator[TextIO]:
     """Yield a text stream on the process's stdout while everything else written to stdout (this
     process's ``print``, a library's logging handler, child processes, C code writing to file
-    descriptor 1) goes to stderr. Restored on exit. Where ``sys.stdout`` is not file descriptor 1 (a
-    stream captured in tests), it is yielded as it is."""
+    descriptor 1) goes to stderr. Restored on exit, unless ``restore`` is False: a command-line tool
+    whose engine shuts down (and logs) when the process ends keeps file descriptor 1 on stderr to the
+    end. Where ``sys.stdout`` is not file descriptor 1 (a stream captured in tests), it is yielded as
+    it is."""
     try:
         out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
@@ -57,7 +59,8 @@ def results_only_stdout() -> Iterator[TextIO]:
     finally:
         out.close()
         sys.stdout.flush()
-        os.dup2(saved, out_fd)
+        if restore:
+            os.dup2(saved, out_fd)
         os.close(saved)
 
 

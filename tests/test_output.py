@@ -183,3 +183,8 @@ def test_results_only_stdout_sends_everything_else_to_stderr():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ['{"ok": 1}', "after"]
     assert out.stderr.splitlines() == ["noise from print", "noise from fd 1", "noise from a child"]
+    # restore=False (route.py: the engine logs as the process ends): fd 1 stays on stderr
+    kept = code.replace("results_only_stdout()", "results_only_stdout(restore=False)")
+    out = subprocess.run([sys.executable, "-c", kept], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert out.stdout.splitlines() == ['{"ok": 1}'] and out.stderr.splitlines()[-1] == "after"
