@@ -19,32 +19,65 @@ import json
 import sys
 from pathlib import Path
 
+from rollouts.console import HelpFormatter, display_path
+
 BUNDLED_CACHE = Path(__file__).resolve().parent / "data" / "default_cache"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "collect_default.yaml"
+CONFIG_HELP = "YAML config (default: configs/collect_default.yaml of this project)"
 
 
-def cmd_collect(argv: list[str]) -> int:
+def collect_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="collect.py",
         description="Collect rollouts into a cache (resumable; one collector per cache at a time).",
         epilog="other commands (each has --help):\n" + "\n".join(
-            line for line in __doc__.splitlines() if line.strip().startswith("python collect.py ")
+            line for line in (__doc__ or "").splitlines() if line.strip().startswith("python collect.py ")
             and not line.strip().startswith("python collect.py [")
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-    ap.add_argument("--output", help="cache directory (overrides the config's output)")
+    ap.add_argument("--config", help=CONFIG_HELP)
+    ap.add_argument("--output", help="cache directory (default: the config's output)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (YAML values), e.g. limit=20 dataset=arith:3")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def recalibrate_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="collect.py recalibrate", formatter_class=HelpFormatter,
+                                 description="Re-measure latency alone on the engine, refit, re-model records.")
+    ap.add_argument("--config", help=CONFIG_HELP)
+    ap.add_argument("--output", help="cache directory (default: the config's output)")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. calibration_queries=6")
+    return ap
+
+
+def stats_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="collect.py stats", description="Summarise a rollout cache.",
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("cache", nargs="?", help="cache directory (default: the bundled data/default_cache)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return ap
+
+
+def pack_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="collect.py pack", description="Write a gzip-compressed copy of a cache.",
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("src", help="cache directory to read")
+    ap.add_argument("dst", help="directory to write the compressed copy to")
+    ap.add_argument("--drop-text", action="store_true", help="drop generated texts (keep answers and counts)")
+    return ap
+
+
+def cmd_collect(argv: list[str]) -> int:
+    args = collect_parser().parse_args(argv)
     from rollouts.cache import load_cache
     from rollouts.config import load_config
     from rollouts.executors import make_collector
     from rollouts.stats import format_summary, summarize
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or str(DEFAULT_CONFIG), overrides)
     col = make_collector(cfg, progress=not args.no_progress)
     try:
         run = col.collect()
@@ -57,16 +90,11 @@ def cmd_collect(argv: list[str]) -> int:
 
 
 def cmd_recalibrate(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="collect.py recalibrate",
-                                 description="Re-measure latency alone on the engine, refit, re-model records.")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-    ap.add_argument("--output", help="cache directory (overrides the config's output)")
-    ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. calibration_queries=6")
-    args = ap.parse_args(argv)
+    args = recalibrate_parser().parse_args(argv)
     from rollouts.config import load_config
     from rollouts.executors import make_collector
 
-    cfg = load_config(args.config, list(args.overrides) + ([f"output={args.output}"] if args.output else []))
+    cfg = load_config(args.config or str(DEFAULT_CONFIG), list(args.overrides) + ([f"output={args.output}"] if args.output else []))
     col = make_collector(cfg)
     try:
         n = col.recalibrate()
@@ -78,24 +106,17 @@ def cmd_recalibrate(argv: list[str]) -> int:
 
 
 def cmd_stats(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="collect.py stats", description="Summarise a rollout cache.")
-    ap.add_argument("cache", nargs="?", default=str(BUNDLED_CACHE), help="cache directory (default: bundled)")
-    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = ap.parse_args(argv)
+    args = stats_parser().parse_args(argv)
     from rollouts.cache import load_cache
     from rollouts.stats import format_summary, summarize
 
-    s = summarize(load_cache(args.cache))
+    s = summarize(load_cache(args.cache or display_path(BUNDLED_CACHE)))
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 0
 
 
 def cmd_pack(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="collect.py pack", description="Write a gzip-compressed copy of a cache.")
-    ap.add_argument("src", help="cache directory to read")
-    ap.add_argument("dst", help="directory to write the compressed copy to")
-    ap.add_argument("--drop-text", action="store_true", help="drop generated texts (keep answers and counts)")
-    args = ap.parse_args(argv)
+    args = pack_parser().parse_args(argv)
     from rollouts.cache_rewrite import write_compressed_copy
     from rollouts.locks import FolderLock
 

@@ -98,18 +98,18 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from env.outcomes import OutcomeTable
-from evaluation.oneshot import ExportedPolicy, GridEvaluation, OneShotPolicies
-from evaluation.options import EvalOptions
-from evaluation.pareto import write_oneshot_plots
-from evaluation.report import oneshot_markdown, sequential_markdown, write_csv, write_results
-from evaluation.source import ModelSource, load_source
-from policies.budget import BUDGET_SPLITS, budget_rows
+from rollouts.console import HelpFormatter, phase
 from rollouts.errors import ConfigError, TTCError, report
+
+if TYPE_CHECKING:  # the heavy imports wait until the arguments are parsed: a usage error answers at once
+    import numpy as np
+
+    from env.outcomes import OutcomeTable
+    from evaluation.oneshot import OneShotPolicies
+    from evaluation.options import EvalOptions
+    from evaluation.source import ModelSource
 
 
 @dataclass
@@ -128,6 +128,7 @@ class EvalInputs:
 def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     """The run's outcome table (at ``--latency-load``), its rows per split and the λ grid."""
     from env.allocate_env import EnvConfig, stored_env_dict
+    from env.outcomes import OutcomeTable
     from env.splits import SPLITS, split_rows
     from policies.base import lambda_grid
     from policies.ppo import check_menu
@@ -135,7 +136,8 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     cache = source.cache
     lt_axis, ls_axis = opts.lambda_axes()
     env_config = EnvConfig.from_dict(stored_env_dict(source.model_meta["env"]))
-    table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)  # --latency-load prices at it
+    with phase(f"loading the outcome table of {cache}"):  # --latency-load prices at it
+        table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)
     check_menu(source.model_meta, table, str(source.model_path))
     if not table.latency_available and ls_axis and any(v > 0 for v in ls_axis):
         raise ConfigError(f"--lambda-seconds > 0 but {table.latency_note}")
@@ -160,7 +162,9 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
 def load_policies(opts: EvalOptions, source: ModelSource, inputs: EvalInputs) -> OneShotPolicies:
     """PPO (the zip or the export), the probe router fitted on train (calibrated on val), both with their
     gates, and the baselines."""
+    from evaluation.oneshot import ExportedPolicy, OneShotPolicies
     from policies.baselines import OraclePolicy, TrainBestStaticPolicy, static_policies
+    from policies.budget import budget_rows
     from policies.gate import StaticFallback
     from policies.gate_fit import GatedPolicy, crossfit_router_gains, fit_gate, run_gate, shrink_gain
     from policies.ppo import PPOPolicy, load_model
@@ -205,7 +209,7 @@ def solve_budgets(opts: EvalOptions, inputs: EvalInputs, ppo: Any) -> list[dict[
     """``--target-tokens``/``--target-seconds``: PPO's λ per target, solved on ``--budget-split``."""
     if not (opts.target_tokens or opts.target_seconds):
         return None
-    from policies.budget import budget_report
+    from policies.budget import budget_report, budget_rows
 
     table = inputs.table
     solve = budget_rows(inputs.rows_of, opts.budget_split)
@@ -218,11 +222,14 @@ def solve_budgets(opts: EvalOptions, inputs: EvalInputs, ppo: Any) -> list[dict[
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Evaluate the model ``opts`` names and write its results (see the module docstring); returns the
     JSON's numbers with ``out_dir`` added."""
-    import torch
-
-    torch.set_num_threads(1)
     opts.validate()
-    source = load_source(opts)
+    with phase("loading the model"):
+        import torch
+
+        from evaluation.source import load_source
+
+        torch.set_num_threads(1)
+        source = load_source(opts)
     if source.model_meta.get("kind") == "escalate":  # a sequential run: its own evaluation
         if opts.target_tokens or opts.target_seconds or opts.latency_load is not None:
             raise ConfigError("--target-* and --latency-load are for one-shot runs (env.kind: allocate)")
@@ -231,8 +238,13 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         return evaluate_escalate(opts, source)
     if opts.compare_run:
         raise ConfigError("--compare-run is for a sequential (env.kind: escalate) run")
+    from evaluation.oneshot import GridEvaluation
+    from evaluation.pareto import write_oneshot_plots
+    from evaluation.report import oneshot_markdown, write_csv, write_results
+
     inputs = load_inputs(opts, source)
-    policies = load_policies(opts, source, inputs)
+    with phase("fitting the probe router and the gates (cross-fitted on train + validation)"):
+        policies = load_policies(opts, source, inputs)
     grid = GridEvaluation(policies, inputs.table, inputs.rows, opts.n_boot, opts.seed)
     points = grid.run(inputs.lt_axis, inputs.ls_axis, opts.progress)
     result = {
@@ -257,9 +269,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--run", help="run folder (runs/<name>)")
     p.add_argument(
         "--checkpoint",
@@ -297,8 +307,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="mean tokens per query to meet: λ_T solved by bisection (policies/budget.py)")
     p.add_argument("--target-seconds", type=float, nargs="+", metavar="S",
                    help="mean seconds per query to meet: λ_L solved the same way")
-    p.add_argument("--budget-split", default="train+val", choices=BUDGET_SPLITS,
-                   help="queries the targets are solved on (default train+val: never the test split)")
+    p.add_argument("--budget-split", default="train+val", metavar="{train+val,val}",
+                   help="queries the targets are solved on (default: train+val, never the test split)")
     p.add_argument("--latency-load", type=int, metavar="K",
                    help="price seconds with K queries in flight (default: the run's env.latency_load)")
     p.add_argument(
@@ -312,6 +322,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
     """The :class:`EvalOptions` of parsed ``evaluate.py`` flags (:func:`make_parser`)."""
+    from evaluation.options import EvalOptions
+
     return EvalOptions(
         run=args.run,
         checkpoint=args.checkpoint,
@@ -340,10 +352,14 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if not (args.run or args.checkpoint or args.export):  # answered before the heavy imports
+        return report(ConfigError("give --run RUN_FOLDER, --checkpoint PATH or --export DIR"))
     try:
         res = evaluate(options_from_args(args))
     except TTCError as exc:
         return report(exc)
+    from evaluation.report import oneshot_markdown, sequential_markdown
+
     if res.get("kind") == "escalate":
         print(sequential_markdown(res))
         print(f"written: {res['out_dir']}/results.md, pareto_tokens.png, pareto_seconds.png")

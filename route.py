@@ -27,12 +27,11 @@ import argparse
 import hashlib
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, TextIO
 
 from rollouts.errors import TTCError
 from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
@@ -59,6 +58,7 @@ class LiveRouter:
     ) -> None:
         from policies.onnx_policy import OnnxPolicy
         from rollouts.backends import SamplingSpec, make_backend
+        from rollouts.console import note
         from rollouts.features import Featurizer
         from rollouts.models import resolve_model
         from rollouts.scorers import scorer_from_description
@@ -83,11 +83,11 @@ class LiveRouter:
                 f"the featurizer gives {fz['dim']} features, the policy expects {self.policy.feature_dim}"
             )
         self.model_path = resolve_model(spec["model"])
+        note(f"loading the featurizer ({spec['model']}, layer {fz['layer']})")
         self.featurizer = Featurizer(self.model_path, layer=int(fz["layer"]), name=spec["model"])
         self._backend = backend
-        self._make_backend = lambda: make_backend(
-            backend_kind or spec["backend"], self.model_path, **(backend_options or {})
-        )
+        self.backend_kind = backend_kind or spec["backend"]
+        self._make_backend = lambda: make_backend(self.backend_kind, self.model_path, **(backend_options or {}))
         self.scorer = scorer_from_description(spec["scorer"])
         s = spec["sampling"]
         self.sampling = SamplingSpec(
@@ -125,7 +125,10 @@ class LiveRouter:
     def backend(self) -> Any:
         """The engine, started on first use (choosing an action needs only the featurizer)."""
         if self._backend is None:
-            self._backend = self._make_backend()
+            from rollouts.console import phase
+
+            with phase(f"starting the {self.backend_kind} engine ({self.serving['model']})"):
+                self._backend = self._make_backend()
         return self._backend
 
     def prompted(
@@ -222,8 +225,11 @@ class LiveRouter:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from rollouts.console import HelpFormatter
+
     p = argparse.ArgumentParser(
-        description=" ".join(__doc__.split("\n\n")[0].split()),
+        description=textwrap.fill(" ".join(__doc__.split("\n\n")[0].split()), 100),
+        formatter_class=HelpFormatter,
         epilog="Exit status: 0 every question answered, 1 some refused or failed (their lines have "
         "'error'), 2 nothing routed (bad export, λ, dataset, engine...).",
     )
@@ -237,16 +243,17 @@ def make_parser() -> argparse.ArgumentParser:
         "--dataset",
         help="also route a dataset, as collect.py names them: jsonl:<path>, hf:<id>[:split], arith:<seed>",
     )
-    p.add_argument("--limit", type=int, help="at most this many dataset queries")
+    p.add_argument("--limit", type=int, help="at most this many dataset queries (default: all)")
     p.add_argument("--offset", type=int, default=0, help="skip this many dataset queries first")
-    p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token")
-    p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency")
-    p.add_argument("--backend", choices=["vllm", "openai"], help="default: the collection's")
+    p.add_argument("--lambda-tokens", type=float, default=0.0, help="price of one generated token (λ_T)")
+    p.add_argument("--lambda-seconds", type=float, default=0.0, help="price of one second of latency (λ_L)")
+    p.add_argument("--backend", choices=["vllm", "openai"], help="the engine (default: the collection's)")
     p.add_argument(
         "--backend-options",
         default="{}",
         help="YAML mapping passed to the backend, e.g. \"{base_url: 'http://127.0.0.1:8000/v1'}\" or "
-        "\"{max_model_len: 2048}\" (also the context length questions are checked against)",
+        "\"{max_model_len: 2048}\" (also the context length questions are checked against; default: {}, the "
+        "backend's own settings)",
     )
     p.add_argument(
         "--max-chars",
@@ -270,12 +277,25 @@ def _preview(question: Any, n: int = 200) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    from rollouts.console import results_only_stdout
+
+    # stdout carries the JSON lines alone: the engine's logs (vLLM prints to stdout, from this process
+    # and its workers, also when it shuts down at exit) go to stderr, to the end of the process
+    with results_only_stdout(restore=False) as out:
+        return _main(args, out)
+
+
+def _main(args: argparse.Namespace, out: TextIO) -> int:
+    import yaml
     from tqdm.auto import tqdm
 
     from env.outcomes import validate_lambda
     from rollouts.config import load_yaml_text
     from rollouts.datasets import load_queries
     from rollouts.errors import PATH_INPUT_ERRORS, report
+
+    def emit(row: dict[str, Any]) -> None:
+        print(json.dumps(row), file=out, flush=True)
 
     failed = 0
     try:
@@ -314,11 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                 good.append(i)
             else:
                 failed += 1
-                print(json.dumps({"index": i, "question": _preview(q), "error": problem}), flush=True)
+                emit({"index": i, "question": _preview(q), "error": problem})
+        if good:
+            _ = router.backend  # started now: the progress bar's clock and no query's seconds include it
         if good and sequential is not None:  # one question at a time, printed as each one finishes
             rows = sequential.route_iter([questions[i] for i in good], [answers[i] for i in good], lt, ls)
             for j, row in enumerate(rows):
-                print(json.dumps({"index": good[j], **row}), flush=True)
+                emit({"index": good[j], **row})
         elif good:
             bar = tqdm(total=len(good), desc="route", unit="query", disable=args.no_progress, file=sys.stderr)
             batches = router.route_batches(
@@ -327,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:  # printed as each batched engine call finishes
                 for j, row in sorted(batch.items()):
                     failed += "error" in row
-                    print(json.dumps({"index": good[j], **row}), flush=True)
+                    emit({"index": good[j], **row})
                 bar.update(len(batch))
             bar.close()
     except PATH_INPUT_ERRORS as exc:

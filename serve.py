@@ -285,8 +285,9 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
 
         kind = OnnxPolicy(cfg.export).doc.get("kind", "allocate")
         if kind not in POLICY_KINDS:
-            raise ConfigError(f"{cfg.export}: a {kind!r} export; serve.py serves {', '.join(POLICY_KINDS)} exports "
-                              "(the sequential router plugs in at serve.POLICY_KINDS)")  # fmt: skip
+            what = "sequential (ttc/Escalate-v0)" if kind == "escalate" else repr(kind)
+            raise ConfigError(f"{cfg.export}: a {what} export; serve.py serves one-shot (ttc/Allocate-v0) exports "
+                              "only; route a sequential one with python route.py --mode sequential")  # fmt: skip
 
         router = LiveRouter(
             cfg.export, backend_kind="openai",

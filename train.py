@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 ENV_NAME = "ttc-Allocate-v0"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train_default.yaml"
+DEFAULT_CONFIG_NAME = "configs/train_default.yaml"  # as --help and args.yml name it
 
 
 def _default_ppo() -> dict[str, Any]:
@@ -176,17 +177,21 @@ def apply_override(d: dict[str, Any], key: str, value: Any) -> str:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The run's config: ``--config`` (YAML over the defaults), then the flags, then ``--hyperparams``.
     An error about a key the file sets (and the command line did not override) names the file's line."""
-    d = load_yaml_file(args.config) if args.config else {}
-    lines = key_lines(args.config) if args.config else {}
-    flags = {"cache": args.cache, "name": args.name, "seed": args.seed, "total_timesteps": args.total_timesteps,
-             "progress_bar": False if args.no_progress else None, "runs_dir": args.runs_dir or None}  # fmt: skip
+    from rollouts.console import display_path
+
+    config = DEFAULT_CONFIG if args.config is None else args.config  # "": no file, the Python defaults
+    d = load_yaml_file(config) if config else {}
+    lines = key_lines(config) if config else {}
+    cache, runs_dir = (display_path(v) if v else None for v in (args.cache, args.runs_dir))  # stored relative
+    flags = {"cache": cache, "name": args.name, "seed": args.seed, "total_timesteps": args.total_timesteps,
+             "progress_bar": False if args.no_progress else None, "runs_dir": runs_dir}  # fmt: skip
     for key, v in flags.items():
         if v is not None:
             d[key] = v
             lines.pop(key, None)
     for item in args.hyperparams or []:
         lines.pop(apply_override(d, *parse_override(item, legacy_colon=True)), None)
-    return config_from_dict(TrainConfig, d, path=args.config, lines=lines)
+    return config_from_dict(TrainConfig, d, path=config or None, lines=lines)
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -268,10 +273,10 @@ def _train(
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    from rollouts.console import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG_NAME} of this project)")
     p.add_argument("--cache", help="rollout cache folder (default from the config: data/default_cache)")
     p.add_argument(
         "--name",
@@ -307,6 +312,19 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stored_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as args.yml keeps them: paths inside the working directory relative to it, the
+    default config by its name in the project."""
+    from rollouts.console import display_path
+
+    d = dict(vars(args))
+    d["config"] = DEFAULT_CONFIG_NAME if args.config is None else display_path(args.config)
+    for key in ("cache", "runs_dir"):
+        if d.get(key):
+            d[key] = display_path(d[key])
+    return d
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
@@ -332,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = build_config(args)
         run_dir = train(
-            cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=vars(args),
+            cfg, resume=args.resume, argv=["python", "train.py", *argv], args_dict=stored_args(args),
             trust_checkpoint=args.trust_checkpoint,
         )  # fmt: skip
     except TTCError as exc:

@@ -33,6 +33,7 @@ from evaluation.options import EvalOptions
 from evaluation.pareto import write_sequential_plots
 from evaluation.report import sequential_markdown, strip_private, write_results
 from evaluation.source import ModelSource
+from rollouts.console import note, phase
 from rollouts.errors import ConfigError
 
 
@@ -41,8 +42,10 @@ def evaluate_escalate(opts: EvalOptions, source: ModelSource) -> dict[str, Any]:
     returns the JSON's numbers with ``out_dir`` added."""
     if opts.n_orders < 1:
         raise ConfigError(f"--orders must be >= 1, got {opts.n_orders}")
-    setup = load_setup(opts, source)
-    evaluation = SequentialEvaluation(opts, setup)
+    with phase(f"loading the outcome table of {source.cache}"):
+        setup = load_setup(opts, source)
+    with phase(f"simulating the static configs on {opts.n_orders} sample orders per query"):
+        evaluation = SequentialEvaluation(opts, setup)
     evaluation.run()
     out_dir = Path(opts.out) if opts.out else source.run_dir / "eval"
     plot = write_sequential_plots if opts.plots else None
@@ -158,6 +161,7 @@ class SequentialEvaluation:
 
         from policies.stopping_rules import simulate_rules, tune
 
+        note(f"tuning the stopping rules on the validation split ({len(self.setup.val_rows)} queries)")
         val_results = {
             f: simulate_rules(self.val_sim, rules)
             for f, rules in tqdm(self.families.items(), desc="stopping rules on val", disable=not self.opts.progress)

@@ -43,6 +43,14 @@ def write_tb_scalars(logger: Logger, scalars: dict[str, float], step: int) -> No
             fmt.writer.flush()
 
 
+def record_val(logger: Logger, values: dict[str, Any], step: int) -> None:
+    """``ttc/val/<key>`` at ``step``, the step of the evaluation's ``eval/*`` (its callback runs after
+    the evaluation was dumped: without this dump they would wait for the next rollout's step)."""
+    for k, v in values.items():
+        logger.record(f"ttc/val/{k}", float(v))
+    logger.dump(step)
+
+
 class EpisodeMetricsCallback(BaseCallback):
     """Sums the finished training episodes' ``info`` of each rollout into ``ttc/`` scalars (the
     subclass says which), and logs the hyperparameters once at the start of a fresh run."""
@@ -144,8 +152,8 @@ class ValMetricsCallback(BaseCallback):
             r = score_choices(table, rows, pol.choose(table, rows, lt, ls), lt, ls)
             agg += (r["accuracy"], r["mean_tokens"], r["mean_seconds"], r["utility"])
         agg /= len(self.lambdas)
-        for k, v in zip(("accuracy", "mean_tokens", "mean_seconds", "utility"), agg, strict=True):
-            self.logger.record(f"ttc/val/{k}", float(v))
+        keys = ("accuracy", "mean_tokens", "mean_seconds", "utility")
+        record_val(self.logger, dict(zip(keys, agg, strict=True)), self.num_timesteps)
         return True
 
 
@@ -166,8 +174,8 @@ class EscalateValCallback(BaseCallback):
             s = self.sim.run(pol, lt, ls).summary(lt, ls)
             agg += (s["accuracy"], s["mean_tokens"], s["mean_seconds"], s["utility"], s["mean_rounds"])
         agg /= len(self.lambdas)
-        for k, v in zip(("accuracy", "mean_tokens", "mean_seconds", "utility", "rounds"), agg, strict=True):
-            self.logger.record(f"ttc/val/{k}", float(v))
+        keys = ("accuracy", "mean_tokens", "mean_seconds", "utility", "rounds")
+        record_val(self.logger, dict(zip(keys, agg, strict=True)), self.num_timesteps)
         return True
 
 

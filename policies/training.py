@@ -26,6 +26,7 @@ from policies.observation import ObsEncoder
 from policies.ppo import PPOConfig
 from policies.run_folder import append_summary
 from rollouts.atomic import write_text_atomic
+from rollouts.console import note, phase
 from rollouts.errors import ConfigError
 
 
@@ -123,7 +124,8 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False
     env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
     _check_combination(cfg, env_cfg, ppo_cfg, resume, trust)
-    table = OutcomeTable.for_env(cfg.cache, env_cfg)
+    with phase(f"loading the outcome table of {cfg.cache}"):
+        table = OutcomeTable.for_env(cfg.cache, env_cfg)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
     else:
@@ -234,10 +236,12 @@ def make_fresh_model(job: TrainingJob, envs: TrainingEnvs) -> tuple[Any, dict[st
         from policies.utility_head import warm_start_gain
 
         t_ws = time.time()
-        ws = warm_start_gain(model.policy, table, job.encoder, job.train_rows, job.val_rows, seed=cfg.seed)
+        with phase(f"warm start: fitting the gain head on {len(job.train_rows)} train queries"):
+            ws = warm_start_gain(model.policy, table, job.encoder, job.train_rows, job.val_rows, seed=cfg.seed)
         ws["seconds"] = round(time.time() - t_ws, 2)
+        epochs = ws["epochs"] if isinstance(ws["epochs"], list) else [ws["epochs"]]  # one per ensemble member
         print(
-            f"warm start of the gain head: {ws['epochs']} epochs, validation MSE "
+            f"warm start of the gain head: {'/'.join(map(str, epochs))} epochs, validation MSE "
             f"{ws['val_mse']:.4f} (train means alone: {ws['val_mse_prior_only']:.4f})"
         )
         report["warm_start"] = ws
@@ -245,10 +249,11 @@ def make_fresh_model(job: TrainingJob, envs: TrainingEnvs) -> tuple[Any, dict[st
         from policies.escalate_ppo import clone_oneshot_into
 
         first_env = envs.train.envs[0].unwrapped
-        clone = clone_oneshot_into(
-            model, cfg.warm_start_from, table, job.encoder, first_env, job.env_cfg, seed=cfg.seed,
-            trust=job.trust_checkpoint,
-        )
+        with phase(f"behaviour cloning: the step policy imitates the one-shot run {cfg.warm_start_from}"):
+            clone = clone_oneshot_into(
+                model, cfg.warm_start_from, table, job.encoder, first_env, job.env_cfg, seed=cfg.seed,
+                trust=job.trust_checkpoint,
+            )
         print(
             f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
         )
@@ -316,6 +321,7 @@ def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
     remaining = cfg.total_timesteps - (model.num_timesteps if job.resume else 0)
     t0 = time.time()
     start_steps = model.num_timesteps
+    note(f"PPO: {remaining} env steps, validation every {cfg.eval_freq} (TensorBoard: {job.tb_dir})")
     model.learn(
         total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not job.resume, tb_log_name="PPO",
         progress_bar=cfg.progress_bar,
@@ -340,10 +346,11 @@ def _fit_gate(job: TrainingJob, model: Any, best: Any, summary: dict[str, Any]) 
 
     cfg = job.cfg
     t_gate = time.time()
-    gate = fit_run_gate(
-        best, job.table, job.train_rows, job.val_rows, cfg.ppo,
-        confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
-    )  # fmt: skip
+    with phase(f"fitting the gate ({cfg.gate_folds} cross-fitted folds over train + validation)"):
+        gate = fit_run_gate(
+            best, job.table, job.train_rows, job.val_rows, cfg.ppo,
+            confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
+        )  # fmt: skip
     write_text_atomic(job.run_dir / "gate.json", json.dumps(gate.to_dict(), indent=1) + "\n")
     scalars = {"ttc/gate/open_share": gate.open_share}
     if gate.shrinkage is not None:
@@ -355,7 +362,8 @@ def _fit_gate(job: TrainingJob, model: Any, best: Any, summary: dict[str, Any]) 
         "method": gate.method,
         "seconds": round(time.time() - t_gate, 2),
     }
-    print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {gate.shrinkage}")
+    alpha = "none" if gate.shrinkage is None else f"{gate.shrinkage:.3g}"
+    print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {alpha}")
     return gate
 
 
@@ -388,7 +396,8 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
             "cache": cfg.cache,
             "run": str(run_dir),
         }
-        summary["onnx_parity"] = export_policy(
-            best, run_dir / "export", source=source, serving=serving_spec(job.table), gate=gate
-        )
+        with phase(f"exporting the best model to {run_dir / 'export'} (ONNX, parity-checked)"):
+            summary["onnx_parity"] = export_policy(
+                best, run_dir / "export", source=source, serving=serving_spec(job.table), gate=gate
+            )
     append_summary(run_dir, summary)

@@ -124,7 +124,12 @@ class Collector:
                 f"calibration_queries={cfg.calibration_queries}: {k} queries x {per_query} configs give {k * per_query} "
                 "latency measurements, the latency model needs at least 4; raise calibration_queries or set it to 0"
             )
-        self.backend = backend or make_backend(cfg.backend, self.model_path, **cfg.backend_options)
+        if backend is None:
+            from rollouts.console import phase
+
+            with phase(f"starting the {cfg.backend} engine ({cfg.model})"):
+                backend = make_backend(cfg.backend, self.model_path, **cfg.backend_options)
+        self.backend = backend
         self.scorer: StepScorer = make_scorer(cfg.scorer, **cfg.scorer_options)
         self.sampling = sampling_spec(cfg)
         tok = self.backend.tokenizer
@@ -161,8 +166,10 @@ class Collector:
         todo = [(q, p) for q, p in zip(self.queries, self.prompted) if q.query_id not in self.writer.query_ids]
         if not todo:
             return
+        from rollouts.console import note
         from rollouts.features import Featurizer
 
+        note(f"featurizing {len(todo)} queries ({self.cfg.model} hidden states)")
         fz = Featurizer(self.model_path, name=self.cfg.model)
         feats = fz.features([p.prompt_ids for _, p in todo], progress=self.progress)
         for (q, p), f in zip(todo, feats):

@@ -9,6 +9,7 @@ when it overruns, so a pathological expression can never hang the caller.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing as mp
 import threading
 from dataclasses import dataclass
@@ -30,8 +31,25 @@ def _extracted_text(parsed: list) -> str | None:
     return str(parsed[-1]) if len(parsed) > 1 else str(parsed[0])
 
 
+class _NoTimeoutNotice(logging.Filter):
+    """Drops math-verify's "Timeout is disabled ..." warning: without its own timeout (off the main
+    thread) the call runs in a worker process that :func:`grade` kills when it overruns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+def _quiet_math_verify() -> None:
+    for name in ("math_verify.grader", "math_verify.parser"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTimeoutNotice) for f in logger.filters):
+            logger.addFilter(_NoTimeoutNotice())
+
+
 def _grade_now(gold: str | None, completion: str, timeout_s: int | None) -> tuple[str | None, bool]:
     from math_verify import parse, verify
+
+    _quiet_math_verify()
 
     if gold is None:  # nothing to compare with: extraction only
         return _extracted_text(parse(completion, parsing_timeout=timeout_s)), False
@@ -91,6 +109,7 @@ def extract_answer(completion: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> str |
     """The final answer math-verify extracts from a completion (for voting), or None."""
     from math_verify import parse
 
+    _quiet_math_verify()
     if threading.current_thread() is threading.main_thread():
         return _extracted_text(parse(completion, parsing_timeout=timeout_s))
     return _extracted_text(parse(completion, parsing_timeout=None))

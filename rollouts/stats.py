@@ -5,7 +5,8 @@ JSON keys (documented in docs/collect.md):
 - ``queries``, ``records``: counts; ``tokens``: all generated tokens; ``seconds``: sum of record latencies;
 - ``configs``: per config id: ``strategy``, ``records``, ``accuracy`` (a pool's per-sample accuracy, i.e.
   N=1; a search's final-answer accuracy), ``mean_tokens``, ``mean_seconds``, ``seconds_source`` counts,
-  and for pools ``majority_accuracy`` (majority vote over the whole pool) and ``pass_at_n``;
+  and for pools ``majority_accuracy`` (majority vote over the whole pool, ties broken at random and
+  counted as their expectation, as the env counts them) and ``pass_at_n``;
 - ``pass_rate_histogram_n1``: for each pool config, how many queries had k of K samples right
   (keys ``"k/K"``), the per-query variation an allocator can exploit;
 - ``latency_model``: the fitted latency model's error report, when present;
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rollouts.cache import RolloutCache
-from rollouts.strategies.selectors import select
+from rollouts.strategies.selectors import expected_correct
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -56,8 +57,9 @@ def summarize(cache: RolloutCache) -> dict[str, Any]:
                     continue
                 per_sample.append(float(np.mean(corr)))
                 pass_n.append(float(any(corr)))
-                idx = select("majority", [s["answer"] for s in r["samples"]])
-                maj.append(float(bool(r["samples"][idx]["correct"])))
+                # ties broken at random, counted as their expectation: the outcome table's value
+                maj.append(expected_correct("majority", [s["answer"] for s in r["samples"]],
+                                            [s["correct"] for s in r["samples"]]))
                 counts[f"{sum(corr)}/{len(corr)}"] += 1
             entry.update(accuracy=_mean(per_sample), majority_accuracy=_mean(maj), pass_at_n=_mean(pass_n))
             k = max((len(r["samples"]) for r in recs), default=0)

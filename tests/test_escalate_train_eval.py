@@ -94,6 +94,18 @@ def test_evaluate_sequential_against_oneshot(seq_run, tiny_run, tmp_path):
         "grid_mean_above_best_rule_90",
     }
     assert (tmp_path / "pareto_tokens.png").stat().st_size > 0 and (tmp_path / "results.md").exists()
+    # the plots: one sweep per policy over λ, the statics labelled and apart
+    import matplotlib.pyplot as plt
+
+    from evaluation import pareto
+    from tests.test_output import check_pareto_figure
+
+    for cost in ("mean_tokens", "mean_seconds"):
+        fig = pareto.draw_pareto(r, cost, pareto.sequential_sweeps(r), "title", "oracle")
+        texts = {t.get_text() for t in fig.axes[0].texts}
+        assert {k.removeprefix("static:").split("/")[-1] for k in p["policies"] if k.startswith("static:")} <= texts
+        check_pareto_figure(fig, oracle_above=False)
+        plt.close(fig)
 
 
 def test_rules_and_statics_use_the_same_orders(synthetic_cache):

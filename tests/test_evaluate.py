@@ -190,3 +190,21 @@ def test_options_are_the_cli_flags():
     default = EvalOptions()
     assert [f.name for f in fields(EvalOptions) if getattr(opts, f.name) == getattr(default, f.name)] == []
     assert (opts.which_model, opts.grid_n, opts.n_boot, opts.n_orders) == ("final", 3, 10, 3)
+
+
+@pytest.mark.parametrize("cost", ["mean_tokens", "mean_seconds"])
+def test_pareto_plot_is_readable(evaluated, cost):
+    """The Pareto figure of a real evaluation: the shipped (gated) policy drawn, labels apart, every
+    marker in the legend, the y-axis on the policies and statics (tests/test_output.py's checks)."""
+    import matplotlib.pyplot as plt
+
+    from evaluation import pareto
+    from tests.test_output import check_pareto_figure
+
+    res = json.loads((evaluated / "r.json").read_text())
+    fig = pareto.draw_pareto(res, cost, list(pareto.ONESHOT), "title", "oracle")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any("gated" in lab for lab in labels)
+    oracle_top = max(p["policies"]["oracle"]["accuracy"] for p in res["points"])
+    check_pareto_figure(fig, oracle_above=oracle_top > fig.axes[0].get_ylim()[1])
+    plt.close(fig)

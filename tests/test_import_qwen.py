@@ -31,15 +31,18 @@ def raw_rows(limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def independent_stats(rows: list[dict]) -> dict[str, float]:
-    """Per-sample accuracy, pass@8, majority@8 (exact-string vote, first on ties), RM best@8 (argmax)."""
+def independent_stats(rows: list[dict], ties: str = "random") -> dict[str, float]:
+    """Per-sample accuracy, pass@8, majority@8 (exact-string vote; ties broken at random and counted as
+    the expectation, as the project counts them, or ``ties="first"``: the first tied answer, as the
+    harness does), RM best@8 (argmax)."""
     per_sample = [c for r in rows for c in r["score"]]
     maj, rm, pass_k = [], [], []
     for r in rows:
         counts = Counter(r["pred"])
         top = max(counts.values())
-        winner = next(p for p in r["pred"] if counts[p] == top)
-        maj.append(r["score"][r["pred"].index(winner)])
+        tied = [p for p in dict.fromkeys(r["pred"]) if counts[p] == top]  # in order of first appearance
+        tied = tied[:1] if ties == "first" else tied
+        maj.append(sum(r["score"][r["pred"].index(p)] for p in tied) / len(tied))
         rewards = [s[0] for s in r["pred_score"]]
         rm.append(r["score"][rewards.index(max(rewards))])
         pass_k.append(any(r["score"]))
@@ -110,8 +113,11 @@ def test_full_import_reproduces_published_statistics(tmp_path):
     ind = independent_stats(rows)
     got = cache_stats(tmp_path / "q")
     assert got == pytest.approx(ind)
-    # and the numbers published in the data's README
-    assert got == pytest.approx({"acc": 0.91, "maj": 0.93, "rm": 0.94, "pass": 0.96}, abs=5e-3)
+    # and the numbers published in the data's README, whose majority takes the first tied answer (the
+    # project breaks ties at random: 0.925 where the first-on-ties vote gives 0.93)
+    published = {"acc": 0.91, "maj": 0.93, "rm": 0.94, "pass": 0.96}
+    assert {**got, "maj": independent_stats(rows, ties="first")["maj"]} == pytest.approx(published, abs=5e-3)
+    assert got["maj"] == pytest.approx(0.925, abs=1e-9)
     # a re-run adds nothing
     again = run_import(tmp_path / "q")
     assert (again.imported, again.already_present) == (0, 100)

@@ -46,6 +46,9 @@ def test_run_folder_contents(tiny_run):
     ea = EventAccumulator(str(tiny_run / "tb" / "PPO_1"))
     ea.Reload()
     assert "_hparams_/experiment" in ea.PluginTagToContent("hparams")  # hyperparameters logged once
+    # the validation curves share one step axis: each evaluation's eval/* and ttc/val/* at its step
+    steps = {tag: [e.step for e in ea.Scalars(tag)] for tag in ("eval/mean_reward", "ttc/val/utility")}
+    assert steps["eval/mean_reward"] == steps["ttc/val/utility"] == [int(t) for t in ev["timesteps"]]
 
 
 def _tb_tags(run):

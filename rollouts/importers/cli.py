@@ -57,9 +57,12 @@ class _Limited:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rollouts.console import HelpFormatter
+
     ap = argparse.ArgumentParser(
         prog="collect.py import",
         description="Import third-party rollouts into a rollout cache (see docs/import.md).",
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("format", choices=sorted(FORMATS), help="input format")
     ap.add_argument("path", help="input file (or folder, for qwen25math)")
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for the featurizer (1 is fastest on a machine busy with other work)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
 

@@ -39,7 +39,7 @@ def _import_identity(entry: dict[str, Any]) -> dict[str, Any]:
 
 def selector_accuracies(cache: Any) -> dict[str, dict[str, float | None]]:
     """Per pool config: best_score@K and weighted@K over whole pools (majority is in stats.summarize)."""
-    from rollouts.strategies.selectors import select
+    from rollouts.strategies.selectors import expected_correct
 
     out: dict[str, dict[str, float | None]] = {}
     for cid in cache.config_ids:
@@ -51,9 +51,9 @@ def selector_accuracies(cache: Any) -> dict[str, dict[str, float | None]]:
             ss = r["samples"]
             if any(s["correct"] is None for s in ss) or any(s.get("score") is None for s in ss):
                 continue
-            for sel in acc:
-                i = select(sel, [s["answer"] for s in ss], [s["score"] for s in ss])
-                acc[sel].append(float(ss[i]["correct"]))
+            for sel in acc:  # ties at random, counted as their expectation (the outcome table's value)
+                answers, correct, scores = ([s[k] for s in ss] for k in ("answer", "correct", "score"))
+                acc[sel].append(expected_correct(sel, answers, correct, scores))
         out[cid] = {f"{k}_accuracy": (sum(v) / len(v) if v else None) for k, v in acc.items()}
     return out
 

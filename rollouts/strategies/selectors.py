@@ -7,7 +7,8 @@ Ties: without a generator they go to the earliest sample (deterministic). With `
 ``numpy.random.Generator``) a tie is broken uniformly at random among the tied answers
 (``best_score``: among the tied samples), so the outcome does not depend on the order in which a
 pool was assembled. The outcome table uses the exact expectation of that random tie-break
-(:func:`tied_winners`), the sampled env mode and live routing draw it with their seeded generator.
+(:func:`tied_winners`, :func:`expected_correct`), the sampled env mode and live routing draw it with
+their seeded generator; the cache summaries (``collect.py stats``, an import's) report the expectation.
 Scores and vote weights within ``TIE_TOL`` of the best count as tied.
 """
 
@@ -77,3 +78,15 @@ def select(
     if rng is None or len(winners) == 1:
         return winners[0]
     return winners[int(rng.integers(len(winners)))]
+
+
+def expected_correct(
+    selector: str,
+    answers: Sequence[str | None],
+    correct: Sequence[bool | None],
+    scores: Sequence[float | None] | None = None,
+) -> float:
+    """The expected correctness of :func:`select` with its random tie-break (``rng``): the mean
+    correctness of :func:`tied_winners`, as the outcome table counts it (``None``: incorrect)."""
+    winners = tied_winners(selector, answers, scores)
+    return sum(1.0 for i in winners if correct[i]) / len(winners)
