@@ -6,7 +6,8 @@ numbers, :func:`policies.escalate_sim.make_orders`), through the same episode co
 - ``sequential``: the run's MaskablePPO step policy (deterministic);
 - ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``), its choice per query played
   as ``draw@N, stop:<selector>`` (or the beam) on the same orders;
-- ``static:<action>``: every one-shot action the same way; ``best_static`` is the hindsight best on the
+- ``static:<action>``: every one-shot action the same way (with the finish watch, the races too:
+  launch N, wait finish by finish, stop when the race stops); ``best_static`` is the hindsight best on the
   evaluated split at each λ point; ``oracle``: per query the one-shot action with the best mean utility
   over its orders (the one-shot hindsight oracle);
 - ``rule:<family>``: the stopping rules of :mod:`policies.stopping_rules`, each family's configuration
@@ -140,13 +141,9 @@ class SequentialEvaluation:
 
         self.sim, self.val_sim = simulator(setup.rows), simulator(setup.val_rows)
         # one-shot actions on the same orders (λ-independent: price them per point)
-        plans = [menu.oneshot_plan(a) for a in table.menu]
-        self.oneshot_ids = [a.id for a, p in zip(table.menu, plans, strict=True) if p is not None]
-        self.static = {
-            a.id: self.sim.run(plan_policy([p]), 0.0, 0.0)
-            for a, p in zip(table.menu, plans, strict=True)
-            if p is not None
-        }
+        policies = {a.id: p for a in table.menu if (p := _static_policy(menu, a, plan_policy)) is not None}
+        self.oneshot_ids = list(policies)
+        self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
         self.points: list[dict[str, Any]] = []
         self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
@@ -273,6 +270,20 @@ class SequentialEvaluation:
             "points": points,
             "summary": summary,
         }
+
+
+def _static_policy(menu: Any, action: Any, plan_policy: Any) -> Any:
+    """The step policy that plays one-shot ``action`` on the step menu (a race only on the finish watch,
+    through :class:`rollouts.strategies.race.RaceWatch`); None where the menu cannot play it."""
+    plan = menu.oneshot_plan(action)
+    if plan is not None:
+        return plan_policy([plan])
+    race = action.race
+    if race is None or menu.watch != "finish" or action.config_id != menu.pool_config or race.n not in menu.draw_index:
+        return None
+    from policies.escalate_sim import race_policy
+
+    return race_policy(race, action.selector, menu)
 
 
 def _summary_from(results: dict[str, Any], ids: list[str], lt: float, ls: float) -> dict[str, Any]:
