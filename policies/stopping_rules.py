@@ -99,7 +99,8 @@ def next_width(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
 
 
 def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
-    stop_a, wait_a = menu.stop_index[rule.selector], menu.wait_index
+    stop_a = menu.stop_index[rule.selector]
+    wait_a = -1 if menu.wait_index is None else menu.wait_index  # only the finish watch has rounds running
 
     def act(obs, masks, episodes: list[Episode]):
         out = np.empty(len(episodes), dtype=np.int64)
