@@ -125,7 +125,7 @@ class SequentialEvaluation:
 
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
-        from policies.escalate_sim import Simulator, make_orders, plan_policy
+        from policies.escalate_sim import Simulator, make_orders, oneshot_policy
         from policies.stopping_rules import rule_grid
 
         self.opts, self.setup = opts, setup
@@ -141,7 +141,7 @@ class SequentialEvaluation:
 
         self.sim, self.val_sim = simulator(setup.rows), simulator(setup.val_rows)
         # one-shot actions on the same orders (λ-independent: price them per point)
-        policies = {a.id: p for a in table.menu if (p := _static_policy(menu, a, plan_policy)) is not None}
+        policies = {a.id: p for a in table.menu if (p := oneshot_policy(menu, a)) is not None}
         self.oneshot_ids = list(policies)
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
@@ -270,20 +270,6 @@ class SequentialEvaluation:
             "points": points,
             "summary": summary,
         }
-
-
-def _static_policy(menu: Any, action: Any, plan_policy: Any) -> Any:
-    """The step policy that plays one-shot ``action`` on the step menu (a race only on the finish watch,
-    through :class:`rollouts.strategies.race.RaceWatch`); None where the menu cannot play it."""
-    plan = menu.oneshot_plan(action)
-    if plan is not None:
-        return plan_policy([plan])
-    race = action.race
-    if race is None or menu.watch != "finish" or action.config_id != menu.pool_config or race.n not in menu.draw_index:
-        return None
-    from policies.escalate_sim import race_policy
-
-    return race_policy(race, action.selector, menu)
 
 
 def _summary_from(results: dict[str, Any], ids: list[str], lt: float, ls: float) -> dict[str, Any]:

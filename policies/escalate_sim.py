@@ -217,3 +217,34 @@ def race_policy(rule: RaceRule, selector: str | None, menu: EscalateMenu) -> Ste
         return out
 
     return act
+
+
+def oneshot_policy(menu: EscalateMenu, action: Any) -> StepPolicy | None:
+    """The step policy that plays one-shot ``action`` (an :class:`env.outcomes.Action`) on the step
+    menu: its plan (:meth:`EscalateMenu.oneshot_plan`), or a race on the finish watch
+    (:func:`race_policy`); None where the menu cannot play it."""
+    plan = menu.oneshot_plan(action)
+    if plan is not None:
+        return plan_policy([plan])
+    race = action.race
+    if race is None or menu.watch != "finish" or action.config_id != menu.pool_config or race.n not in menu.draw_index:
+        return None
+    return race_policy(race, action.selector, menu)
+
+
+def choice_policy(policies: list[StepPolicy | None], row_choice: dict[int, int]) -> StepPolicy:
+    """Per query row the policy ``policies[row_choice[row]]`` (a one-shot policy's choices, played)."""
+
+    def act(obs, masks, episodes):
+        out = np.empty(len(episodes), dtype=np.int64)
+        groups: dict[int, list[int]] = {}
+        for b, ep in enumerate(episodes):
+            groups.setdefault(row_choice[ep.qi], []).append(b)
+        for c, idx in groups.items():
+            pol = policies[c]
+            if pol is None:
+                raise ValueError(f"one-shot choice {c} cannot be played on the step menu")
+            out[idx] = pol(obs[idx], masks[idx], [episodes[b] for b in idx])
+        return out
+
+    return act

@@ -216,9 +216,10 @@ def test_bad_watch_and_finish_exports_are_refused():
     _check_combination(SimpleNamespace(export=False, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False)
 
 
-def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path):
-    """configs/train_escalate_finish.yaml trains (no export) and the sequential evaluation plays the
-    rules, the statics and the menu's races finish by finish on the same orders."""
+def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run):
+    """configs/train_escalate_finish.yaml trains (no export; cloned from a one-shot run whose races are
+    played finish by finish) and the sequential evaluation plays the rules, the statics, the menu's races
+    and the one-shot run's choices finish by finish on the same orders."""
     import json
     from pathlib import Path
 
@@ -229,10 +230,13 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path):
     small = ["n_envs=2", "eval_freq=512", "checkpoint_freq=512", "val_grid=2", "ppo.n_steps=128",
              "ppo.batch_size=128"]  # fmt: skip
     rc = train.main(["--config", config, "--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name",
-                     "fin", "--total-timesteps", "512", "--no-progress", "--hyperparams", *small])  # fmt: skip
+                     "fin", "--total-timesteps", "512", "--no-progress", "--hyperparams", *small,
+                     f"warm_start_from={tiny_run}"])  # fmt: skip
     run = tmp_path / "fin"
     assert rc == 0 and (run / "best_model.zip").exists() and not (run / "export").exists()
-    rc = evaluate.main(["--run", str(run), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ev"),
+    clone = json.loads((run / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
+    assert clone["samples"] > 0 and clone["lambdas"] == 32
+    rc = evaluate.main(["--run", str(run), "--compare-run", str(tiny_run), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ev"),
                         "--grid", "2", "--orders", "2", "--bootstrap", "0", "--no-plots", "--no-progress"])  # fmt: skip
     assert rc == 0
     r = json.loads((tmp_path / "r.json").read_text())
@@ -240,4 +244,4 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path):
     races = [a for a in r["oneshot_menu"] if ":agree" in a or ":first" in a]
     pols = r["points"][0]["policies"]
     assert races and all(f"static:{a}" in pols for a in races)
-    assert {"sequential", "oracle", "rule:k_agree"} <= set(pols)
+    assert {"sequential", "oracle", "oneshot_ppo", "rule:k_agree"} <= set(pols)
