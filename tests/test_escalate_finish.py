@@ -216,7 +216,7 @@ def test_bad_watch_and_finish_exports_are_refused():
     _check_combination(SimpleNamespace(export=False, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False)
 
 
-def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run):
+def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, capsys):
     """configs/train_escalate_finish.yaml trains (no export; cloned from a one-shot run whose races are
     played finish by finish) and the sequential evaluation plays the rules, the statics, the menu's races
     and the one-shot run's choices finish by finish on the same orders."""
@@ -236,6 +236,13 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run):
     assert rc == 0 and (run / "best_model.zip").exists() and not (run / "export").exists()
     clone = json.loads((run / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
     assert clone["samples"] > 0 and clone["lambdas"] == 32
+    from policies.export import main as export_main
+
+    capsys.readouterr()
+    assert export_main([str(run / "best_model.zip"), str(tmp_path / "exp")]) == 2  # live routing: whole rounds
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "env.watch: finish" in err[0]
+    assert not (tmp_path / "exp").exists() and not (tmp_path / ".exp.partial").exists()
     rc = evaluate.main(["--run", str(run), "--compare-run", str(tiny_run), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ev"),
                         "--grid", "2", "--orders", "2", "--bootstrap", "0", "--no-plots", "--no-progress"])  # fmt: skip
     assert rc == 0
