@@ -3,6 +3,11 @@
 :class:`Episode` holds the query's pool record, its beam outcomes and the :class:`env.seen.SeenState`;
 ``ttc/Escalate-v0`` and the lockstep simulator (``policies/escalate_sim.py``) both step episodes
 through it. A draw's seconds are :func:`env.round_latency.round_seconds`.
+
+With the menu's ``watch == "finish"`` a draw launches its round and the episode stops at each finish
+(:func:`rollouts.strategies.race.finish_order`: generated tokens ascending, ties by sample order): the
+draw itself runs to the first finish, ``wait`` to the next one; a stop or a beam cancels the samples
+still running, which keep what they generated until then.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from env.outcomes import OutcomeTable
 from env.round_latency import round_seconds
 from env.seen import SeenState, step_mask
 from rollouts.errors import ConfigError
+from rollouts.strategies.race import finish_order
 
 
 def prepare_query(table: OutcomeTable, menu: EscalateMenu, qi: int) -> tuple[list, list, list[bool]]:
@@ -37,7 +43,7 @@ class Episode:
 
     __slots__ = (
         "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final",
-        "correct", "_mask", "_gen", "_scorer", "_scores",
+        "correct", "_mask", "_gen", "_scorer", "_scores", "finish_watch", "finished", "_round", "_next",
     )  # fmt: skip
 
     def __init__(
@@ -67,6 +73,10 @@ class Episode:
         self.final: str | None = None
         self.correct = 0.0  # of the final answer, once done
         self._mask: np.ndarray | None = None
+        self.finish_watch = menu.watch == "finish"
+        self.finished: list[int] = []  # pool positions of the finished samples, in finish order
+        self._round: list[int] = []  # the current round's pool positions in finish order
+        self._next = 0  # its next finisher
 
     def mask(self) -> np.ndarray:
         """Legal step actions now (computed once per state; callers must not modify it)."""
@@ -77,6 +87,11 @@ class Episode:
     def step(self, a: int) -> tuple[float, float, bool, float]:
         act = self.menu.actions[a]
         self._mask = None
+        if self.finish_watch and act.kind in ("draw", "wait"):
+            if act.kind == "draw":
+                self._launch(act.k)
+            tok, secs = self._finish_next()
+            return tok, secs, False, 0.0
         if act.kind == "draw":
             st = self.state
             idx = self.order[st.drawn : st.drawn + act.k]
@@ -94,14 +109,36 @@ class Episode:
         self.final = act.id
         if act.kind == "stop":
             sel = act.selector or DEFAULT_SELECTOR
-            pick = self.order[self.state.answer(sel)]
+            self.state.cancel()
+            ans = self.state.answer(sel)
+            pick = self.finished[ans] if self.finish_watch else self.order[ans]
             tok = self.state.stop_tokens(sel)
             self.state.tokens += tok
             self.correct = float(self.pool.correct[pick])
             return tok, 0.0, True, self.correct
+        self.state.cancel()
         outs = self.beams[self.menu.beam_configs.index(str(act.config_id))]
         ok, tok, secs = outs[min(int(self.beam_pick * len(outs)), len(outs) - 1)]
         self.state.tokens += tok
         self.state.seconds += secs
         self.correct = float(ok)
         return tok, secs, True, self.correct
+
+    def _launch(self, k: int) -> None:
+        """Launch the next ``k`` samples of the order as one round (finish watch)."""
+        st = self.state
+        idx = self.order[st.launched : st.launched + k]
+        self._round = [idx[j] for j in finish_order([self._gen[i] for i in idx])]
+        self._next = 0
+        st.launch(k)
+
+    def _finish_next(self) -> tuple[float, float]:
+        """Run the current round to its next finish; the (tokens, seconds) accrued until then."""
+        st = self.state
+        i = self._round[self._next]
+        self._next += 1
+        self.finished.append(i)
+        g = self._gen[i]
+        secs = round_seconds(self.table, self.qi, self.pool, st.widths[-1], g)
+        score = None if self._scores is None else self._scores[i]
+        return st.finish(self.pool.keys[i], g, self._scorer[i], score, secs)

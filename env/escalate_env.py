@@ -30,6 +30,16 @@ samples' scorer tokens; a beam adds its record's tokens (scorer tokens included)
 per step: ``reward_scale * (correct·[final] − λ_T·Δtokens − λ_L·Δseconds)``, divided with
 ``reward_norm="context"`` by the same per-episode factor as Allocate-v0.
 
+Finish by finish (``env.watch: finish``; the default ``round`` is the above): a draw launches its round
+of k samples and the episode stops at each of its finishes (generated tokens ascending, ties by the
+order, as a race's :func:`rollouts.strategies.race.finish_order`). At each finish the policy chooses
+``wait`` (the next finish), a stop with a selector over the finished samples, or a beam (either cancels
+the samples still running), and, once the round is over, another draw. Costs accrue as they happen: at
+decode step L_now of a round every launched sample has generated ``min(its tokens, L_now)``, and the
+round has cost ``Round(prompt_tokens, k, L_now)`` seconds (so a round watched to its end costs what the
+whole-round watch charges); the observation adds :data:`env.seen.FINISH_FEATURES`, and the end-of-episode
+info ``launched`` and ``cancelled``. It needs the cache's latency model.
+
 Observation: ``[Allocate-v0's observation (query features, encoded λ), seen...]`` where ``seen``
 (:data:`env.seen.SEEN_FEATURES`) is built by :class:`env.seen.SeenState` from the drawn samples, the same
 code for cached and live samples (``policies/sequential_router.py``). An episode's state and steps are
@@ -49,7 +59,7 @@ from env.allocate_env import AllocateEnv, EnvConfig
 from env.episode import Episode, prepare_query
 from env.escalate_menu import EscalateMenu
 from env.round_latency import check_round_prices
-from env.seen import SEEN_FEATURES, SeenUnits, fit_units
+from env.seen import WATCHES, SeenUnits, fit_units, seen_features
 from env.splits import split_rows
 from policies.observation import OBS_BOUND
 from rollouts.errors import ConfigError
@@ -62,6 +72,7 @@ class EscalateConfig(EnvConfig):
     kind: str = "escalate"
     draw_sizes: Any = "auto"  # auto: pool_budgets(K); or a list of ints >= 1
     pool_config: str | None = None  # the pool config to draw from (default: the one with most samples)
+    watch: str = "round"  # round: decide between whole rounds; finish: at each finish within a round
 
     def validate(self) -> None:
         super().validate()
@@ -75,6 +86,8 @@ class EscalateConfig(EnvConfig):
             raise ConfigError(
                 f"env.draw_sizes must be 'auto' or a list of integers >= 1, got {self.draw_sizes!r}"
             )
+        if self.watch not in WATCHES:
+            raise ConfigError(f"env.watch must be one of {', '.join(WATCHES)}, got {self.watch!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,8 +126,9 @@ class EscalateEnv(AllocateEnv):
             units = SeenUnits.from_dict(units)
         self.units = units
         self._n_base = self.encoder.dim
+        self._n_seen = len(seen_features(self.menu.watch))
         self.observation_space = spaces.Box(
-            -OBS_BOUND, OBS_BOUND, shape=(self._n_base + len(SEEN_FEATURES),), dtype=np.float32
+            -OBS_BOUND, OBS_BOUND, shape=(self._n_base + self._n_seen,), dtype=np.float32
         )
         self.action_space = spaces.Discrete(len(self.menu))
         self._ep: Episode | None = None
@@ -139,7 +153,7 @@ class EscalateEnv(AllocateEnv):
         if order is None:  # a permutation of the record the pick selects (pools may differ in size)
             order = rng.permutation(recs[min(int(pick * len(recs)), len(recs) - 1)][0].k)
         self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
-        self._obs = np.zeros(self._n_base + len(SEEN_FEATURES), dtype=np.float32)
+        self._obs = np.zeros(self._n_base + self._n_seen, dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
         self._ep.state.features(self.units, self._seen_view)
@@ -189,6 +203,8 @@ class EscalateEnv(AllocateEnv):
                     "lambda_seconds": ls,
                 }
             )
+            if ep.finish_watch:
+                info.update({"launched": st.launched, "cancelled": st.launched - st.drawn})
         return self._obs.copy(), reward, done, False, info
 
     def action_masks(self) -> np.ndarray:

@@ -1,5 +1,8 @@
-"""The escalation env's step menu: which step actions (draw k, stop with a selector, run a beam
-config) a cache offers, and how each one-shot (Allocate-v0) action maps onto them.
+"""The escalation env's step menu: which step actions (draw k, wait for the next finish, stop with a
+selector, run a beam config) a cache offers, and how each one-shot (Allocate-v0) action maps onto them.
+
+``wait`` is on the menu only with ``env.watch: finish`` (the episode then stops at each finish of a
+round); with ``round`` (the default) the menu is draws, stops and beams.
 
 Built from an outcome table and the env's :class:`env.escalate_env.EscalateConfig`, or read back
 from a checkpoint's meta / an export (:meth:`EscalateMenu.from_dict`) without a cache.
@@ -18,6 +21,7 @@ from rollouts.strategies import SEARCH_STRATEGIES
 from rollouts.strategies.selectors import SCORE_SELECTORS, SELECTORS
 
 DEFAULT_SELECTOR = "majority"  # the selector of a one-shot pool action that names none
+WAIT = "wait"  # the finish watch's step action: let the current round run to its next finish
 
 
 class MenuSettings(Protocol):
@@ -25,12 +29,13 @@ class MenuSettings(Protocol):
 
     draw_sizes: Any  # "auto" or a list of ints >= 1
     pool_config: str | None
+    watch: str  # "round" or "finish"
 
 
 @dataclass(frozen=True)
 class StepAction:
     id: str
-    kind: str  # draw | stop | beam
+    kind: str  # draw | wait | stop | beam
     k: int = 0  # draw
     selector: str | None = None  # stop
     config_id: str | None = None  # beam
@@ -72,7 +77,10 @@ class EscalateMenu:
             raise ConfigError(
                 f"env.draw_sizes {sizes} exceed the pool size {self.pool_size} of {self.pool_config!r}"
             )
+        self.watch = str(getattr(cfg, "watch", "round"))
         acts = [StepAction(f"draw@{k}", "draw", k=k) for k in sizes]
+        if self.watch == "finish":
+            acts.append(StepAction(WAIT, "wait"))
         acts += [StepAction(f"stop:{s}", "stop", selector=s) for s in SELECTORS]
         acts += [
             StepAction(a.id, "beam", config_id=a.config_id)
@@ -85,6 +93,7 @@ class EscalateMenu:
         self.actions = acts
         self.ids = [a.id for a in acts]
         self.draw_index = {a.k: i for i, a in enumerate(acts) if a.kind == "draw"}
+        self.wait_index: int | None = next((i for i, a in enumerate(acts) if a.kind == "wait"), None)
         self.stop_index = {a.selector: i for i, a in enumerate(acts) if a.kind == "stop"}
         self.beam_index = {a.config_id: i for i, a in enumerate(acts) if a.kind == "beam"}
         self.beam_configs = [a.config_id for a in acts if a.kind == "beam" and a.config_id is not None]
@@ -93,6 +102,7 @@ class EscalateMenu:
     def from_dict(cls, d: dict[str, Any]) -> EscalateMenu:
         """The menu stored by :meth:`to_dict` (in a checkpoint's meta or an export), without a cache."""
         menu = cls.__new__(cls)
+        menu.watch = str(d.get("watch", "round"))
         menu.pool_config, menu.pool_size, menu.has_scores = (
             d["pool_config"],
             int(d["pool_size"]),
@@ -118,9 +128,12 @@ class EscalateMenu:
         return [self.draw_index[action.n], self.stop_index[action.selector or DEFAULT_SELECTOR]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "pool_config": self.pool_config,
             "pool_size": self.pool_size,
             "has_scores": self.has_scores,
             "actions": [a.to_dict() for a in self.actions],
         }
+        if self.watch != "round":  # round-watch menus are stored as they were before the finish watch
+            d["watch"] = self.watch
+        return d

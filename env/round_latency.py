@@ -4,7 +4,7 @@ With the cache's latency model (``meta.json``'s ``latency_model``, or the load-s
 width k costs ``Round(prompt_tokens, k, longest of the k samples)``; without one, the pool record's
 measured ``seconds_by_n[k]``; a cache without any seconds prices nothing (λ_L is fixed at 0 there, as
 in Allocate-v0). :func:`check_round_prices` refuses, when the env is built, a cache that cannot price
-some draw size.
+some draw size (or, for the finish watch, a round cut at a finish: that needs the latency model).
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def check_round_prices(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray
     ``rows`` (only a cache without a latency model but with seconds can fail: the records' own)."""
     if table.latency is not None or not table.latency_available:
         return
+    if getattr(menu, "watch", "round") == "finish":
+        raise CacheError(
+            f"{table.cache_path}: env.watch: finish prices a round at each finish (its width and the decode steps "
+            "so far), which needs meta.json's latency_model; this cache has only measured whole-round seconds"
+        )
     for qi in rows:
         for p in table.pool_records(int(qi), menu.pool_config):
             missing = [k for k in menu.draw_index if str(k) not in p.seconds_by_n]

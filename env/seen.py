@@ -1,5 +1,11 @@
-"""What an escalation episode has seen: the drawn samples, their costs, and the ``seen`` observation
-features (:data:`SEEN_FEATURES`).
+"""What an escalation episode has seen: the finished samples, their costs, and the ``seen`` observation
+features (:data:`SEEN_FEATURES`; with ``env.watch: finish`` also :data:`FINISH_FEATURES`).
+
+Two ways to watch a round (``env.watch``): ``round`` records a whole round at once (:meth:`SeenState.add_round`);
+``finish`` launches it (:meth:`SeenState.launch`) and records its samples one finish at a time
+(:meth:`SeenState.finish`), the costs accruing as they happen: every launched sample has generated
+``min(its tokens, L_now)`` tokens at decode step ``L_now``, and the round has taken the latency model's
+seconds for its width and ``L_now`` decode steps.
 
 Shared by ``ttc/Escalate-v0``, the lockstep simulator (``policies/escalate_sim.py``) and live routing
 (``policies/sequential_router.py``): cached and live samples go through the same :class:`SeenState`.
@@ -29,6 +35,18 @@ SEEN_FEATURES = (
     "seconds_spent",  # / the train cost scale C_L
     "rounds",  # / the most rounds an episode can take (K)
 )
+FINISH_FEATURES = (  # env.watch: finish adds these after SEEN_FEATURES
+    "round_finished_share",  # samples of the current round finished / its width (0 with no round)
+    "running_share",  # samples still running / pool size
+    "decode_step",  # the current round's decode step L_now / the train split's mean sample length
+    "round_seconds_spent",  # seconds of the current round so far / the train cost scale C_L
+)
+WATCHES = ("round", "finish")
+
+
+def seen_features(watch: str = "round") -> tuple[str, ...]:
+    """The seen part of the observation for ``env.watch`` (``round``: :data:`SEEN_FEATURES` only)."""
+    return SEEN_FEATURES + FINISH_FEATURES if watch == "finish" else SEEN_FEATURES
 
 
 @dataclass(frozen=True)
@@ -56,14 +74,17 @@ class SeenUnits:
 class SeenState:
     """The samples drawn so far for one query, their costs, and the ``seen`` observation features.
 
-    Samples come in rounds (``add_round``) as answer keys (``answer_key`` output, None if unparsed),
-    generated tokens, scorer tokens and scores (None without a scorer); the caller prices the round's
-    seconds. ``answer(selector)`` is :func:`rollouts.strategies.selectors.select` over the drawn samples.
+    Samples come in whole rounds (``add_round``) or one finish at a time (``launch``, then ``finish``
+    per finisher in finish order) as answer keys (``answer_key`` output, None if unparsed), generated
+    tokens, scorer tokens and scores (None without a scorer); the caller prices the round's seconds.
+    ``answer(selector)`` is :func:`rollouts.strategies.selectors.select` over the finished samples
+    (ties: the earliest finished). ``drawn`` counts finished samples, ``launched`` launched ones.
     """
 
     __slots__ = (
         "pool_size", "has_scores", "keys", "scorer", "scores", "counts", "score_sum",
         "n_none", "max_score", "gen_sum", "tokens", "seconds", "widths", "round_tokens", "round_seconds",
+        "launched", "running", "step_now", "round_done_gen",
     )  # fmt: skip
 
     def __init__(self, pool_size: int, has_scores: bool):
@@ -82,6 +103,10 @@ class SeenState:
         self.widths: list[int] = []
         self.round_tokens: list[float] = []
         self.round_seconds: list[float] = []
+        self.launched = 0  # samples launched (finished, running or cancelled)
+        self.running = 0  # samples of the current round still running (finish watch)
+        self.step_now = 0.0  # the current round's decode step (finish watch)
+        self.round_done_gen = 0.0  # generated tokens of the current round's finished samples
 
     @property
     def drawn(self) -> int:
@@ -89,32 +114,72 @@ class SeenState:
 
     @property
     def left(self) -> int:
-        return self.pool_size - len(self.keys)
+        return self.pool_size - self.launched
+
+    def _record(self, key: str | None, scorer_tokens: float, score: float) -> None:
+        self.keys.append(key)
+        self.scorer.append(scorer_tokens)
+        self.scores.append(score)
+        if key is None:
+            self.n_none += 1
+        else:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.score_sum[key] = self.score_sum.get(key, 0.0) + score
+        if score > self.max_score:
+            self.max_score = score
 
     def add_round(self, keys, gen_tokens, scorer_tokens, scores, seconds: float) -> tuple[float, float]:
-        """Record one round; returns its (tokens, seconds) charge."""
+        """Record one whole round; returns its (tokens, seconds) charge."""
         tok = 0.0
         for i, key in enumerate(keys):
-            g = float(gen_tokens[i])
-            self.keys.append(key)
-            self.scorer.append(float(scorer_tokens[i]))
-            s = float(scores[i]) if scores is not None else 0.0
-            self.scores.append(s)
-            tok += g
-            if key is None:
-                self.n_none += 1
-            else:
-                self.counts[key] = self.counts.get(key, 0) + 1
-                self.score_sum[key] = self.score_sum.get(key, 0.0) + s
-            if s > self.max_score:
-                self.max_score = s
+            tok += float(gen_tokens[i])
+            self._record(key, float(scorer_tokens[i]), float(scores[i]) if scores is not None else 0.0)
         self.gen_sum += tok
         self.tokens += tok
         self.seconds += float(seconds)
+        self.launched += len(keys)
         self.widths.append(len(keys))
         self.round_tokens.append(tok)
         self.round_seconds.append(float(seconds))
         return tok, float(seconds)
+
+    def launch(self, width: int) -> None:
+        """Start a round of ``width`` samples watched finish by finish (nothing charged yet)."""
+        if self.running:
+            raise ValueError("a round is still running: its samples must finish (or be cancelled) first")
+        self.launched += width
+        self.running = width
+        self.step_now = 0.0
+        self.round_done_gen = 0.0
+        self.widths.append(width)
+        self.round_tokens.append(0.0)
+        self.round_seconds.append(0.0)
+
+    def finish(self, key: str | None, gen: float, scorer_tokens: float, score: float | None,
+               round_seconds: float) -> tuple[float, float]:
+        """The next finisher of the current round (finish order: generated tokens ascending): it
+        finished at decode step ``gen``, where the round has taken ``round_seconds`` (the latency model's
+        price of its width and ``gen`` decode steps). Returns the (tokens, seconds) accrued since the
+        last event: every still-running sample generated until ``gen`` too."""
+        if not self.running:
+            raise ValueError("no sample is running")
+        gen = float(gen)
+        self._record(key, float(scorer_tokens), float(score) if score is not None else 0.0)
+        self.running -= 1
+        self.gen_sum += gen
+        self.round_done_gen += gen
+        self.step_now = gen
+        tok = self.round_done_gen + self.running * gen
+        d_tok, d_sec = tok - self.round_tokens[-1], float(round_seconds) - self.round_seconds[-1]
+        self.round_tokens[-1], self.round_seconds[-1] = tok, float(round_seconds)
+        self.tokens += d_tok
+        self.seconds += d_sec
+        return d_tok, d_sec
+
+    def cancel(self) -> int:
+        """Cancel the samples still running (they keep what they generated); returns how many."""
+        n, self.running = self.running, 0
+        return n
 
     def answer(self, selector: str) -> int:
         """Index (in draw order) of the drawn sample the selector picks."""
@@ -135,10 +200,17 @@ class SeenState:
         return best, v1, v2
 
     def features(self, units: SeenUnits, out: np.ndarray) -> None:
-        """Write the :data:`SEEN_FEATURES` into ``out`` (length 11)."""
+        """Write the :data:`SEEN_FEATURES` into ``out`` (length 11), and the :data:`FINISH_FEATURES`
+        after them where ``out`` has room for them (the finish watch)."""
+        if len(out) > 11:
+            w = self.widths[-1] if self.widths else 0
+            out[11] = (w - self.running) / w if w else 0.0
+            out[12] = self.running / self.pool_size
+            out[13] = self.step_now / units.tokens_per_sample
+            out[14] = (self.round_seconds[-1] if self.widths else 0.0) / units.cost_seconds
         n = len(self.keys)
         if n == 0:
-            out[:] = 0.0
+            out[:11] = 0.0
             out[8] = self.tokens / units.cost_tokens
             out[9] = self.seconds / units.cost_seconds
             return
@@ -159,9 +231,11 @@ class SeenState:
 def step_mask(menu: EscalateMenu, state: SeenState, beams: list[bool]) -> np.ndarray:
     """Legal step actions given what was drawn and which beam configs the query has."""
     m = np.zeros(len(menu), dtype=bool)
-    left = state.left
+    left, running = state.left, state.running
     for k, i in menu.draw_index.items():
-        m[i] = k <= left
+        m[i] = k <= left and not running  # a new round once the current one is over
+    if menu.wait_index is not None:
+        m[menu.wait_index] = running > 0
     if state.drawn:
         for s, i in menu.stop_index.items():
             m[i] = state.has_scores or s not in SCORE_SELECTORS

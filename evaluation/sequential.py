@@ -6,7 +6,8 @@ numbers, :func:`policies.escalate_sim.make_orders`), through the same episode co
 - ``sequential``: the run's MaskablePPO step policy (deterministic);
 - ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``), its choice per query played
   as ``draw@N, stop:<selector>`` (or the beam) on the same orders;
-- ``static:<action>``: every one-shot action the same way; ``best_static`` is the hindsight best on the
+- ``static:<action>``: every one-shot action the same way (with the finish watch, the races too:
+  launch N, wait finish by finish, stop when the race stops); ``best_static`` is the hindsight best on the
   evaluated split at each λ point; ``oracle``: per query the one-shot action with the best mean utility
   over its orders (the one-shot hindsight oracle);
 - ``rule:<family>``: the stopping rules of :mod:`policies.stopping_rules`, each family's configuration
@@ -128,7 +129,7 @@ class SequentialEvaluation:
 
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
-        from policies.escalate_sim import Simulator, make_orders, plan_policy
+        from policies.escalate_sim import Simulator, make_orders, oneshot_policy
         from policies.stopping_rules import rule_grid
 
         self.opts, self.setup = opts, setup
@@ -144,13 +145,9 @@ class SequentialEvaluation:
 
         self.sim, self.val_sim = simulator(setup.rows), simulator(setup.val_rows)
         # one-shot actions on the same orders (λ-independent: price them per point)
-        plans = [menu.oneshot_plan(a) for a in table.menu]
-        self.oneshot_ids = [a.id for a, p in zip(table.menu, plans, strict=True) if p is not None]
-        self.static = {
-            a.id: self.sim.run(plan_policy([p]), 0.0, 0.0)
-            for a, p in zip(table.menu, plans, strict=True)
-            if p is not None
-        }
+        policies = {a.id: p for a in table.menu if (p := oneshot_policy(menu, a)) is not None}
+        self.oneshot_ids = list(policies)
+        self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
         self.points: list[dict[str, Any]] = []
         self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}

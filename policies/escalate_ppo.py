@@ -95,17 +95,18 @@ def _clone_targets(
     cost_scale: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Observations, masks, actions and normalised returns-to-go of the step episodes that play the
-    one-shot policy's choice, at each λ (λ where it picks what the step menu cannot play are skipped)."""
-    from policies.escalate_sim import plan_policy
+    one-shot policy's choice, at each λ (λ where it picks what the step menu cannot play are skipped;
+    with the finish watch its races are played finish by finish)."""
+    from policies.escalate_sim import choice_policy, oneshot_policy
 
-    plans = [sim.menu.oneshot_plan(a) for a in table.menu]
+    playable = [oneshot_policy(sim.menu, a) is not None for a in table.menu]
     obs_l, mask_l, act_l, rtg_l = [], [], [], []
     for lt, ls in lambdas:
         choice = oneshot.choose(table, sim.rows, lt, ls)
         row_plan = {int(q): int(a) for q, a in zip(sim.rows, choice, strict=True)}
-        if any(plans[a] is None for a in row_plan.values()):
-            continue  # a choice the step menu cannot play (another pool config)
-        follow = plan_policy([pl or [] for pl in plans], row_plan)
+        if not all(playable[a] for a in row_plan.values()):
+            continue  # a choice the step menu cannot play (another pool config; a race on the round watch)
+        follow = choice_policy([oneshot_policy(sim.menu, a) for a in table.menu], row_plan)
         seen: list[tuple[Any, float, float]] = []
 
         def record(obs, masks, episodes, follow=follow, seen=seen):

@@ -20,8 +20,9 @@ import numpy as np
 from env.episode import Episode, prepare_query
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
-from env.seen import SEEN_FEATURES, SeenUnits
+from env.seen import SeenUnits, seen_features
 from policies.observation import ObsEncoder
+from rollouts.strategies.race import RaceRule, RaceWatch
 
 StepPolicy = Callable[[np.ndarray, np.ndarray, list[Episode]], np.ndarray]
 
@@ -114,10 +115,11 @@ class Simulator:
             else np.zeros(0, dtype=np.float32)
         )
         d_base = self.base.shape[1] + len(pen)
+        n_seen = len(seen_features(self.menu.watch))
         correct = np.zeros(len(eps))
         active = list(range(len(eps)))
         while active:
-            obs = np.empty((len(active), d_base + len(SEEN_FEATURES)), dtype=np.float32)
+            obs = np.empty((len(active), d_base + n_seen), dtype=np.float32)
             obs[:, : self.base.shape[1]] = self.base[row_of[active]]
             obs[:, self.base.shape[1] : d_base] = pen
             masks = np.empty((len(active), len(self.menu)), dtype=bool)
@@ -172,13 +174,77 @@ def model_policy(model) -> StepPolicy:
 
 def plan_policy(plans: list[list[int]], row_plan: dict[int, int] | None = None) -> StepPolicy:
     """Follow a fixed plan of step actions (a one-shot action as ``draw@N, stop:<sel>``, or a beam).
-    ``plans``: one plan per distinct choice; ``row_plan``: the plan index per query row (default 0)."""
+    ``plans``: one plan per distinct choice; ``row_plan``: the plan index per query row (default 0).
+    With the finish watch each round is waited out to its last finish before the plan's next action."""
 
     def act(obs, masks, episodes):
         out = np.empty(len(episodes), dtype=np.int64)
         for b, ep in enumerate(episodes):
+            if ep.state.running:
+                out[b] = ep.menu.wait_index
+                continue
             plan = plans[0 if row_plan is None else row_plan[ep.qi]]
             out[b] = plan[len(ep.state.widths)]
+        return out
+
+    return act
+
+
+def race_policy(rule: RaceRule, selector: str | None, menu: EscalateMenu) -> StepPolicy:
+    """A race on the finish watch: ``draw@n``, then at each finish :class:`RaceWatch` decides (wait, or
+    stop with ``selector`` over the finished samples, cancelling the rest); the same outcome as the
+    race's cached one on the same order (``tests/test_escalate_finish.py``)."""
+    if menu.wait_index is None or rule.n not in menu.draw_index:
+        raise ValueError(f"race {rule} needs the finish watch and a draw@{rule.n} step action")
+    draw, wait, stop = menu.draw_index[rule.n], menu.wait_index, menu.stop_index[selector or "majority"]
+    watches: dict[int, tuple[Episode, RaceWatch]] = {}  # per episode (kept with it: ids get reused)
+
+    def act(obs, masks, episodes):
+        out = np.empty(len(episodes), dtype=np.int64)
+        for b, ep in enumerate(episodes):
+            st = ep.state
+            if not st.widths:
+                out[b] = draw
+                continue
+            held = watches.get(id(ep))
+            if held is None or held[0] is not ep:
+                held = watches[id(ep)] = (ep, RaceWatch(rule))
+            w = held[1]
+            stopped = False
+            while w.finished < st.drawn and not stopped:
+                stopped = w.finish(st.keys[w.finished])
+            out[b] = stop if stopped or not st.running else wait
+        return out
+
+    return act
+
+
+def oneshot_policy(menu: EscalateMenu, action: Any) -> StepPolicy | None:
+    """The step policy that plays one-shot ``action`` (an :class:`env.outcomes.Action`) on the step
+    menu: its plan (:meth:`EscalateMenu.oneshot_plan`), or a race on the finish watch
+    (:func:`race_policy`); None where the menu cannot play it."""
+    plan = menu.oneshot_plan(action)
+    if plan is not None:
+        return plan_policy([plan])
+    race = action.race
+    if race is None or menu.watch != "finish" or action.config_id != menu.pool_config or race.n not in menu.draw_index:
+        return None
+    return race_policy(race, action.selector, menu)
+
+
+def choice_policy(policies: list[StepPolicy | None], row_choice: dict[int, int]) -> StepPolicy:
+    """Per query row the policy ``policies[row_choice[row]]`` (a one-shot policy's choices, played)."""
+
+    def act(obs, masks, episodes):
+        out = np.empty(len(episodes), dtype=np.int64)
+        groups: dict[int, list[int]] = {}
+        for b, ep in enumerate(episodes):
+            groups.setdefault(row_choice[ep.qi], []).append(b)
+        for c, idx in groups.items():
+            pol = policies[c]
+            if pol is None:
+                raise ValueError(f"one-shot choice {c} cannot be played on the step menu")
+            out[idx] = pol(obs[idx], masks[idx], [episodes[b] for b in idx])
         return out
 
     return act

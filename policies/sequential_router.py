@@ -40,6 +40,10 @@ class SequentialRouter:
         doc = live_router.policy.doc
         esc = doc["escalate"]
         self.menu = EscalateMenu.from_dict(esc)
+        if self.menu.watch != "round":
+            from rollouts.errors import ConfigError
+
+            raise ConfigError(f"{export_dir}: live routing plays whole rounds only, this export watches each {self.menu.watch}")
         self.actions = self.menu.actions
         self.units = SeenUnits.from_dict(esc["units"])
         self.pool_size = int(esc["pool_size"])

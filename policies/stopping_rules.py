@@ -11,6 +11,11 @@ cap on samples is reached or the pool is exhausted; it never switches to beam se
 - ``score_threshold``: stop when the best scorer score reaches τ (optionally also when 3 agree: the
   issue's hand rule), answer by score.
 
+With the finish watch (``env.watch: finish``) the rules see the samples in finish order and are
+checked at each finish: while a round runs a rule waits or stops (cancelling the rest), and draws its
+next round only once the round is over; so ``k_agree`` with one round of N is the race "launch N, stop
+at k agreeing".
+
 The criteria do not depend on λ, so each configuration is simulated once per split and
 :func:`tune` picks, per λ point, the configuration with the best mean validation utility.
 """
@@ -64,7 +69,7 @@ def ac_confidence(v1: int, v2: int) -> float:
 def should_stop(rule: Rule, st: SeenState) -> bool:
     if st.drawn == 0:
         return False
-    if st.drawn >= rule.cap or st.left == 0:
+    if st.drawn >= rule.cap or (st.left == 0 and not st.running):
         return True
     _, v1, v2 = st.top()
     if rule.family == "adaptive_consistency":
@@ -88,19 +93,25 @@ def next_width(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
         sched = SCHEDULES[rule.schedule]
         r = len(st.widths)
         want = sched[r] if r < len(sched) else sched[-1] if len(sched) == 1 else 2 * sched[-1]
-    room = min(want, rule.cap - st.drawn, st.left)
+    room = min(want, rule.cap - st.launched, st.left)
     fits = [k for k in menu.draw_index if k <= room]
     return max(fits) if fits else min(menu.draw_index)
 
 
 def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
     stop_a = menu.stop_index[rule.selector]
+    wait_a = -1 if menu.wait_index is None else menu.wait_index  # only the finish watch has rounds running
 
     def act(obs, masks, episodes: list[Episode]):
         out = np.empty(len(episodes), dtype=np.int64)
         for b, ep in enumerate(episodes):
             st = ep.state
-            out[b] = stop_a if should_stop(rule, st) else menu.draw_index[next_width(rule, menu, st)]
+            if should_stop(rule, st):
+                out[b] = stop_a
+            elif st.running:
+                out[b] = wait_a
+            else:
+                out[b] = menu.draw_index[next_width(rule, menu, st)]
         return out
 
     return act

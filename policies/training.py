@@ -91,6 +91,10 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool,
     escalate = isinstance(env_cfg, EscalateConfig)
     if escalate and ppo_cfg.policy != "mlp":
         raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
+    if escalate and env_cfg.watch != "round" and cfg.export:
+        raise ConfigError(
+            f"env.watch: {env_cfg.watch} cannot be exported (live routing plays whole rounds only): set export: false"
+        )
     if cfg.warm_start_from and not resume:
         from policies.escalate_ppo import env_kind
         from policies.ppo import read_meta
