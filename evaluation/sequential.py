@@ -4,14 +4,25 @@ Every policy runs on the same held-out queries and the same R sample orders per 
 numbers, :func:`policies.escalate_sim.make_orders`), through the same episode code as the env:
 
 - ``sequential``: the run's MaskablePPO step policy (deterministic);
-- ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``), its choice per query played
-  as ``draw@N, stop:<selector>`` (or the beam) on the same orders;
+- ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``) as shipped: behind its gate
+  and gain shrinkage (``gate.json``), its choice per query played as ``draw@N, stop:<selector>`` (or
+  the beam) on the same orders; a choice the step menu cannot play (an action of another pool, a
+  budget that is no draw size) is scored from the outcome table, the same for every order.
+  ``oneshot_ppo_ungated`` is the same network without its gate;
 - ``static:<action>``: every one-shot action the same way; ``best_static`` is the hindsight best on the
   evaluated split at each λ point; ``oracle``: per query the one-shot action with the best mean utility
   over its orders (the one-shot hindsight oracle);
 - ``rule:<family>``: the stopping rules of :mod:`policies.stopping_rules`, each family's configuration
-  tuned on the validation split per λ point. ``best_rule`` is the family with the best mean test
-  utility over the grid (a hindsight pick: the strictest bar).
+  tuned per λ point: from the run's ``rules.json`` (every configuration simulated once on train + val
+  when the run was trained, :mod:`policies.rule_tuning`), or, for a run without it, on the validation
+  split now (the JSON's ``rule_tuning`` says which). ``best_rule`` is the family with the best mean
+  test utility over the grid (a hindsight pick: the strictest bar).
+
+Summary shares of the oracle gap (``*_gap_share_summed``) are summed-gap shares: Σ_points (U − U_best
+static) / Σ_points (U_oracle − U_best static), null when the summed oracle gap is below 1e-9; the
+per-point ``*_gap_share`` are null where that point's oracle gap is. The bars count points as a share
+of the grid (``above_oneshot_ppo_90_at_40pct_of_points``: above with 90 % confidence at ≥ 40 % of the
+points).
 
 Statistics: a paired two-stage bootstrap (queries resampled, then each query's R orders), the same
 resamples at every point; a difference counts as a win/loss "with 90 % confidence" when its 90 %
