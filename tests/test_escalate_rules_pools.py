@@ -133,3 +133,14 @@ def test_a_choice_of_the_other_pool_is_scored_from_the_table(two_pool_runs):
         assert ev.rule_tuning["from"] == "tuned now" and ev.rule_tuning["split"] == "val"
     finally:
         (seq / "rules.json.bak").rename(seq / "rules.json")
+
+
+def test_rule_tuning_cli_refuses_a_folder_that_is_no_sequential_run(tmp_path, tiny_run, capsys):
+    from policies.rule_tuning import main
+
+    assert main(["--run", str(tmp_path)]) == 2
+    assert main(["--run", str(tiny_run)]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 2 and all(x.startswith("error:") for x in err)
+    assert "not a run folder" in err[0] and "one-shot run" in err[1]
+    assert not (tiny_run / "rules.json").exists()
