@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the featurizer; 0: torch's default, every core (default: "
                          "%(default)s: on a 2-core machine busy with other jobs, a 40-question import took "
-                         "590 s wall and 46 s CPU with 1 thread, 600 s wall and 66 s CPU on both cores; "
+                         "590 and 629 s with 1 thread, 600 and 721 s on both cores, alternating runs; "
                          "give more threads on an idle machine with many cores)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--no-progress", action="store_true")
