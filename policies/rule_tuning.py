@@ -160,6 +160,8 @@ def tune_existing_run(run: str, n_orders: int = TUNE_ORDERS, progress: bool = Tr
     config_path = run_dir / "config.yml"
     run_cfg = load_yaml_text(config_path.read_text()) if config_path.is_file() else {}
     cache = run_cfg.get("cache") or meta.get("cache")
+    if not cache:
+        raise ConfigError(f"{run_dir}: no cache in config.yml or the model")
     env_config = env_config_from(meta["env"])
     table = OutcomeTable.for_env(cache, env_config)
     menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
