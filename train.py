@@ -23,6 +23,8 @@ Run folder ``runs/<name>/`` (default name ``ttc-Allocate-v0__<exp>__<seed>__<uni
                        first evaluation is at step 0, before any PPO update)
     best.json          the best validation reward so far and the step it was reached (kept across --resume)
     gate.json          the static fallback and gate of best_model.zip (policies/gate.py; ``gate: false`` skips it)
+    rules.json         env.kind: escalate: every stopping-rule configuration's mean accuracy, tokens and
+                       seconds on train + val (policies/rule_tuning.py); evaluate.py tunes the rules from it
     final_model.zip    the model after the last step
     export/            policy.onnx + policy.json of best_model.zip (ONNX parity-checked against SB3);
                        ``python -m policies.export`` exports any other checkpoint
@@ -93,6 +95,9 @@ class TrainConfig:
     gate_folds: int = 5  # cross-fitting folds over train + validation
     # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
     warm_start_from: str | None = None
+    # env.kind: escalate only: sample orders per train + val query of the stopping rules' tuning at
+    # training time (rules.json, reused by evaluate.py); 0: no tuning then (evaluate.py tunes on val)
+    rule_orders: int = 2
     # the env (EnvConfig, or EscalateConfig with kind: escalate) and PPO settings, as plain mappings
     # (config.yml's env: and ppo:); validate() fills in the defaults of the keys a config leaves out
     env: dict[str, Any] = field(default_factory=lambda: EnvConfig().to_dict())
@@ -117,10 +122,12 @@ class TrainConfig:
             "val_grid",
             "torch_threads",
             "gate_folds",
+            "rule_orders",
         ):
             v = getattr(self, name)
-            if v < (0 if name == "seed" else 1):
-                raise ConfigError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+            low = 0 if name in ("seed", "rule_orders") else 1
+            if v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         c = self.gate_confidence
         if not 0.5 <= c < 1:
             raise ConfigError(f"gate_confidence must be a number in [0.5, 1), got {c!r}")

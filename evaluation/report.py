@@ -179,6 +179,8 @@ def sequential_markdown(result: dict[str, Any]) -> str:
     one table row per λ point."""
     s = result["summary"]
     br = s["best_rule"]
+    rt = result.get("rule_tuning") or {"split": "val"}
+    tuned = f"tuned on {rt['split']} per point" + (" at training time" if rt.get("from") == "rules.json" else "")
     lines = [
         f"# Sequential evaluation: {result['model']}",
         "",
@@ -187,7 +189,7 @@ def sequential_markdown(result: dict[str, Any]) -> str:
         f"λ_L·seconds. Bootstrap: {s['n_boot']} paired resamples of queries and orders; '90%' = the 90% "
         "interval of the difference lies above (below) zero.",
         "",
-        f"Best stopping rule (family, tuned on val per point; best mean test utility): `{br}`. "
+        f"Best stopping rule (family, {tuned}; best mean test utility): `{br}`. "
         f"Sequential below it at {s['sequential_below_best_rule_90']}/{s['n_points']} points with 90% "
         f"confidence, above at {s['sequential_above_best_rule_90']}.",
     ]
@@ -200,8 +202,13 @@ def sequential_markdown(result: dict[str, Any]) -> str:
         )
     if "sequential_above_oneshot_ppo_90" in s:
         lines.append(
-            f"Versus the one-shot PPO run: above with 90% confidence at {s['sequential_above_oneshot_ppo_90']}"
-            f"/{s['n_points']} points, below at {s['sequential_below_oneshot_ppo_90']}. Bars: {s['bars']}."
+            f"Versus the one-shot PPO run as shipped (gated; open at {s['oneshot_ppo_gate_open_points']}/"
+            f"{s['n_points']} points): above with 90% confidence at {s['sequential_above_oneshot_ppo_90']}"
+            f"/{s['n_points']} points, below at {s['sequential_below_oneshot_ppo_90']}; versus it ungated: above "
+            f"at {s['sequential_above_oneshot_ppo_ungated_90']}, below at {s['sequential_below_oneshot_ppo_ungated_90']}. "
+            f"Share of the summed oracle gaps Σ(U − U_best static) / Σ(U_oracle − U_best static): sequential "
+            f"{fmt(s['sequential_gap_share_summed'], 3)}, one-shot {fmt(s['oneshot_ppo_gap_share_summed'], 3)} "
+            f"(ungated {fmt(s['oneshot_ppo_ungated_gap_share_summed'], 3)}). Bars: {s['bars']}."
         )
     sv = s["savings"]
     if "tokens_ratio" in sv:

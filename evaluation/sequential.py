@@ -4,15 +4,27 @@ Every policy runs on the same held-out queries and the same R sample orders per 
 numbers, :func:`policies.escalate_sim.make_orders`), through the same episode code as the env:
 
 - ``sequential``: the run's MaskablePPO step policy (deterministic);
-- ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``), its choice per query played
-  as ``draw@N, stop:<selector>`` (or the beam) on the same orders;
+- ``oneshot_ppo``: a one-shot ``ttc/Allocate-v0`` run (``--compare-run``) as shipped: behind its gate
+  and gain shrinkage (``gate.json``), its choice per query played as ``draw@N, stop:<selector>`` (or
+  the beam, or a race finish by finish with the finish watch) on the same orders; a choice the step
+  menu cannot play (an action of another pool, a budget that is no draw size, a race on the round
+  watch) is scored from the outcome table, the same for every order.
+  ``oneshot_ppo_ungated`` is the same network without its gate;
 - ``static:<action>``: every one-shot action the same way (with the finish watch, the races too:
   launch N, wait finish by finish, stop when the race stops); ``best_static`` is the hindsight best on the
   evaluated split at each λ point; ``oracle``: per query the one-shot action with the best mean utility
   over its orders (the one-shot hindsight oracle);
 - ``rule:<family>``: the stopping rules of :mod:`policies.stopping_rules`, each family's configuration
-  tuned on the validation split per λ point. ``best_rule`` is the family with the best mean test
-  utility over the grid (a hindsight pick: the strictest bar).
+  tuned per λ point: from the run's ``rules.json`` (every configuration simulated once on train + val
+  when the run was trained, :mod:`policies.rule_tuning`), or, for a run without it, on the validation
+  split now (the JSON's ``rule_tuning`` says which). ``best_rule`` is the family with the best mean
+  test utility over the grid (a hindsight pick: the strictest bar).
+
+Summary shares of the oracle gap (``*_gap_share_summed``) are summed-gap shares: Σ_points (U − U_best
+static) / Σ_points (U_oracle − U_best static), null when the summed oracle gap is below 1e-9; the
+per-point ``*_gap_share`` are null where that point's oracle gap is. The bars count points as a share
+of the grid (``above_oneshot_ppo_90_at_40pct_of_points``: above with 90 % confidence at ≥ 40 % of the
+points).
 
 Statistics: a paired two-stage bootstrap (queries resampled, then each query's R orders), the same
 resamples at every point; a difference counts as a win/loss "with 90 % confidence" when its 90 %
@@ -21,21 +33,22 @@ interval lies above/below zero by more than 1e-9 (ties within 1e-9 are equal).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env.outcomes import OutcomeTable
 from evaluation.bootstrap import TOL, two_stage_compare, two_stage_weights
 from evaluation.options import EvalOptions
 from evaluation.pareto import write_sequential_plots
 from evaluation.report import sequential_markdown, strip_private, write_results
+from evaluation.sequential_setup import SequentialSetup, load_setup
+from evaluation.sequential_summary import savings, summarize, summary_from
 from evaluation.source import ModelSource
 from rollouts.console import note, phase
 from rollouts.errors import ConfigError
+
+__all__ = ["SequentialEvaluation", "SequentialSetup", "evaluate_escalate", "load_setup"]
 
 
 def evaluate_escalate(opts: EvalOptions, source: ModelSource) -> dict[str, Any]:
@@ -55,77 +68,10 @@ def evaluate_escalate(opts: EvalOptions, source: ModelSource) -> dict[str, Any]:
     )
 
 
-@dataclass
-class SequentialSetup:
-    """What a sequential evaluation runs on: the table, the step menu, the run's encoders and the rows."""
-
-    table: OutcomeTable
-    menu: Any  # env.escalate_menu.EscalateMenu
-    encoder: Any  # policies.observation.ObsEncoder of the run
-    units: Any  # env.seen.SeenUnits of the run
-    model_path: Path
-    oneshot: Any  # the --compare-run policy (policies.ppo.PPOPolicy), or None
-    rows: np.ndarray  # the evaluated split: queries with a pool and every action
-    val_rows: np.ndarray  # the same on the validation split (the rules are tuned there)
-    train_rows: np.ndarray  # the λ grid's
-
-
-def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
-    """The run's outcome table and step menu (checked against the model's), ``--compare-run``'s policy
-    and the rows per split."""
-    from env.allocate_env import stored_env_dict
-    from env.escalate_env import env_config_from
-    from env.escalate_menu import EscalateMenu
-    from env.seen import SeenUnits
-    from env.splits import split_rows
-    from policies.observation import ObsEncoder
-    from policies.ppo import check_menu
-
-    model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
-    env_config = env_config_from(stored_env_dict(model_meta["env"]))
-    table = OutcomeTable.for_env(cache, env_config, latency_load=opts.latency_load)
-    check_menu(model_meta, table, str(model_path))
-    menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
-    if list(menu.ids) != list(model_meta["escalate"]["step_menu"]):
-        raise ConfigError(f"{model_path}: its step menu {model_meta['escalate']['step_menu']} is not {menu.ids}")
-    oneshot = _compare_policy(opts.compare_run, table, opts.trust_checkpoint)
-    encoder = ObsEncoder.from_dict(model_meta["encoder"])
-    units = SeenUnits.from_dict(model_meta["escalate"]["units"])
-    splits = json.loads((source.run_dir / "splits.json").read_text())
-
-    def rows_for(s: str) -> np.ndarray:
-        r = split_rows(table, splits, s)
-        has_pool = np.array([bool(table.pool_records(int(q), menu.pool_config)) for q in r], dtype=bool)
-        return r[has_pool & table.mask[r].all(axis=1)] if len(r) else r
-
-    rows, val_rows = rows_for(split), rows_for("val")
-    train_rows = split_rows(table, splits, "train")
-    if len(rows) == 0 or len(val_rows) == 0:
-        raise ConfigError(f"the {split} or val split has no queries with a pool and every action in {cache}")
-    return SequentialSetup(table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows)
-
-
-def _compare_policy(compare_run: str | None, table: OutcomeTable, trust: bool) -> Any:
-    """The one-shot run ``--compare-run`` names (its best model), on this table's menu; None without.
-    ``trust``: load it even if this user's train.py did not write it (policies/trust.py)."""
-    if not compare_run:
-        return None
-    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
-
-    run = Path(compare_run)
-    compare_path = run / "best_model.zip" if run.is_dir() else run
-    compare_meta = read_meta(compare_path, trust)
-    if compare_meta.get("kind") == "escalate":
-        raise ConfigError(
-            f"{compare_path}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
-        )
-    check_menu(compare_meta, table, str(compare_path))
-    return PPOPolicy(load_model(compare_path, table, trust=trust))
-
-
 class SequentialEvaluation:
     """Every policy of a sequential evaluation on the same sample orders: the statics and the stopping
-    rules are simulated once (the rules tuned on val), then each λ point prices them (:meth:`run`)."""
+    rules are simulated once (the rules' picks from the run's ``rules.json``, or tuned on val), then
+    each λ point prices them (:meth:`run`)."""
 
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
@@ -143,7 +89,9 @@ class SequentialEvaluation:
             orders, picks = make_orders(table, menu, r, opts.n_orders, seed=opts.seed)
             return Simulator(table, menu, setup.encoder, setup.units, r, orders, picks)
 
-        self.sim, self.val_sim = simulator(setup.rows), simulator(setup.val_rows)
+        self.sim = simulator(setup.rows)
+        self._val_sim: Simulator | None = None
+        self._make_val_sim = lambda: simulator(setup.val_rows)
         # one-shot actions on the same orders (λ-independent: price them per point)
         policies = {a.id: p for a in table.menu if (p := oneshot_policy(menu, a)) is not None}
         self.oneshot_ids = list(policies)
@@ -152,21 +100,64 @@ class SequentialEvaluation:
         self.points: list[dict[str, Any]] = []
         self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
 
+    @property
+    def val_sim(self) -> Any:
+        """The validation split's simulator (built when the rules are tuned at evaluation time)."""
+        if self._val_sim is None:
+            self._val_sim = self._make_val_sim()
+        return self._val_sim
+
+    def action_result(self, action_id: str) -> Any:
+        """The outcomes of one-shot action ``action_id`` on the evaluated rows and orders: simulated on
+        the orders when the step menu can play it, else the outcome table's expectation for the action
+        (another pool, a budget that is no draw size), the same for every order: a one-shot policy's
+        choice needs no step menu."""
+        if action_id not in self.static:
+            from policies.escalate_sim import SimResult
+
+            t, rows, r_n = self.setup.table, self.setup.rows, self.opts.n_orders
+            ai = t.action_ids.index(action_id)
+            act = t.menu[ai]
+
+            def per_order(values: np.ndarray) -> np.ndarray:
+                return np.repeat(np.asarray(values, dtype=np.float64)[:, None], r_n, axis=1)
+
+            self.static[action_id] = SimResult(
+                correct=per_order(t.correct[rows, ai]), tokens=per_order(t.tokens[rows, ai]),
+                seconds=per_order(t.seconds[rows, ai]), rounds=np.ones((len(rows), r_n)),
+                samples=per_order(np.full(len(rows), act.n if act.is_pool else 0)),
+                beam=np.full((len(rows), r_n), not act.is_pool), final=[[action_id] * r_n for _ in rows],
+            )  # fmt: skip
+        return self.static[action_id]
+
     def _tune_rules(self) -> None:
-        """Every rule configuration once on val, the per-point pick of each family once on test."""
+        """Each family's configuration per point, from the run's ``rules.json`` (tuned on train + val
+        when it was trained) or, for a run without one, every configuration simulated on val now;
+        then the picked configurations once on the evaluated split."""
         from tqdm import tqdm
 
+        from policies.rule_tuning import load_tuned_rules
         from policies.stopping_rules import simulate_rules, tune
 
-        note(f"tuning the stopping rules on the validation split ({len(self.setup.val_rows)} queries)")
-        val_results = {
-            f: simulate_rules(self.val_sim, rules)
-            for f, rules in tqdm(self.families.items(), desc="stopping rules on val", disable=not self.opts.progress)
-        }
-        self.rule_picks = {f: tune(val_results[f], self.lambdas) for f in self.families}
+        tuned = load_tuned_rules(self.setup.run_dir, self.setup.menu)
+        here = Path(self.setup.table.cache_path).resolve()
+        if tuned is not None and Path(tuned.info.get("cache", "")).resolve() != here:
+            tuned = None  # tuned on another cache than the one evaluated
+        if tuned is not None:
+            self.rule_picks = tuned.picks(self.lambdas)
+            self.rule_tuning = {"from": "rules.json", **tuned.info}
+        else:
+            note(f"tuning the stopping rules on the validation split ({len(self.setup.val_rows)} queries)")
+            bar = tqdm(self.families.items(), desc="stopping rules on val", disable=not self.opts.progress)
+            val_results = {f: simulate_rules(self.val_sim, rules) for f, rules in bar}
+            self.rule_picks = {f: tune(val_results[f], self.lambdas) for f in self.families}
+            self.rule_tuning = {
+                "from": "tuned now", "split": "val", "n_queries": int(len(self.setup.val_rows)),
+                "n_orders": self.opts.n_orders, "seed": self.opts.seed,
+            }  # fmt: skip
         self.test_rules: dict[tuple[str, int], Any] = {}
         for f, idx in self.rule_picks.items():
-            for i in set(idx):
+            for i in sorted(set(idx)):
                 self.test_rules[(f, i)] = simulate_rules(self.sim, [self.families[f][i]])[0]
 
     def run(self) -> list[dict[str, Any]]:
@@ -187,9 +178,16 @@ class SequentialEvaluation:
             self.points.append(self._point(lt, ls))
         return self.points
 
+    def oneshot_choice(self, policy: Any, lt: float, ls: float) -> tuple[list[str], np.ndarray]:
+        """A one-shot policy's action id per evaluated query at (λ_T, λ_L) and its (query, order) utilities."""
+        table = self.setup.table
+        ids = [table.action_ids[int(a)] for a in policy.choose(table, self.setup.rows, lt, ls)]
+        util = np.stack([self.action_result(a).utility(lt, ls)[i] for i, a in enumerate(ids)])
+        return ids, util
+
     def _policies_at(self, lt: float, ls: float) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
         """Every policy's summary and (query, order) utilities at (λ_T, λ_L), and the rule picked per family."""
-        table, oneshot_ids, static = self.setup.table, self.oneshot_ids, self.static
+        oneshot_ids, static = self.oneshot_ids, self.static
         pols: dict[str, Any] = {}
         util: dict[str, np.ndarray] = {}
         seq = self.sim.run(self.seq_policy, lt, ls)
@@ -202,12 +200,12 @@ class SequentialEvaluation:
         choice = per_q.argmax(axis=1)
         stack = np.stack([util[f"static:{a}"] for a in oneshot_ids], axis=0)  # (A, n, r)
         util["oracle"] = stack[choice, np.arange(len(self.setup.rows))]
-        pols["oracle"] = _summary_from({a: static[a] for a in oneshot_ids}, [oneshot_ids[c] for c in choice], lt, ls)
-        if self.setup.oneshot is not None:
-            acts = self.setup.oneshot.choose(table, self.setup.rows, lt, ls)
-            ids = [table.action_ids[int(a)] for a in acts]
-            util["oneshot_ppo"] = np.stack([util[f"static:{a}"][i] for i, a in enumerate(ids)])
-            pols["oneshot_ppo"] = _summary_from({a: static[a] for a in set(ids)}, ids, lt, ls)
+        pols["oracle"] = summary_from(static, [oneshot_ids[c] for c in choice], lt, ls)
+        one = self.setup.oneshot
+        if one is not None:  # the shipped (gated) one-shot policy, and the bare network
+            for name, policy in (("oneshot_ppo", one.shipped), ("oneshot_ppo_ungated", one.ungated)):
+                ids, util[name] = self.oneshot_choice(policy, lt, ls)
+                pols[name] = summary_from({a: self.action_result(a) for a in set(ids)}, ids, lt, ls)
         chosen_rules = {}
         for f in self.families:
             i = self.rule_picks[f][self.lambdas.index((lt, ls))]
@@ -240,8 +238,10 @@ class SequentialEvaluation:
             "sequential_vs_oracle": compare(util["sequential"] - util["oracle"]),
         }
         if self.setup.oneshot is not None:
-            point["sequential_vs_oneshot_ppo"] = compare(util["sequential"] - util["oneshot_ppo"])
-            point["oneshot_ppo_gap_share"] = None if gap < TOL else (util["oneshot_ppo"].mean() - u_bs) / gap
+            point["oneshot_ppo_gate_open"] = bool(self.setup.oneshot.gate.is_open(lt, ls))
+            for name in ("oneshot_ppo", "oneshot_ppo_ungated"):
+                point[f"sequential_vs_{name}"] = compare(util["sequential"] - util[name])
+                point[f"{name}_gap_share"] = None if gap < TOL else (util[name].mean() - u_bs) / gap
         for f in self.families:
             c = compare(util["sequential"] - util[f"rule:{f}"])
             point[f"sequential_vs_rule:{f}"] = c
@@ -258,7 +258,7 @@ class SequentialEvaluation:
         }
         best_rule = max(fam_mean, key=fam_mean.get)  # type: ignore[arg-type]
         have_oneshot = setup.oneshot is not None
-        summary = _summarize(points, best_rule, fam_mean, self.boot_seq_minus_rule, have_oneshot, opts.n_boot)
+        summary = summarize(points, best_rule, fam_mean, self.boot_seq_minus_rule, have_oneshot, opts.n_boot)
         summary["savings"] = savings(points, self.oneshot_ids)
         return {
             "kind": "escalate",
@@ -274,105 +274,7 @@ class SequentialEvaluation:
             "oneshot_menu": self.oneshot_ids,
             "grid": {"lambda_tokens": list(self.lt_axis), "lambda_seconds": list(self.ls_axis)},
             "rule_grid_sizes": {f: len(r) for f, r in self.families.items()},
+            "rule_tuning": self.rule_tuning,
             "points": points,
             "summary": summary,
         }
-
-
-def _summary_from(results: dict[str, Any], ids: list[str], lt: float, ls: float) -> dict[str, Any]:
-    """Summary of a policy that plays one-shot action ids[i] on query i (rows of the static results)."""
-    c = np.stack([results[a].correct[i] for i, a in enumerate(ids)])
-    t = np.stack([results[a].tokens[i] for i, a in enumerate(ids)])
-    s = np.stack([results[a].seconds[i] for i, a in enumerate(ids)])
-    share: dict[str, float] = {}
-    for a in ids:
-        share[a] = share.get(a, 0.0) + 1.0 / len(ids)
-    return {
-        "accuracy": float(c.mean()),
-        "mean_tokens": float(t.mean()),
-        "mean_seconds": float(s.mean()),
-        "utility": float((c - lt * t - ls * s).mean()),
-        "share": dict(sorted(share.items())),
-    }
-
-
-def _summarize(
-    points: list[dict[str, Any]],
-    best_rule: str,
-    fam_mean: dict[str, float],
-    boots: dict[str, list[np.ndarray]],
-    have_oneshot: bool,
-    n_boot: int,
-) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "n_points": len(points),
-        "best_rule": best_rule,
-        "rule_mean_utility": fam_mean,
-        "sequential_mean_utility": float(np.mean([p["policies"]["sequential"]["utility"] for p in points])),
-        "sequential_below_best_rule_90": sum(
-            p[f"sequential_vs_rule:{best_rule}"]["below_90"] for p in points
-        ),
-        "sequential_above_best_rule_90": sum(
-            p[f"sequential_vs_rule:{best_rule}"]["above_90"] for p in points
-        ),
-        "sequential_below_best_static_90": sum(p["sequential_vs_best_static"]["below_90"] for p in points),
-        "sequential_above_best_static_90": sum(p["sequential_vs_best_static"]["above_90"] for p in points),
-        "sequential_above_oracle_points": [
-            [p["lambda_tokens"], p["lambda_seconds"]] for p in points if p["sequential_above_oracle"]
-        ],
-        "sequential_gap_share_mean": _mean([p["sequential_gap_share"] for p in points]),
-        "n_boot": n_boot,
-    }
-    if boots[best_rule]:
-        mb = np.mean(np.stack(boots[best_rule]), axis=0)  # the grid mean in each resample
-        lo, hi = np.percentile(mb, [5, 95])
-        d = s["sequential_mean_utility"] - fam_mean[best_rule]
-        s["sequential_vs_best_rule_grid_mean"] = {
-            "diff": d,
-            "ci90": [float(lo), float(hi)],
-            "above_90": bool(lo > TOL),
-        }
-    if have_oneshot:
-        s["sequential_below_oneshot_ppo_90"] = sum(p["sequential_vs_oneshot_ppo"]["below_90"] for p in points)
-        s["sequential_above_oneshot_ppo_90"] = sum(p["sequential_vs_oneshot_ppo"]["above_90"] for p in points)
-        s["oneshot_ppo_gap_share_mean"] = _mean([p["oneshot_ppo_gap_share"] for p in points])
-        s["bars"] = {
-            "never_below_oneshot_ppo_90": s["sequential_below_oneshot_ppo_90"] == 0,
-            "above_oneshot_ppo_90_at_10_points": s["sequential_above_oneshot_ppo_90"] >= 10,
-            "never_below_best_rule_90": s["sequential_below_best_rule_90"] == 0,
-            "grid_mean_above_best_rule_90": bool(
-                s.get("sequential_vs_best_rule_grid_mean", {}).get("above_90", False)
-            ),
-        }
-    return s
-
-
-def savings(points: list[dict[str, Any]], oneshot_ids: list[str]) -> dict[str, Any]:
-    """Tokens and seconds the sequential policy needs to reach the most accurate static's accuracy
-    (the cheapest grid point that matches it), as ratios to that static's."""
-    p0 = points[0]["policies"]
-    top = max(oneshot_ids, key=lambda a: p0[f"static:{a}"]["accuracy"])
-    ref = p0[f"static:{top}"]
-    match = [p for p in points if p["policies"]["sequential"]["accuracy"] >= ref["accuracy"] - TOL]
-    out: dict[str, Any] = {
-        "most_accurate_static": top,
-        "static_accuracy": ref["accuracy"],
-        "static_tokens": ref["mean_tokens"],
-        "static_seconds": ref["mean_seconds"],
-        "matching_points": len(match),
-        "sequential_max_accuracy": max(p["policies"]["sequential"]["accuracy"] for p in points),
-    }
-    if match:
-        bt = min(match, key=lambda p: p["policies"]["sequential"]["mean_tokens"])
-        bsec = min(match, key=lambda p: p["policies"]["sequential"]["mean_seconds"])
-        out["tokens_ratio"] = bt["policies"]["sequential"]["mean_tokens"] / ref["mean_tokens"]
-        out["tokens_point"] = [bt["lambda_tokens"], bt["lambda_seconds"]]
-        out["seconds_ratio"] = bsec["policies"]["sequential"]["mean_seconds"] / ref["mean_seconds"]
-        out["seconds_point"] = [bsec["lambda_tokens"], bsec["lambda_seconds"]]
-    return out
-
-
-def _mean(xs: list[float | None]) -> float | None:
-    """The mean of the values that are not None (None when there are none)."""
-    values = [x for x in xs if x is not None]
-    return float(np.mean(values)) if values else None

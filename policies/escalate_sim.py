@@ -5,7 +5,9 @@ Common random numbers: :func:`make_orders` gives each query R sample orders seed
 every policy (the sequential PPO, the stopping rules, the statics, the one-shot PPO) is judged on the
 same samples in the same order.
 
-A *step policy* is ``act(obs (B, D) float32, masks (B, A) bool, episodes) -> actions (B,)``.
+A *step policy* is ``act(obs (B, D) float32, masks (B, A) bool, episodes) -> actions (B,)``; one that
+reads only the episodes (a stopping rule, a fixed plan) says so with ``act.needs_obs = False``, and the
+simulator then leaves ``obs`` unfilled.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def make_orders(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray, n_ord
             orders.append([rng.permutation(recs[min(int(u * len(recs)), len(recs) - 1)].k) for u in pick])
             picks.append(pick)
     return orders, np.array(picks)
+
+
+def playable_rows(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray) -> np.ndarray:
+    """The ``rows`` whose query has a pool of the step menu's pool config and every action measured
+    (the queries every policy of a sequential evaluation can play)."""
+    r = np.asarray(rows)
+    if len(r) == 0:
+        return r
+    has_pool = np.array([bool(table.pool_records(int(q), menu.pool_config)) for q in r], dtype=bool)
+    return r[has_pool & table.mask[r].all(axis=1)]
 
 
 @dataclass
@@ -116,16 +128,19 @@ class Simulator:
         )
         d_base = self.base.shape[1] + len(pen)
         n_seen = len(seen_features(self.menu.watch))
+        needs_obs = getattr(policy, "needs_obs", True)
         correct = np.zeros(len(eps))
         active = list(range(len(eps)))
         while active:
             obs = np.empty((len(active), d_base + n_seen), dtype=np.float32)
-            obs[:, : self.base.shape[1]] = self.base[row_of[active]]
-            obs[:, self.base.shape[1] : d_base] = pen
+            if needs_obs:
+                obs[:, : self.base.shape[1]] = self.base[row_of[active]]
+                obs[:, self.base.shape[1] : d_base] = pen
             masks = np.empty((len(active), len(self.menu)), dtype=bool)
             batch = [eps[j] for j in active]
             for b, ep in enumerate(batch):
-                ep.state.features(self.units, obs[b, d_base:])
+                if needs_obs:
+                    ep.state.features(self.units, obs[b, d_base:])
                 masks[b] = ep.mask()
             actions = np.asarray(policy(obs, masks, batch), dtype=np.int64).reshape(len(active))
             if not masks[np.arange(len(active)), actions].all():
@@ -187,6 +202,7 @@ def plan_policy(plans: list[list[int]], row_plan: dict[int, int] | None = None) 
             out[b] = plan[len(ep.state.widths)]
         return out
 
+    act.needs_obs = False  # type: ignore[attr-defined]
     return act
 
 

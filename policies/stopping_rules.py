@@ -114,6 +114,7 @@ def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
                 out[b] = menu.draw_index[next_width(rule, menu, st)]
         return out
 
+    act.needs_obs = False  # type: ignore[attr-defined]
     return act
 
 
@@ -146,9 +147,19 @@ def simulate_rules(sim: Simulator, rules: list[Rule]) -> list[SimResult]:
     return [sim.run(rule_policy(r, sim.menu), 0.0, 0.0) for r in rules]
 
 
+def rule_means(results: list[SimResult]) -> np.ndarray:
+    """(n configurations, 3): each one's mean accuracy, tokens and seconds (all a tuning needs: the
+    utility is linear in λ)."""
+    return np.array([[r.correct.mean(), r.tokens.mean(), r.seconds.mean()] for r in results], dtype=np.float64)
+
+
+def tune_means(means: np.ndarray, lambdas: list[tuple[float, float]]) -> list[int]:
+    """Per λ point, the index of the configuration (a row of :func:`rule_means`) with the best mean
+    utility (first on ties)."""
+    acc, tok, sec = means[:, 0], means[:, 1], means[:, 2]
+    return [int(np.argmax(acc - lt * tok - ls * sec)) for lt, ls in lambdas]
+
+
 def tune(results: list[SimResult], lambdas: list[tuple[float, float]]) -> list[int]:
     """Per λ point, the index of the configuration with the best mean utility (first on ties)."""
-    acc = np.array([r.correct.mean() for r in results])
-    tok = np.array([r.tokens.mean() for r in results])
-    sec = np.array([r.seconds.mean() for r in results])
-    return [int(np.argmax(acc - lt * tok - ls * sec)) for lt, ls in lambdas]
+    return tune_means(rule_means(results), lambdas)

@@ -372,9 +372,9 @@ def _fit_gate(job: TrainingJob, model: Any, best: Any, summary: dict[str, Any]) 
 
 
 def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> None:
-    """The gate (``gate: true``, one-shot runs) and the ONNX export (``export: true``) of the
-    validation-best checkpoint (what evaluate.py reports by default, not the last one), then one
-    more entry of train_summary.json."""
+    """The gate (``gate: true``, one-shot runs), the tuned stopping rules (``rules.json``, sequential
+    runs) and the ONNX export (``export: true``) of the validation-best checkpoint (what evaluate.py
+    reports by default, not the last one), then one more entry of train_summary.json."""
     from policies.ppo import load_model
 
     cfg, run_dir = job.cfg, job.run_dir
@@ -385,6 +385,10 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
         load_model(run_dir / "best_model.zip", job.table, trust=job.trust_checkpoint) if cfg.export or gate_it else None
     )
     gate = _fit_gate(job, model, best, summary) if gate_it else None
+    if job.escalate and cfg.rule_orders > 0:  # the stopping rules, tuned once on train + val for evaluate.py
+        from policies.rule_tuning import write_run_rules
+
+        summary["rules"] = write_run_rules(job, progress=cfg.progress_bar)
     if cfg.export:
         from policies.export import export_policy, serving_spec
 

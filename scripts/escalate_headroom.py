@@ -1,5 +1,6 @@
 """How much room the sequential bar leaves: at each λ point of the grid, the best stopping rule picked
-on the evaluated (test) split itself, against the one-shot PPO run, on the same queries and sample orders.
+on the evaluated (test) split itself, against the one-shot PPO run as shipped (behind its gate), on the
+same queries and sample orders.
 
 Picking each point's rule among every configuration of the four families (Adaptive-Consistency, ESC,
 k-agree, score threshold) on the very queries it is scored on is hindsight: an optimistic bound on
@@ -8,7 +9,9 @@ what a rule that watches the first samples can gain over the one-shot choice. Th
 
     python -m scripts.escalate_headroom --run runs/esc_ws2 --compare-run runs/default_run [--json out.json]
 
-``--run`` is any sequential run (its step menu, encoder and splits; its model is not used).
+``--run`` is any sequential run (its step menu, encoder and splits; its model is not used). The rules
+draw from the step menu's pool; the one-shot policy may pick any action of the cache (another pool
+included): its choice is scored from the outcome table where the step menu cannot play it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from evaluation.bootstrap import two_stage_compare, two_stage_weights
 from evaluation.options import EvalOptions
-from evaluation.sequential import SequentialEvaluation, load_setup
+from evaluation.sequential import SequentialEvaluation
+from evaluation.sequential_setup import load_setup
 from evaluation.source import load_source
 from policies.stopping_rules import simulate_rules
 from rollouts.errors import TTCError, report
@@ -33,13 +35,12 @@ def headroom(opts: EvalOptions) -> dict:
     if setup.oneshot is None:
         raise TTCError("--compare-run (the one-shot PPO run) is required")
     ev = SequentialEvaluation(opts, setup)
-    table, rows = setup.table, setup.rows
+    rows = setup.rows
     configs = [(rule, res) for rules in ev.families.values() for rule, res in zip(rules, simulate_rules(ev.sim, rules))]
     weights = two_stage_weights(len(rows), opts.n_orders, opts.n_boot, opts.seed)
     points = []
     for lt, ls in ev.lambdas:
-        ids = [table.action_ids[int(a)] for a in setup.oneshot.choose(table, rows, lt, ls)]
-        oneshot = np.stack([ev.static[a].utility(lt, ls)[i] for i, a in enumerate(ids)])
+        _, oneshot = ev.oneshot_choice(setup.oneshot.shipped, lt, ls)
         rule, res = max(configs, key=lambda c: c[1].utility(lt, ls).mean())
         c = two_stage_compare(res.utility(lt, ls) - oneshot, weights)
         points.append({

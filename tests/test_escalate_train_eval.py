@@ -89,7 +89,7 @@ def test_evaluate_sequential_against_oneshot(seq_run, tiny_run, tmp_path):
         assert lo <= p["sequential_vs_oneshot_ppo"]["diff"] <= hi
     assert set(r["summary"]["bars"]) == {
         "never_below_oneshot_ppo_90",
-        "above_oneshot_ppo_90_at_10_points",
+        "above_oneshot_ppo_90_at_40pct_of_points",
         "never_below_best_rule_90",
         "grid_mean_above_best_rule_90",
     }

@@ -286,3 +286,15 @@ def test_import_into_a_cache_with_other_features_is_refused(tmp_path, synthetic_
     shutil.copytree(synthetic_cache, out)
     with pytest.raises(CacheError, match="queries have 8 features"):
         importer(out).run(GenericReader(EXAMPLE))
+
+
+def test_threads_default_and_refusal(tmp_path, capsys):
+    """--threads defaults to 1 (measured fastest on a busy 2-core machine; 0: every core); a negative
+    count is refused before anything is written."""
+    from rollouts.importers.cli import build_parser
+
+    assert build_parser().parse_args(["generic", "x", "--out", "y"]).threads == 1
+    out = tmp_path / "c"
+    assert main(["generic", str(BAD), "--out", str(out), "--threads", "-1", "--no-progress"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --threads") and not out.exists()
