@@ -286,3 +286,36 @@ def run_gate(run_dir, model, table: OutcomeTable, train_rows, val_rows, run_cfg:
         confidence=float(run_cfg.get("gate_confidence", 0.9)), folds=int(run_cfg.get("gate_folds", 5)),
         seed=int(run_cfg.get("seed", 0)),
     )  # fmt: skip
+
+
+def fit_and_record_run_gate(job: Any, model: Any, best: Any, summary: dict[str, Any]) -> Gate:
+    """A training job's (``policies.training.TrainingJob``) gate for best_model.zip: gate.json, its
+    ttc/gate/ scalars at the last step and its train_summary entry."""
+    import json
+    import time
+
+    from policies.callbacks import write_tb_scalars
+    from rollouts.atomic import write_text_atomic
+    from rollouts.console import phase
+
+    cfg = job.cfg
+    t_gate = time.time()
+    with phase(f"fitting the gate ({cfg.gate_folds} cross-fitted folds over train + validation)"):
+        gate = fit_run_gate(
+            best, job.table, job.train_rows, job.val_rows, cfg.ppo,
+            confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
+        )  # fmt: skip
+    write_text_atomic(job.run_dir / "gate.json", json.dumps(gate.to_dict(), indent=1) + "\n")
+    scalars = {"ttc/gate/open_share": gate.open_share}
+    if gate.shrinkage is not None:
+        scalars["ttc/gate/shrinkage"] = gate.shrinkage
+    write_tb_scalars(model.logger, scalars, model.num_timesteps)
+    summary["gate"] = {
+        "open_share": gate.open_share,
+        "shrinkage": gate.shrinkage,
+        "method": gate.method,
+        "seconds": round(time.time() - t_gate, 2),
+    }
+    alpha = "none" if gate.shrinkage is None else f"{gate.shrinkage:.3g}"
+    print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {alpha}")
+    return gate

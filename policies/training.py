@@ -25,7 +25,6 @@ from env.splits import make_splits, split_rows
 from policies.observation import ObsEncoder
 from policies.ppo import PPOConfig
 from policies.run_folder import append_summary
-from rollouts.atomic import write_text_atomic
 from rollouts.console import note, phase
 from rollouts.errors import ConfigError
 
@@ -343,34 +342,6 @@ def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
     }
 
 
-def _fit_gate(job: TrainingJob, model: Any, best: Any, summary: dict[str, Any]) -> Any:
-    """gate.json for best_model.zip, its ttc/gate/ scalars at the last step and its summary entry."""
-    from policies.callbacks import write_tb_scalars
-    from policies.gate_fit import fit_run_gate
-
-    cfg = job.cfg
-    t_gate = time.time()
-    with phase(f"fitting the gate ({cfg.gate_folds} cross-fitted folds over train + validation)"):
-        gate = fit_run_gate(
-            best, job.table, job.train_rows, job.val_rows, cfg.ppo,
-            confidence=cfg.gate_confidence, folds=cfg.gate_folds, seed=cfg.seed,
-        )  # fmt: skip
-    write_text_atomic(job.run_dir / "gate.json", json.dumps(gate.to_dict(), indent=1) + "\n")
-    scalars = {"ttc/gate/open_share": gate.open_share}
-    if gate.shrinkage is not None:
-        scalars["ttc/gate/shrinkage"] = gate.shrinkage
-    write_tb_scalars(model.logger, scalars, model.num_timesteps)
-    summary["gate"] = {
-        "open_share": gate.open_share,
-        "shrinkage": gate.shrinkage,
-        "method": gate.method,
-        "seconds": round(time.time() - t_gate, 2),
-    }
-    alpha = "none" if gate.shrinkage is None else f"{gate.shrinkage:.3g}"
-    print(f"gate: open in {gate.open_share:.0%} of the λ regions, gain shrinkage α = {alpha}")
-    return gate
-
-
 def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> None:
     """The gate (``gate: true``, one-shot runs), the tuned stopping rules (``rules.json``, sequential
     runs) and the ONNX export (``export: true``) of the validation-best checkpoint (what evaluate.py
@@ -384,7 +355,9 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
     best = (  # loaded once; trusted as a resume checked it up front
         load_model(run_dir / "best_model.zip", job.table, trust=job.trust_checkpoint) if cfg.export or gate_it else None
     )
-    gate = _fit_gate(job, model, best, summary) if gate_it else None
+    from policies.gate_fit import fit_and_record_run_gate
+
+    gate = fit_and_record_run_gate(job, model, best, summary) if gate_it else None
     if job.escalate and cfg.rule_orders > 0:  # the stopping rules, tuned once on train + val for evaluate.py
         from policies.rule_tuning import write_run_rules
 
