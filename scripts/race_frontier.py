@@ -11,7 +11,8 @@ At every λ point of the default grid, on the test split (the same queries for b
 and the savings headline: the cheapest policy of the new run (its gated PPO at any grid point, or a
 static of its menu) whose test accuracy is not below the most accurate old-menu static's with 90 %
 confidence (the upper end of the 90 % interval of the accuracy difference is ≥ 0), as ratios of
-seconds and tokens to that static's.
+seconds and tokens to that static's; and the same among those whose test accuracy is at least the
+static's (no loss in the point estimate either).
 
     python -m scripts.race_frontier --run runs/races --compare-run runs/oldmenu [--json out.json]
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,35 @@ from evaluation.source import load_source
 from rollouts.errors import TTCError, report
 
 
-def _load(run: str) -> tuple[Any, Any]:
-    from evaluate import load_inputs, load_policies
+@dataclass
+class _Run:
+    """One run's table, evaluated rows and λ axes, its shipped (gated) and ungated PPO, and the static
+    picked on train + validation (the gate's fallback)."""
 
-    opts = EvalOptions(run=run, progress=False)
+    inputs: Any
+    ppo_gated: Any
+    ppo: Any
+    trval_static: Any
+
+
+def _load(run: str, trust: bool) -> _Run:
+    from evaluate import load_inputs
+    from policies.budget import budget_rows
+    from policies.gate import StaticFallback
+    from policies.gate_fit import GatedPolicy, run_gate, shrink_gain
+    from policies.ppo import PPOPolicy, load_model
+
+    opts = EvalOptions(run=run, progress=False, trust_checkpoint=trust)
     source = load_source(opts)
     inputs = load_inputs(opts, source)
-    return inputs, load_policies(opts, source, inputs)
+    table, rows_of = inputs.table, inputs.rows_of
+    gated = load_model(source.model_path, table, trust=trust)
+    gate = run_gate(source.run_dir, gated, table, rows_of["train"], rows_of["val"], source.run_config)
+    if gate.shrinkage is not None:
+        shrink_gain(gated, gate.shrinkage)
+    ungated = PPOPolicy(load_model(source.model_path, table, trust=trust))
+    return _Run(inputs, GatedPolicy(PPOPolicy(gated), gate), ungated,
+                StaticFallback.fit(table, budget_rows(rows_of, "train+val")))
 
 
 def _interval(d_q: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
@@ -51,9 +75,9 @@ def _aligned(inputs: Any, ids: list[str]) -> np.ndarray:
     return inputs.table.indices(ids)
 
 
-def frontier(run: str, compare_run: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    new_in, new_pol = _load(run)
-    old_in, old_pol = _load(compare_run)
+def frontier(run: str, compare_run: str, n_boot: int = 1000, seed: int = 0, trust: bool = False) -> dict[str, Any]:
+    new_pol, old_pol = _load(run, trust), _load(compare_run, trust)
+    new_in, old_in = new_pol.inputs, old_pol.inputs
     if any(a.race for a in old_in.table.menu):
         raise TTCError(f"--compare-run {compare_run}: its menu has races; give a run trained with env.races=[]")
     ids = [new_in.table.query_ids[r] for r in new_in.rows if new_in.table.query_ids[r] in old_in.table.qindex]
@@ -66,7 +90,8 @@ def frontier(run: str, compare_run: str, n_boot: int = 1000, seed: int = 0) -> d
             un, uo = tn.utility(lt, ls), to.utility(lt, ls)
             old_ppo = old_pol.ppo_gated.choose(to, ro, lt, ls)
             base = uo[ro, old_ppo]
-            s_new, s_old = new_pol.trval_static.choose(tn, rn, lt, ls), old_pol.trval_static.choose(to, ro, lt, ls)
+            s_new = new_pol.trval_static.choose(tn.mask[rn], lt, ls)
+            s_old = old_pol.trval_static.choose(to.mask[ro], lt, ls)
             row: dict[str, Any] = {"lambda_tokens": lt, "lambda_seconds": ls,
                                    "static_new": tn.action_names[int(s_new[0])],
                                    "static_old": to.action_names[int(s_old[0])]}
@@ -97,10 +122,13 @@ def savings(new_in: Any, new_pol: Any, old_in: Any, rn: np.ndarray, ro: np.ndarr
             ok.append({"policy": name, "accuracy": float(c.mean()), "accuracy_ci90_hi": hi,
                        "seconds_ratio": float(tn.seconds[rn, choice].mean() / ref_s.mean()),
                        "tokens_ratio": float(tn.tokens[rn, choice].mean() / ref_t.mean())})
-    best = {k: min(ok, key=lambda r: r[k], default=None) for k in ("seconds_ratio", "tokens_ratio")}
-    return {"reference": to.action_names[ref], "reference_accuracy": float(ref_c.mean()),
-            "reference_seconds": float(ref_s.mean()), "reference_tokens": float(ref_t.mean()),
-            "cheapest_in_seconds": best["seconds_ratio"], "cheapest_in_tokens": best["tokens_ratio"]}
+    level = [r for r in ok if r["accuracy"] >= float(ref_c.mean())]  # stricter: no loss in the point estimate
+    out: dict[str, Any] = {"reference": to.action_names[ref], "reference_accuracy": float(ref_c.mean()),
+                           "reference_seconds": float(ref_s.mean()), "reference_tokens": float(ref_t.mean())}
+    for k in ("seconds", "tokens"):
+        out[f"cheapest_in_{k}"] = min(ok, key=lambda r: r[f"{k}_ratio"], default=None)
+        out[f"cheapest_in_{k}_at_level_accuracy"] = min(level, key=lambda r: r[f"{k}_ratio"], default=None)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-run", required=True, help="a one-shot run over the old menu (env.races=[])")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="load the runs' zips even if this user's train.py did not write them")
     args = ap.parse_args(argv)
     try:
-        out = frontier(args.run, args.compare_run, args.n_boot)
+        out = frontier(args.run, args.compare_run, args.n_boot, trust=args.trust_checkpoint)
     except TTCError as exc:
         return report(exc)
     for p in out["points"]:

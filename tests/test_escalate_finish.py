@@ -212,8 +212,8 @@ def test_bad_watch_and_finish_exports_are_refused():
 
     env_cfg = EscalateConfig.from_dict({"kind": "escalate", "watch": "finish"})
     with pytest.raises(ConfigError, match="set export: false"):  # refused before training, not after
-        _check_combination(SimpleNamespace(export=True, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False)
-    _check_combination(SimpleNamespace(export=False, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False)
+        _check_combination(SimpleNamespace(export=True, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
+    _check_combination(SimpleNamespace(export=False, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
 
 
 def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, capsys):
