@@ -12,6 +12,7 @@ from env.allocate_env import EnvConfig
 from env.menu import parse_race_action
 from env.outcomes import OutcomeTable
 from env.pool_outcomes import race_many
+from rollouts.backends.base import SamplingSpec
 from rollouts.cache import CacheWriter
 from rollouts.errors import ConfigError
 from rollouts.latency import LatencyModel, Round
@@ -169,3 +170,28 @@ def test_bundled_cache_race_costs_match_their_definition():
     assert (table.seconds[m, race] <= table.seconds[m, full] + 1e-9).all()
     assert json.dumps(table.menu[race].to_dict())  # policy.json / meta form
     assert answer_key(" 7. ") == "7"
+
+
+def test_a_backend_that_cannot_cancel_runs_the_whole_round(capsys):
+    """The offline engine's fallback: every sample runs to its end, finishes are replayed shortest first,
+    the race's answer is its cached replay's, and every generated token is reported (nothing saved)."""
+    from rollouts.backends.base import Backend, Completion
+    from rollouts.grading import Grade
+    from rollouts.scorers import make_scorer
+    from rollouts.strategies import PromptedQuery, RaceSpec
+
+    class Fixed(Backend):  # an engine whose samples are KEYS/TOKENS, without cancellation
+        def generate(self, prompts, specs):
+            return [[Completion(str(k), list(range(t)), "stop", [-0.1] * t) for k, t in zip(KEYS, TOKENS)]
+                    for _ in prompts]
+
+        @property
+        def tokenizer(self):
+            return None
+
+    q = PromptedQuery("q0", "?", "7", [1, 2, 3])
+    (line,) = RaceSpec(6, 2).answer(Fixed("m", {"backend": "fixed"}), [q], SamplingSpec(), make_scorer("logprob"),
+                                    lambda ref, text: Grade(None if text == "None" else text, text == ref), seed=0)
+    assert line["answer"] == "5" and line["samples_finished"] == 4 and line["samples_cancelled"] == 0
+    assert line["generated_tokens"] == sum(TOKENS)  # nothing was cancelled, so nothing is saved
+    assert capsys.readouterr().err.startswith("warning: the fixed backend cannot cancel samples")

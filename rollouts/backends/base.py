@@ -7,6 +7,7 @@ cost is what the engine actually generated.
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,12 +74,25 @@ class Backend(ABC):
         """Like :meth:`generate`, but calls ``on_finish(prompt index, sample index, completion)`` as each
         sample finishes, in the order the engine finishes them; once it returns True for a prompt, that
         prompt's unfinished samples are cancelled on the engine and come back with ``finish_reason``
-        ``"cancelled"`` and the token ids the engine generated before the cancel. A backend that cannot
-        cancel refuses (races run live only against a server)."""
-        raise BackendError(
-            f"the {self.info.get('backend', type(self).__name__)!r} backend cannot cancel samples, so it cannot run "
-            "a race: use the openai backend (a vLLM OpenAI-compatible server)"
-        )
+        ``"cancelled"`` and the token ids the engine generated before the cancel.
+
+        This default is for an engine that cannot cancel (the offline ``vllm.LLM``): it runs every
+        sample to its end, then replays the finishes in the order a lockstep engine finishes them
+        (generated tokens ascending, ties by sample order), so a race gets the same answer as its
+        cached replay, but nothing is cancelled and every generated token is reported (a ``warning:``
+        line says so once). The ``openai`` backend (a vLLM server) overrides it and really cancels."""
+        if not getattr(self, "_race_warned", False):
+            print(f"warning: the {self.info.get('backend', type(self).__name__)} backend cannot cancel samples: a race "
+                  "runs all its samples to the end (same answer, no tokens or seconds saved); use the openai "
+                  "backend (a vLLM server) to cancel", file=sys.stderr)
+            self._race_warned = True
+        outs = self.generate(prompts, specs)
+        for pi, comps in enumerate(outs):
+            # rollouts.strategies.race.finish_order (not imported: strategies import this module)
+            for i in sorted(range(len(comps)), key=lambda j: (comps[j].tokens, j)):
+                if on_finish(pi, i, comps[i]):
+                    break
+        return outs
 
     @property
     @abstractmethod
