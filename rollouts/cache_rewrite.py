@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rollouts.atomic import fsync_dir
 from rollouts.cache import (
     CacheWriter,
     RolloutCache,
-    fsync_dir,
     iter_jsonl,
     load_cache,
     validate_record,
