@@ -449,23 +449,26 @@ def create_app(cfg: ServeConfig, router: Any = None) -> Any:
 
 def make_parser() -> argparse.ArgumentParser:
     from policies.budget import BUDGET_SPLITS
+    from rollouts.console import HelpFormatter
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     d = ServeConfig(export="")
     p.add_argument("--export", required=True, help="an export folder (policy.json + policy.onnx with a serving spec)")
-    p.add_argument("--upstream", default=d.upstream, help=f"the vLLM OpenAI server's /v1 URL (default {d.upstream})")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--upstream", default=d.upstream, help="the vLLM OpenAI server's /v1 URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set --api-key)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--model-name", default=d.model_name, help="the id /v1/models lists and replies carry")
-    p.add_argument("--lambda-tokens", type=float, default=d.lambda_tokens, help="default price of a token")
-    p.add_argument("--lambda-seconds", type=float, default=d.lambda_seconds, help="default price of a second")
+    p.add_argument("--lambda-tokens", type=float, default=d.lambda_tokens, help="price of a token when a request names none")
+    p.add_argument("--lambda-seconds", type=float, default=d.lambda_seconds, help="price of a second when a request names none")
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency, help="requests running at once")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting beyond those (then 429)")
     p.add_argument("--queue-timeout-s", type=float, default=d.queue_timeout_s, help="longest wait for a slot (then 503)")
     p.add_argument("--upstream-timeout-s", type=float, default=d.upstream_timeout_s, help="read timeout per upstream call")
     p.add_argument("--upstream-retries", type=int, default=d.upstream_retries, help="retries per upstream call")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-question-chars", type=int, default=d.max_question_chars)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help="largest request body accepted (larger: 400)")
+    p.add_argument("--max-question-chars", type=int, default=d.max_question_chars,
+                   help="longest question accepted, in characters (longer: 400)")
     p.add_argument("--api-key", default=os.environ.get("TTC_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $TTC_SERVE_API_KEY; none: open)")
     p.add_argument("--run", help="run folder for budget targets (splits.json, config.yml; default: the export's parent)")
@@ -513,9 +516,19 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the lifespan end,
     # then re-raise the signal to the previous handler: this one makes that a clean exit (status 0)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=cfg.graceful_timeout_s)  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=cfg.graceful_timeout_s))  # fmt: skip
+    threading.Thread(target=_announce_ready, args=(server, args.host, args.port, cfg), daemon=True).start()
+    server.run()
     return 0
+
+
+def _announce_ready(server: Any, host: str, port: int, cfg: ServeConfig) -> None:
+    """One line on stdout once the server listens (uvicorn itself logs at warning level only)."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        print(f"serve.py: ready on http://{host}:{port}/v1 (policy {cfg.export}, upstream {cfg.upstream})", flush=True)
 
 
 if __name__ == "__main__":

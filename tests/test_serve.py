@@ -205,6 +205,13 @@ def test_openai_client_two_lambdas(stack):
 
 
 @pytest.mark.slow
+def test_ready_line(stack):
+    """serve.py says once, on stdout, that it listens and where."""
+    _, _, base, run = stack
+    log = (run.parent.parent / "serve.log").read_text()
+    assert f"serve.py: ready on {base}/v1 (policy " in log, log[-2000:]
+
+
 def test_bad_requests_and_api_key_over_http(stack):
     import openai
 
