@@ -163,6 +163,6 @@ def test_route_runs_the_chosen_strategy_on_vllm(bundled_run, tmp_path):
     assert [r["question"] for r in answered] == ["What is 2 + 3?"] + [r["question"] for r in rows]
     for r in answered:
         assert r["action"] in menu and r["tokens"] > 0 and r["seconds"] > 0 and r["batch"] >= 1
-        assert r["params"]["strategy"] in ("sample_pool", "beam_search")
+        assert r["params"]["strategy"] in ("sample_pool", "beam_search", "race")  # a race: the whole round offline
     assert "correct" not in answered[0]  # no reference given for the positional question
     assert all(isinstance(r["correct"], bool) for r in answered[1:])
