@@ -24,7 +24,7 @@ as they stream in and cancels the rest on the engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -196,8 +196,7 @@ class RaceSpec(StrategySpec):
             order[qi].append(idx)
             return watches[qi].finish(answer_key(g.answer))
 
-        specs = [SamplingSpec(**{**sampling.__dict__, "n": self.n,
-                                 "seed": request_seed(seed, q.query_id, "pool")}) for q in queries]
+        specs = [replace(sampling, n=self.n, seed=request_seed(seed, q.query_id, "pool")) for q in queries]
         outs = backend.generate_watched([q.prompt_ids for q in queries], specs, on_finish)
         return [self._answer_one(q, comps, order[qi], grades[qi], scorer, selector, seed)
                 for qi, (q, comps) in enumerate(zip(queries, outs, strict=True))]
