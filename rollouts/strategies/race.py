@@ -208,13 +208,10 @@ class RaceSpec(StrategySpec):
         tie_rng = np.random.default_rng(request_seed(seed, q.query_id, "tie"))
         keys = [answer_key(grades[i].answer) for i in order]
         pick = select(selector, keys, list(sb.scores) if selector in SCORE_SELECTORS else None, rng=tie_rng)
-        stop_len = max((c.tokens for c in done), default=0)
-        # The engine decodes the samples in lockstep: at the stop every cancelled sample had generated its
-        # token of that decode step too, though its chunk may still be queued behind the stopping one when
-        # the stream closes. Charge it the steps it shared (as the cache replay does), or what streamed.
-        generated = sum(max(c.tokens, stop_len) if c.finish_reason == "cancelled" else c.tokens for c in comps)
+        generated = sum(c.tokens for c in comps)
         charged = generated + (sum(sb.scorer_tokens) if selector in SCORE_SELECTORS else 0)
         g, choice = grades[order[pick]], done[pick]
+        stop_len = max((c.tokens for c in done), default=0)
         return {"answer": g.answer, "text": choice.text, "correct": g.correct if q.answer is not None else None,
                 "tokens": int(charged), "generated_tokens": int(generated),
                 "rounds": [Round(len(q.prompt_ids), self.n, stop_len)],
