@@ -95,6 +95,9 @@ class TrainConfig:
     gate_folds: int = 5  # cross-fitting folds over train + validation
     # env.kind: escalate only: a one-shot run folder whose policy the step policy clones before PPO
     warm_start_from: str | None = None
+    # env.kind: escalate only: a one-shot run whose shipped (gated) policy is one of the sequential
+    # policy's floors (policies/sequential_gate.py); default: warm_start_from
+    floor_oneshot: str | None = None
     # env.kind: escalate only: sample orders per train + val query of the stopping rules' tuning at
     # training time (rules.json, reused by evaluate.py); 0: no tuning then (evaluate.py tunes on val)
     rule_orders: int = 2

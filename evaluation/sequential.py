@@ -76,6 +76,7 @@ class SequentialEvaluation:
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
         from policies.escalate_sim import Simulator, make_orders, oneshot_policy
+        from policies.sequential_gate import FloorPlayer
         from policies.stopping_rules import rule_grid
 
         self.opts, self.setup = opts, setup
@@ -97,6 +98,7 @@ class SequentialEvaluation:
         self.oneshot_ids = list(policies)
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
+        self.floors = FloorPlayer(self.sim)  # the rule floors of the run's gate, on the same orders
         self.points: list[dict[str, Any]] = []
         self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
 
@@ -129,6 +131,21 @@ class SequentialEvaluation:
                 beam=np.full((len(rows), r_n), not act.is_pool), final=[[action_id] * r_n for _ in rows],
             )  # fmt: skip
         return self.static[action_id]
+
+    def choice_result(self, ids: list[str]) -> Any:
+        """The outcomes of playing one-shot action ``ids[i]`` on evaluated query i (rows of
+        :meth:`action_result`), as one :class:`policies.escalate_sim.SimResult`."""
+        from policies.escalate_sim import SimResult
+
+        res = [self.action_result(a) for a in ids]
+
+        def rows(name: str) -> np.ndarray:
+            return np.stack([getattr(r, name)[i] for i, r in enumerate(res)])
+
+        return SimResult(
+            correct=rows("correct"), tokens=rows("tokens"), seconds=rows("seconds"), rounds=rows("rounds"),
+            samples=rows("samples"), beam=rows("beam"), final=[r.final[i] for i, r in enumerate(res)],
+        )  # fmt: skip
 
     def _tune_rules(self) -> None:
         """Each family's configuration per point, from the run's ``rules.json`` (tuned on train + val
@@ -191,7 +208,8 @@ class SequentialEvaluation:
         pols: dict[str, Any] = {}
         util: dict[str, np.ndarray] = {}
         seq = self.sim.run(self.seq_policy, lt, ls)
-        pols["sequential"], util["sequential"] = seq.summary(lt, ls), seq.utility(lt, ls)
+        pols["sequential_ungated"], util["sequential_ungated"] = seq.summary(lt, ls), seq.utility(lt, ls)
+        pols["sequential"], util["sequential"] = self._shipped(pols, util, lt, ls)
         for aid in oneshot_ids:
             pols[f"static:{aid}"] = static[aid].summary(lt, ls)
             util[f"static:{aid}"] = static[aid].utility(lt, ls)
@@ -215,6 +233,30 @@ class SequentialEvaluation:
             chosen_rules[f] = self.families[f][i].name
         return pols, util, chosen_rules
 
+    def _shipped(
+        self, pols: dict[str, Any], util: dict[str, np.ndarray], lt: float, ls: float
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """The shipped sequential policy at (λ_T, λ_L): the step policy where the run's gate is open,
+        its floor where it is closed (``floor`` added to ``pols``/``util``); the step policy alone for
+        a run without a gate."""
+        gate = self.setup.gate
+        if gate is None:
+            return pols["sequential_ungated"], util["sequential_ungated"]
+        floor = gate.floor(lt, ls)
+        if floor.kind == "oneshot":
+            assert self.setup.floor_oneshot is not None  # load_setup loads it
+            ids, u = self.oneshot_choice(self.setup.floor_oneshot.shipped, lt, ls)
+            summ = {**self.choice_result(ids).summary(lt, ls), "share": summary_from(
+                {a: self.action_result(a) for a in set(ids)}, ids, lt, ls)["share"]}  # fmt: skip
+        else:
+            res = self.action_result(floor.name) if floor.kind == "static" else self.floors.result(floor)
+            summ, u = res.summary(lt, ls), res.utility(lt, ls)
+        pols["floor"] = {**summ, "floor": floor.to_dict()}
+        util["floor"] = u
+        if gate.is_open(lt, ls):
+            return pols["sequential_ungated"], util["sequential_ungated"]
+        return pols["floor"], u
+
     def _point(self, lt: float, ls: float) -> dict[str, Any]:
         pols, util, chosen_rules = self._policies_at(lt, ls)
 
@@ -234,9 +276,13 @@ class SequentialEvaluation:
             "sequential_gap_share": None if gap < TOL else (u_seq - u_bs) / gap,
             "sequential_above_oracle": bool(u_seq > u_or + TOL),
             "rules": chosen_rules,
+            "sequential_gate_open": None if self.setup.gate is None else bool(self.setup.gate.is_open(lt, ls)),
             "sequential_vs_best_static": compare(util["sequential"] - util[f"static:{best}"]),
             "sequential_vs_oracle": compare(util["sequential"] - util["oracle"]),
+            "sequential_ungated_vs_best_static": compare(util["sequential_ungated"] - util[f"static:{best}"]),
         }
+        if "floor" in util:
+            point["sequential_vs_floor"] = compare(util["sequential"] - util["floor"])
         if self.setup.oneshot is not None:
             point["oneshot_ppo_gate_open"] = bool(self.setup.oneshot.gate.is_open(lt, ls))
             for name in ("oneshot_ppo", "oneshot_ppo_ungated"):
@@ -260,6 +306,9 @@ class SequentialEvaluation:
         have_oneshot = setup.oneshot is not None
         summary = summarize(points, best_rule, fam_mean, self.boot_seq_minus_rule, have_oneshot, opts.n_boot)
         summary["savings"] = savings(points, self.oneshot_ids)
+        summary["sequential_ungated_mean_utility"] = float(
+            np.mean([p["policies"]["sequential_ungated"]["utility"] for p in points])
+        )
         return {
             "kind": "escalate",
             "run": str(source.run_dir),
@@ -275,6 +324,9 @@ class SequentialEvaluation:
             "grid": {"lambda_tokens": list(self.lt_axis), "lambda_seconds": list(self.ls_axis)},
             "rule_grid_sizes": {f: len(r) for f, r in self.families.items()},
             "rule_tuning": self.rule_tuning,
+            "sequential_gate": None if setup.gate is None else {
+                "open_share": setup.gate.open_share, "oneshot_run": setup.gate.oneshot_run,
+            },  # fmt: skip
             "points": points,
             "summary": summary,
         }

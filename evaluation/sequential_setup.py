@@ -14,18 +14,8 @@ import numpy as np
 from env.outcomes import OutcomeTable
 from evaluation.options import EvalOptions
 from evaluation.source import ModelSource
+from policies.shipped_oneshot import OneShotCompare, compare_policy
 from rollouts.errors import ConfigError
-
-
-@dataclass
-class OneShotCompare:
-    """The ``--compare-run`` policy: ``shipped`` is the run's policy behind its gate and gain shrinkage
-    (what its export routes with), ``ungated`` the bare network."""
-
-    shipped: Any  # policies.gate_fit.GatedPolicy
-    ungated: Any  # policies.ppo.PPOPolicy
-    gate: Any  # policies.gate.Gate
-    path: Path
 
 
 @dataclass
@@ -42,6 +32,8 @@ class SequentialSetup:
     val_rows: np.ndarray  # the same on the validation split (rules are tuned there without rules.json)
     train_rows: np.ndarray  # the λ grid's
     run_dir: Path
+    gate: Any = None  # policies.sequential_gate.SequentialGate of the run (None: trained without one)
+    floor_oneshot: OneShotCompare | None = None  # the one-shot policy the gate's floor may play
 
 
 def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
@@ -55,6 +47,7 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     from policies.escalate_sim import playable_rows
     from policies.observation import ObsEncoder
     from policies.ppo import check_menu
+    from policies.sequential_gate import GATE_FILE, load_sequential_gate
 
     model_path, model_meta, cache, split = source.model_path, source.model_meta, source.cache, opts.split
     env_config = env_config_from(stored_env_dict(model_meta["env"]))
@@ -72,46 +65,17 @@ def load_setup(opts: EvalOptions, source: ModelSource) -> SequentialSetup:
     train_rows = split_rows(table, splits, "train")
     if len(rows) == 0 or len(val_rows) == 0:
         raise ConfigError(f"the {split} or val split has no queries with a pool and every action in {cache}")
+    gate = load_sequential_gate(source.run_dir)
+    floor_oneshot = None
+    if gate is not None and any(f.kind == "oneshot" for row in gate.floors for f in row):
+        if not gate.oneshot_run:
+            raise ConfigError(f"{source.run_dir / GATE_FILE}: a one-shot floor without its run")
+        if not Path(gate.oneshot_run).exists():
+            raise ConfigError(
+                f"{source.run_dir / GATE_FILE}: its floor plays the one-shot run {gate.oneshot_run}, which is not there"
+            )
+        floor_oneshot = compare_policy(gate.oneshot_run, table, opts.trust_checkpoint)
     return SequentialSetup(
-        table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows, source.run_dir
-    )
-
-
-def compare_policy(compare_run: str | None, table: OutcomeTable, trust: bool = False) -> OneShotCompare | None:
-    """The one-shot run ``--compare-run`` names (its best model, or the zip it names) on this table's
-    menu, shipped (gated: its ``gate.json``, or the same gate fitted now on its own train + val
-    queries for a run without one) and ungated; None without ``--compare-run``. ``trust``: load it even
-    if this user's train.py did not write it (policies/trust.py)."""
-    if not compare_run:
-        return None
-    from env.splits import split_rows
-    from policies.gate_fit import GatedPolicy, run_gate, shrink_gain
-    from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
-    from rollouts.config import load_yaml_text
-
-    run = Path(compare_run)
-    compare_path = run / "best_model.zip" if run.is_dir() else run
-    compare_meta = read_meta(compare_path, trust)
-    if compare_meta.get("kind") == "escalate":
-        raise ConfigError(
-            f"{compare_path}: --compare-run needs a one-shot (ttc/Allocate-v0) run, this one is sequential"
-        )
-    check_menu(compare_meta, table, str(compare_path))
-    run_dir = run if run.is_dir() else compare_path.parent
-    if run_dir.name == "checkpoints":
-        run_dir = run_dir.parent
-    gate_model = load_model(compare_path, table, trust=trust)
-    if (run_dir / "gate.json").is_file():
-        gate = run_gate(run_dir, gate_model, table, [], [], {})
-    else:
-        splits_path, config_path = run_dir / "splits.json", run_dir / "config.yml"
-        if not splits_path.is_file():
-            raise ConfigError(f"{run_dir}: no gate.json and no splits.json (the one-shot run's gate needs one)")
-        splits = json.loads(splits_path.read_text())
-        run_cfg = load_yaml_text(config_path.read_text()) if config_path.is_file() else {}
-        train, val = split_rows(table, splits, "train"), split_rows(table, splits, "val")
-        gate = run_gate(run_dir, gate_model, table, train, val, run_cfg)
-    if gate.shrinkage is not None:
-        shrink_gain(gate_model, gate.shrinkage)
-    shipped = GatedPolicy(PPOPolicy(gate_model), gate)
-    return OneShotCompare(shipped, PPOPolicy(load_model(compare_path, table, trust=trust)), gate, compare_path)
+        table, menu, encoder, units, model_path, oneshot, rows, val_rows, train_rows, source.run_dir,
+        gate, floor_oneshot,
+    )  # fmt: skip

@@ -105,9 +105,12 @@ def export_policy(
     seed: int = 0,
     serving: dict[str, Any] | None = None,
     gate=None,
+    sequential_gate=None,
 ) -> dict[str, Any]:
     """``gate`` (a :class:`policies.gate.Gate`) goes into policy.json: :mod:`policies.onnx_policy`
-    plays its fallback where it is closed. ``model`` must already carry the gate's shrinkage."""
+    plays its fallback where it is closed. ``model`` must already carry the gate's shrinkage.
+    ``sequential_gate`` (a :class:`policies.sequential_gate.SequentialGate`, sequential runs): live
+    routing plays its floor where it is closed (:mod:`policies.sequential_router`)."""
     import torch
 
     meta = model.ttc_meta
@@ -164,6 +167,7 @@ def export_policy(
         from policies.escalate_ppo import export_fields
 
         doc.update(export_fields(meta))
+        doc["sequential_gate"] = None if sequential_gate is None else sequential_gate.to_dict()
     (out / "policy.json").write_text(json.dumps(doc, indent=1) + "\n")
     return parity
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from env.escalate_menu import EscalateMenu
 from env.seen import SEEN_FEATURES, SeenState, SeenUnits, step_mask
+from policies.sequential_gate import floor_decider
 from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
 from rollouts.strategies.selectors import answer_key
 
@@ -54,6 +55,16 @@ class SequentialRouter:
             from rollouts.latency import LatencyModel
 
             self.latency = LatencyModel.from_dict(lm)
+        self.gate, self.floor_policy = None, None
+        if doc.get("sequential_gate"):  # the rule floor: played where the gate is closed
+            from pathlib import Path
+
+            from policies.onnx_policy import OnnxPolicy
+            from policies.sequential_gate import ONESHOT_FLOOR_DIR, SequentialGate
+
+            self.gate = SequentialGate.from_dict(doc["sequential_gate"])
+            if any(f.kind == "oneshot" for row in self.gate.floors for f in row):
+                self.floor_policy = OnnxPolicy(Path(export_dir) / ONESHOT_FLOOR_DIR)
         serving = live_router.serving["actions"]  # the beam configs the serving spec can run (else None)
         self.beam_runs: list[StrategySpec | None] = [
             parse_serving_action(serving[c])[0] if c in serving else None for c in self.menu.beam_configs
@@ -75,10 +86,39 @@ class SequentialRouter:
             feats, [len(p.prompt_ids) for p in prompted], lambda_tokens, lambda_seconds
         )
         backend = live.backend  # started before the first round, so no round's seconds include the start
+        gate = self.gate
+        floor = None if gate is None or gate.is_open(lambda_tokens, lambda_seconds) else gate.floor(lambda_tokens, lambda_seconds)
         for i, q in enumerate(prompted):
-            yield self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds)
+            if floor is not None and floor.kind == "oneshot":
+                yield self._oneshot_floor(q, feats[i : i + 1], lambda_tokens, lambda_seconds)
+                continue
+            decide = self._network if floor is None else floor_decider(floor, self.menu)
+            out = self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds, decide)
+            if gate is not None:
+                out["floor"] = None if floor is None else floor.name
+            yield out
 
-    def _one(self, backend, q, base_obs, grade_fn, lt, ls) -> dict[str, Any]:
+    def _network(self, obs: np.ndarray, mask: np.ndarray, st: SeenState) -> int:
+        """The ONNX step policy's action (where the gate is open, or the export has none)."""
+        _, action = self.live.policy.session.run(["logits", "action"], {"obs": obs, "mask": mask})
+        return int(action[0])
+
+    def _oneshot_floor(self, q: Any, feats: np.ndarray, lt: float, ls: float) -> dict[str, Any]:
+        """The one-shot floor: the embedded one-shot export (``floor_oneshot/``, behind its own gate)
+        picks an action of the serving menu, run as route.py's one-shot mode runs it."""
+        assert self.floor_policy is not None  # loaded with the export when a region's floor is one
+        (a,) = self.floor_policy.act_index(feats, [len(q.prompt_ids)], lt, ls)
+        action = self.floor_policy.menu[int(a)]
+        t0 = time.perf_counter()
+        (o,) = self.live.run_action([q], action)
+        return {
+            "question": q.question, "mode": "sequential", "steps": [action], "final": action,
+            "answer": o["answer"], **({"correct": bool(o["correct"])} if q.answer is not None else {}),
+            "tokens": int(o["tokens"]), "seconds": round(time.perf_counter() - t0, 3),
+            "lambda_tokens": lt, "lambda_seconds": ls, "floor": "oneshot",
+        }  # fmt: skip
+
+    def _one(self, backend, q, base_obs, grade_fn, lt, ls, decide) -> dict[str, Any]:
         seed = int(self.live.serving.get("seed", 0))
         st = SeenState(self.pool_size, self.has_scores)
         drawn: list[dict[str, Any]] = []
@@ -90,8 +130,7 @@ class SequentialRouter:
         while True:
             st.features(self.units, obs[0, len(base_obs) :])
             mask = step_mask(self.menu, st, beams_ok)[None, :]
-            _, action = self.live.policy.session.run(["logits", "action"], {"obs": obs, "mask": mask})
-            act = self.actions[int(action[0])]
+            act = self.actions[decide(obs, mask, st)]
             steps.append(act.id)
             if act.kind == "draw":
                 drawn += self._draw(backend, q, act.k, st, grade_fn, seed, predicted)

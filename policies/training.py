@@ -94,13 +94,14 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool,
         raise ConfigError(
             f"env.watch: {env_cfg.watch} cannot be exported (live routing plays whole rounds only): set export: false"
         )
-    if cfg.warm_start_from and not resume:
-        from policies.escalate_ppo import env_kind
-        from policies.ppo import read_meta
+    for key in ("warm_start_from", "floor_oneshot"):
+        if getattr(cfg, key) and not (resume and key == "warm_start_from"):
+            from policies.escalate_ppo import env_kind
+            from policies.ppo import read_meta
 
-        ws = Path(cfg.warm_start_from)
-        if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws, trust)) != "allocate":
-            raise ConfigError("warm_start_from takes a one-shot run and needs env.kind: escalate")
+            ws = Path(getattr(cfg, key))
+            if not escalate or env_kind(read_meta(ws / "best_model.zip" if ws.is_dir() else ws, trust)) != "allocate":
+                raise ConfigError(f"{key} takes a one-shot run and needs env.kind: escalate")
 
 
 def _train_val_rows(cfg: Any, table: OutcomeTable, splits: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -349,11 +350,9 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
     from policies.ppo import load_model
 
     cfg, run_dir = job.cfg, job.run_dir
-    # the sequential policy's gate is not built yet; policies/gate.py's fallback-per-λ + open/closed
-    # per region API is generic enough for it (fit_gate with its own held-out episode gains)
-    gate_it = cfg.gate and not job.escalate
+    gate_it = cfg.gate and not job.escalate  # the sequential gate needs the tuned rules: below
     best = (  # loaded once; trusted as a resume checked it up front
-        load_model(run_dir / "best_model.zip", job.table, trust=job.trust_checkpoint) if cfg.export or gate_it else None
+        load_model(run_dir / "best_model.zip", job.table, trust=job.trust_checkpoint) if cfg.export or cfg.gate else None
     )
     from policies.gate_fit import fit_and_record_run_gate
 
@@ -362,6 +361,11 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
         from policies.rule_tuning import write_run_rules
 
         summary["rules"] = write_run_rules(job, progress=cfg.progress_bar)
+    seq_gate = None
+    if job.escalate and cfg.gate:  # the rule floor: policies/sequential_gate.py
+        from policies.sequential_gate import fit_and_record_sequential_gate
+
+        seq_gate = fit_and_record_sequential_gate(job, model, best, summary)
     if cfg.export:
         from policies.export import export_policy, serving_spec
 
@@ -379,6 +383,11 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
         }
         with phase(f"exporting the best model to {run_dir / 'export'} (ONNX, parity-checked)"):
             summary["onnx_parity"] = export_policy(
-                best, run_dir / "export", source=source, serving=serving_spec(job.table), gate=gate
+                best, run_dir / "export", source=source, serving=serving_spec(job.table), gate=gate,
+                sequential_gate=seq_gate,
             )
+        if seq_gate is not None:
+            from policies.sequential_gate import embed_oneshot_floor
+
+            embed_oneshot_floor(seq_gate, run_dir / "export")
     append_summary(run_dir, summary)
