@@ -114,7 +114,8 @@ class SequentialRouter:
         return {
             "question": q.question, "mode": "sequential", "steps": [action], "final": action,
             "answer": o["answer"], **({"correct": bool(o["correct"])} if q.answer is not None else {}),
-            "tokens": int(o["tokens"]), "seconds": round(time.perf_counter() - t0, 3),
+            "tokens": int(o["tokens"]), "generated_tokens": int(o["generated_tokens"]),
+            "seconds": round(time.perf_counter() - t0, 3),
             "lambda_tokens": lt, "lambda_seconds": ls, "floor": "oneshot",
         }  # fmt: skip
 
@@ -155,6 +156,7 @@ class SequentialRouter:
                 "predicted_round_seconds": [round(s, 3) for s in predicted],
                 "beam": beam,
                 "tokens": int(st.tokens),
+                "generated_tokens": int(sum(st.round_tokens)) + (beam["generated_tokens"] if beam else 0),
                 "seconds": round(st.seconds, 3),
                 "lambda_tokens": lt,
                 "lambda_seconds": ls,
@@ -191,4 +193,6 @@ class SequentialRouter:
         secs = time.perf_counter() - t0
         st.tokens += out["tokens"]
         st.seconds += secs
-        return out["answer"], out["correct"], {"config": config_id, "tokens": out["tokens"], "seconds": round(secs, 3)}
+        summary = {"config": config_id, "tokens": out["tokens"], "generated_tokens": int(out["generated_tokens"]),
+                   "seconds": round(secs, 3)}  # fmt: skip
+        return out["answer"], out["correct"], summary

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +79,24 @@ def _write_gz_lines(path: Path, objs: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def write_subset(src: RolloutCache, query_ids: set[str], out: str | Path) -> Path:
-    """A new cache at ``out`` with ``src``'s meta and only the queries ``query_ids`` and their records."""
-    meta = {k: v for k, v in src.meta.items() if k not in ("schema", "schema_version")}
+def write_subset(
+    src: RolloutCache,
+    query_ids: set[str],
+    out: str | Path,
+    transform: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    drop_meta: tuple[str, ...] = (),
+) -> Path:
+    """A new cache at ``out`` with ``src``'s meta (less the keys ``drop_meta``) and only the queries
+    ``query_ids`` and their records; ``transform`` maps each kept record to the records written in its
+    place (a test fixture splits pools or drops timings this way)."""
+    drop = ("schema", "schema_version", *drop_meta)
+    meta = {k: v for k, v in src.meta.items() if k not in drop}
     with CacheWriter(out, meta=meta) as w:
         for q in src.queries.values():
             if q["query_id"] in query_ids:
                 w.add_query(q)
         for r in src.records:
             if r["query_id"] in query_ids:
-                w.add_record(r)
+                for rec in transform(r) if transform is not None else [r]:
+                    w.add_record(rec)
     return Path(out)

