@@ -133,6 +133,9 @@ def cmd_import(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollouts.console import plain_warnings
+
+    plain_warnings()
     argv = sys.argv[1:] if argv is None else argv
     commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import, "recalibrate": cmd_recalibrate}
     cmd = commands.get(argv[0]) if argv else None

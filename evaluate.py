@@ -351,6 +351,9 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollouts.console import plain_warnings
+
+    plain_warnings()
     args = make_parser().parse_args(argv)
     if not (args.run or args.checkpoint or args.export):  # answered before the heavy imports
         return report(ConfigError("give --run RUN_FOLDER, --checkpoint PATH or --export DIR"))

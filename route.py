@@ -276,6 +276,9 @@ def _preview(question: Any, n: int = 200) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollouts.console import plain_warnings
+
+    plain_warnings()
     args = make_parser().parse_args(argv)
     from rollouts.console import results_only_stdout
 

@@ -502,6 +502,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollouts.console import plain_warnings
+
+    plain_warnings()
     args = make_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

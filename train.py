@@ -100,7 +100,7 @@ class TrainConfig:
     floor_oneshot: str | None = None
     # env.kind: escalate only: sample orders per train + val query of the stopping rules' tuning at
     # training time (rules.json, reused by evaluate.py); 0: no tuning then (evaluate.py tunes on val)
-    rule_orders: int = 2
+    rule_orders: int = 1
     # the env (EnvConfig, or EscalateConfig with kind: escalate) and PPO settings, as plain mappings
     # (config.yml's env: and ppo:); validate() fills in the defaults of the keys a config leaves out
     env: dict[str, Any] = field(default_factory=lambda: EnvConfig().to_dict())
@@ -336,6 +336,9 @@ def stored_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollouts.console import plain_warnings
+
+    plain_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
     try:

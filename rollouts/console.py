@@ -19,6 +19,27 @@ from pathlib import Path
 from typing import TextIO
 
 
+def plain_warnings() -> None:
+    """Show this project's warnings as one ``warning: <message>`` line on stderr (not Python's
+    ``file:line: UserWarning:`` and source line); the CLIs call it first. Other packages' warnings
+    keep Python's format."""
+    import warnings
+
+    default = warnings.showwarning
+    if getattr(default, "ttc_plain", False):
+        return  # already installed
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        here = Path(__file__).resolve().parents[1]
+        if category is UserWarning and Path(filename).resolve().is_relative_to(here) and ".venv" not in filename:
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.ttc_plain = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def note(message: str) -> None:
     """One progress line on stderr (stdout stays for results), when stderr is a terminal: redirected
     (a log, a test, a pipeline) a tool's stderr keeps to its warnings and its one ``error:`` line."""
