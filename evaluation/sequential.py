@@ -76,6 +76,7 @@ class SequentialEvaluation:
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
         from policies.escalate_sim import Simulator, make_orders, oneshot_policy
+        from policies.baselines import TrainBestStaticPolicy
         from policies.sequential_gate import FloorPlayer
         from policies.stopping_rules import rule_grid
 
@@ -99,6 +100,7 @@ class SequentialEvaluation:
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
         self.floors = FloorPlayer(self.sim)  # the rule floors of the run's gate, on the same orders
+        self.trainval_static = TrainBestStaticPolicy(np.concatenate([setup.train_rows, setup.val_rows]))
         self.points: list[dict[str, Any]] = []
         self.boot_seq_minus_rule: dict[str, list[np.ndarray]] = {f: [] for f in self.families}
 
@@ -219,6 +221,9 @@ class SequentialEvaluation:
         stack = np.stack([util[f"static:{a}"] for a in oneshot_ids], axis=0)  # (A, n, r)
         util["oracle"] = stack[choice, np.arange(len(self.setup.rows))]
         pols["oracle"] = summary_from(static, [oneshot_ids[c] for c in choice], lt, ls)
+        # the static a user deploys without hindsight: the train + val best at this point (races too)
+        ids, util["trainval_static"] = self.oneshot_choice(self.trainval_static, lt, ls)
+        pols["trainval_static"] = {**self.static[ids[0]].summary(lt, ls), "action": ids[0]}
         one = self.setup.oneshot
         if one is not None:  # the shipped (gated) one-shot policy, and the bare network
             for name, policy in (("oneshot_ppo", one.shipped), ("oneshot_ppo_ungated", one.ungated)):
@@ -280,6 +285,7 @@ class SequentialEvaluation:
             "sequential_vs_best_static": compare(util["sequential"] - util[f"static:{best}"]),
             "sequential_vs_oracle": compare(util["sequential"] - util["oracle"]),
             "sequential_ungated_vs_best_static": compare(util["sequential_ungated"] - util[f"static:{best}"]),
+            "sequential_vs_trainval_static": compare(util["sequential"] - util["trainval_static"]),
         }
         if "floor" in util:
             point["sequential_vs_floor"] = compare(util["sequential"] - util["floor"])

@@ -64,6 +64,8 @@ def summarize(
         "sequential_mean_utility": float(np.mean([p["policies"]["sequential"]["utility"] for p in points])),
         "sequential_below_best_rule_90": count(f"sequential_vs_rule:{best_rule}", "below_90"),
         "sequential_above_best_rule_90": count(f"sequential_vs_rule:{best_rule}", "above_90"),
+        "sequential_below_trainval_static_90": count("sequential_vs_trainval_static", "below_90"),
+        "sequential_above_trainval_static_90": count("sequential_vs_trainval_static", "above_90"),
         "sequential_below_best_static_90": count("sequential_vs_best_static", "below_90"),
         "sequential_above_best_static_90": count("sequential_vs_best_static", "above_90"),
         "sequential_above_oracle_points": [
