@@ -98,6 +98,9 @@ class TrainConfig:
     # env.kind: escalate only: a one-shot run whose shipped (gated) policy is one of the sequential
     # policy's floors (policies/sequential_gate.py); default: warm_start_from
     floor_oneshot: str | None = None
+    # env.kind: escalate only: before PPO, behaviour-clone the floor (per λ the train+val best of the
+    # tuned rules, the statics and the one-shot run above); false: clone warm_start_from's run, if any
+    clone_floor: bool = True
     # env.kind: escalate only: sample orders per train + val query of the stopping rules' tuning at
     # training time (rules.json, reused by evaluate.py); 0: no tuning then (evaluate.py tunes on val)
     rule_orders: int = 1

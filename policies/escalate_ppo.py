@@ -86,34 +86,57 @@ def clone_oneshot_into(
     return clone
 
 
-def _clone_targets(
-    oneshot: Any,
-    table: OutcomeTable,
-    sim: Any,
-    lambdas: list[tuple[float, float]],
-    env_cfg: Any,
-    cost_scale: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Observations, masks, actions and normalised returns-to-go of the step episodes that play the
-    one-shot policy's choice, at each λ (λ where it picks what the step menu cannot play are skipped;
-    with the finish watch its races are played finish by finish)."""
-    from policies.escalate_sim import choice_policy, oneshot_policy
+def clone_floor_into(
+    model, make_floor_at: Any, table: OutcomeTable, encoder: ObsEncoder, train_env: Any, env_cfg: Any, seed: int
+) -> dict[str, Any]:
+    """Behaviour-clone the sequential policy's floor (:mod:`policies.sequential_gate`) before PPO, on
+    the training env's queries (two orders each) at 32 λ drawn as the env draws them: at each λ the
+    actor learns the step decisions of the floor there (a tuned rule, a static's plan, or the one-shot
+    policy's choices), the critic their normalised return-to-go. ``make_floor_at(sim)`` gives
+    ``floor_at(λ_T, λ_L)``: the floor's step policy on ``sim``'s queries at that λ and its name, or
+    None where the step menu cannot play it. PPO then starts
+    at the floor instead of at a random policy (which, on a small cache, can settle on a one-step
+    beam for every query: its reward comes at once, while a draw pays only after the right stop)."""
+    import time
 
-    playable = [oneshot_policy(sim.menu, a) is not None for a in table.menu]
+    train_env.reset(seed=seed)
+    lambdas = [train_env.draw_lambdas() for _ in range(32)]
+    sim = env_simulator(train_env, table, encoder, 2, seed=seed + 1)
+    t0 = time.time()
+    names: dict[str, int] = {}
+    floor_at = make_floor_at(sim)
+
+    def follow_at(lt: float, ls: float) -> Any:
+        got = floor_at(lt, ls)
+        if got is None:
+            return None
+        policy, name = got
+        names[name] = names.get(name, 0) + 1
+        return policy
+
+    targets = _clone_targets(follow_at, sim, lambdas, env_cfg, train_env.cost_scale)
+    report = {"from": "floor", **behaviour_clone(model, *targets, seed=seed), "lambdas": len(lambdas),
+              "floors": dict(sorted(names.items())), "seconds": round(time.time() - t0, 2)}  # fmt: skip
+    return report
+
+
+def _clone_targets(
+    follow_at: Any, sim: Any, lambdas: list[tuple[float, float]], env_cfg: Any, cost_scale: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Observations, masks, actions and normalised returns-to-go of the step episodes that play
+    ``follow_at(λ)`` (a step policy, or None to skip that λ) at each λ."""
     obs_l, mask_l, act_l, rtg_l = [], [], [], []
     for lt, ls in lambdas:
-        choice = oneshot.choose(table, sim.rows, lt, ls)
-        row_plan = {int(q): int(a) for q, a in zip(sim.rows, choice, strict=True)}
-        if not all(playable[a] for a in row_plan.values()):
-            continue  # a choice the step menu cannot play (another pool config; a race on the round watch)
-        follow = choice_policy([oneshot_policy(sim.menu, a) for a in table.menu], row_plan)
+        follow = follow_at(lt, ls)
+        if follow is None:
+            continue
         seen: list[tuple[Any, float, float]] = []
 
         def record(obs, masks, episodes, follow=follow, seen=seen):
             a = follow(obs, masks, episodes)
             obs_l.append(obs.copy())
             mask_l.append(masks.copy())
-            act_l.append(a.copy())
+            act_l.append(np.asarray(a).copy())
             seen.extend((ep, ep.state.tokens, ep.state.seconds) for ep in episodes)
             return a
 
@@ -123,7 +146,40 @@ def _clone_targets(
             (ep.correct - lt * (ep.state.tokens - t0) - ls * (ep.state.seconds - s0)) / norm for ep, t0, s0 in seen
         ]
         rtg_l.append(np.array(rtg) * env_cfg.reward_scale)
+    if not act_l:
+        from rollouts.errors import ConfigError
+
+        raise ConfigError("nothing to clone: at no drawn λ can the step menu play the policy cloned")
     return np.concatenate(obs_l), np.concatenate(mask_l), np.concatenate(act_l), np.concatenate(rtg_l)
+
+
+def behaviour_clone(
+    model, obs_np: np.ndarray, masks: np.ndarray, acts_np: np.ndarray, rtg_np: np.ndarray, epochs: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit the actor to ``acts`` (cross-entropy over the legal actions) and the critic to the
+    returns-to-go ``rtg`` (MSE), Adam, minibatches of 1 024; returns the samples and the agreement."""
+    import torch
+
+    obs, acts = torch.as_tensor(obs_np), torch.as_tensor(acts_np)
+    rtg = torch.as_tensor(rtg_np, dtype=torch.float32)
+    policy = model.policy
+    opt = torch.optim.Adam(policy.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(acts)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for lo in range(0, n, 1024):
+            idx = perm[lo : lo + 1024]
+            values, logp, _ = policy.evaluate_actions(obs[idx], acts[idx], action_masks=masks[idx.numpy()])
+            loss = -logp.mean() + 0.5 * torch.nn.functional.mse_loss(values.flatten(), rtg[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        dist = policy.get_distribution(obs, action_masks=masks)
+        agree = float((dist.distribution.probs.argmax(dim=1) == acts).float().mean())
+    return {"samples": int(n), "epochs": epochs, "agreement": agree}
 
 
 def warm_start_from_oneshot(
@@ -147,8 +203,6 @@ def warm_start_from_oneshot(
     ``lambdas``: the (λ_T, λ_L) pairs to clone at (drawn as the env draws them)."""
     from pathlib import Path
 
-    import torch
-
     from policies.ppo import PPOPolicy, check_menu, load_model, read_meta
     from rollouts.errors import ConfigError
 
@@ -158,30 +212,46 @@ def warm_start_from_oneshot(
     if env_kind(meta) != "allocate":
         raise ConfigError(f"{path}: warm_start_from needs a one-shot (ttc/Allocate-v0) run")
     check_menu(meta, table, str(path))
+    from policies.escalate_sim import oneshot_follower
+
     oneshot = PPOPolicy(load_model(path, table, trust=trust))
-    obs_np, masks, acts_np, rtg_np = _clone_targets(oneshot, table, sim, lambdas, env_cfg, cost_scale)
-    obs, acts = torch.as_tensor(obs_np), torch.as_tensor(acts_np)
-    rtg = torch.as_tensor(rtg_np, dtype=torch.float32)
-    policy = model.policy
-    opt = torch.optim.Adam(policy.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(acts)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for lo in range(0, n, 1024):
-            idx = perm[lo : lo + 1024]
-            values, logp, _ = policy.evaluate_actions(obs[idx], acts[idx], action_masks=masks[idx.numpy()])
-            loss = -logp.mean() + 0.5 * torch.nn.functional.mse_loss(values.flatten(), rtg[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        dist = policy.get_distribution(obs, action_masks=masks)
-        agree = float((dist.distribution.probs.argmax(dim=1) == acts).float().mean())
-    return {
-        "run": str(path),
-        "samples": int(n),
-        "lambdas": len(lambdas),
-        "epochs": epochs,
-        "agreement": agree,
-    }
+    targets = _clone_targets(oneshot_follower(oneshot, table, sim), sim, lambdas, env_cfg, cost_scale)
+    return {"run": str(path), **behaviour_clone(model, *targets, epochs=epochs, seed=seed), "lambdas": len(lambdas)}
+
+
+def escalate_warm_start(job: Any, model: Any, train_env: Any) -> dict[str, Any]:
+    """Before PPO on ``ttc/Escalate-v0`` (a fresh run): with ``clone_floor`` (the default) tune the
+    stopping rules on train + val (``rules.json``) and clone the floor; else, with ``warm_start_from``,
+    clone that one-shot run. Returns train_summary.json's entries (``clone_of_floor`` /
+    ``clone_of_oneshot``, ``rules``)."""
+    from env.escalate_menu import EscalateMenu
+    from policies.escalate_sim import playable_rows
+    from policies.rule_tuning import load_tuned_rules, write_run_rules
+    from policies.sequential_gate import floor_follower
+    from policies.shipped_oneshot import compare_policy
+    from rollouts.console import phase
+
+    cfg, table = job.cfg, job.table
+    if not cfg.clone_floor:
+        if not cfg.warm_start_from:
+            return {}
+        with phase(f"behaviour cloning: the step policy imitates the one-shot run {cfg.warm_start_from}"):
+            clone = clone_oneshot_into(
+                model, cfg.warm_start_from, table, job.encoder, train_env, job.env_cfg, seed=cfg.seed,
+                trust=job.trust_checkpoint,
+            )
+        print(f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}")
+        return {"clone_of_oneshot": clone}
+    rules = write_run_rules(job, progress=cfg.progress_bar)
+    menu = EscalateMenu(table, job.env_cfg)
+    tuned = load_tuned_rules(job.run_dir, menu)
+    one = compare_policy(cfg.floor_oneshot or cfg.warm_start_from, table, job.trust_checkpoint)
+    rows = playable_rows(table, menu, np.concatenate([job.train_rows, job.val_rows]))
+
+    def make_floor_at(sim: Any) -> Any:
+        return floor_follower(table, menu, tuned, rows, None if one is None else one.shipped, sim)
+
+    with phase("behaviour cloning: the step policy imitates its floor (the best tuned rule, static or one-shot policy per λ)"):
+        clone = clone_floor_into(model, make_floor_at, table, job.encoder, train_env, job.env_cfg, seed=cfg.seed)
+    print(f"cloned the floor ({', '.join(clone['floors'])}): {clone['samples']} steps, agreement {clone['agreement']:.3f}")
+    return {"clone_of_floor": clone, "rules": rules}

@@ -264,3 +264,19 @@ def choice_policy(policies: list[StepPolicy | None], row_choice: dict[int, int])
         return out
 
     return act
+
+
+def oneshot_follower(oneshot: Any, table: OutcomeTable, sim: Any) -> Any:
+    """``follow_at(λ_T, λ_L)``: the step policy that plays a one-shot policy's choices on ``sim``'s
+    queries, or None where it picks what the step menu cannot play (another pool config; a race on
+    the round watch)."""
+    steps = [oneshot_policy(sim.menu, a) for a in table.menu]
+
+    def follow_at(lt: float, ls: float) -> Any:
+        choice = oneshot.choose(table, sim.rows, lt, ls)
+        row_plan = {int(q): int(a) for q, a in zip(sim.rows, choice, strict=True)}
+        if not all(steps[a] is not None for a in row_plan.values()):
+            return None
+        return choice_policy(steps, row_plan)
+
+    return follow_at

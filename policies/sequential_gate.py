@@ -201,6 +201,27 @@ class FloorPlayer:
         return self.result(floor).utility(lt, ls)
 
 
+def floor_follower(table: Any, menu: Any, tuned: Any, rows: np.ndarray, oneshot: Any | None, sim: Any) -> Any:
+    """``follow_at(λ_T, λ_L)``: the floor at that λ (:func:`pick_floor` over ``rows``, train + val) as
+    a step policy on ``sim``'s queries, with its name; None where the step menu cannot play it (a
+    one-shot floor that picks a race on the round watch or another pool). Behaviour cloning follows it."""
+    from policies.escalate_sim import oneshot_follower, oneshot_policy
+    from policies.stopping_rules import rule_policy
+
+    oneshot_at = None if oneshot is None else oneshot_follower(oneshot, table, sim)
+
+    def follow_at(lt: float, ls: float) -> Any:
+        floor = pick_floor(table, menu, tuned, rows, lt, ls, oneshot)
+        if floor.kind == "rule":
+            return rule_policy(floor.as_rule(), menu), floor.name
+        if floor.kind == "static":
+            return oneshot_policy(menu, table.menu[table.action_ids.index(floor.name)]), floor.name
+        policy = oneshot_at(lt, ls) if oneshot_at is not None else None
+        return None if policy is None else (policy, "oneshot")
+
+    return follow_at
+
+
 def floor_decider(floor: Floor, menu: Any) -> Any:
     """``decide(obs, mask, state) -> step action index`` of a rule or static floor on a
     :class:`env.seen.SeenState` (live routing, :mod:`policies.sequential_router`): the same decisions

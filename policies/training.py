@@ -94,8 +94,10 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool,
         raise ConfigError(
             f"env.watch: {env_cfg.watch} cannot be exported (live routing plays whole rounds only): set export: false"
         )
+    if escalate and getattr(cfg, "clone_floor", False) and cfg.rule_orders < 1 and not resume:
+        raise ConfigError("clone_floor needs the stopping rules tuned at training: rule_orders >= 1")
     for key in ("warm_start_from", "floor_oneshot"):
-        if getattr(cfg, key) and not (resume and key == "warm_start_from"):
+        if getattr(cfg, key, None) and not (resume and key == "warm_start_from"):
             from policies.escalate_ppo import env_kind
             from policies.ppo import read_meta
 
@@ -249,19 +251,10 @@ def make_fresh_model(job: TrainingJob, envs: TrainingEnvs) -> tuple[Any, dict[st
             f"{ws['val_mse']:.4f} (train means alone: {ws['val_mse_prior_only']:.4f})"
         )
         report["warm_start"] = ws
-    if job.escalate and cfg.warm_start_from:
-        from policies.escalate_ppo import clone_oneshot_into
+    if job.escalate:
+        from policies.escalate_ppo import escalate_warm_start
 
-        first_env = envs.train.envs[0].unwrapped
-        with phase(f"behaviour cloning: the step policy imitates the one-shot run {cfg.warm_start_from}"):
-            clone = clone_oneshot_into(
-                model, cfg.warm_start_from, table, job.encoder, first_env, job.env_cfg, seed=cfg.seed,
-                trust=job.trust_checkpoint,
-            )
-        print(
-            f"cloned the one-shot run {clone['run']}: {clone['samples']} steps, agreement {clone['agreement']:.3f}"
-        )
-        report["clone_of_oneshot"] = clone
+        report.update(escalate_warm_start(job, model, envs.train.envs[0].unwrapped))
     return model, report
 
 

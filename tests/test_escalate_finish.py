@@ -231,7 +231,7 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, ca
              "ppo.batch_size=128"]  # fmt: skip
     rc = train.main(["--config", config, "--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name",
                      "fin", "--total-timesteps", "512", "--no-progress", "--hyperparams", *small,
-                     f"warm_start_from={tiny_run}"])  # fmt: skip
+                     f"warm_start_from={tiny_run}", "clone_floor=false"])  # fmt: skip
     run = tmp_path / "fin"
     assert rc == 0 and (run / "best_model.zip").exists() and not (run / "export").exists()
     clone = json.loads((run / "train_summary.json").read_text())[-1]["clone_of_oneshot"]

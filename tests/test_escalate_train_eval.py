@@ -175,7 +175,8 @@ def test_bad_input_one_error_line(tmp_path, seq_run):
 def test_warm_start_from_oneshot_run(tmp_path, synthetic_cache, tiny_run):
     rc = train.main(
         ["--config", ESC, "--cache", str(synthetic_cache), "--runs-dir", str(tmp_path), "--name", "ws",
-         "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL, f"warm_start_from={tiny_run}"]
+         "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL, f"warm_start_from={tiny_run}",
+         "clone_floor=false"]
     )  # fmt: skip
     assert rc == 0
     clone = json.loads((tmp_path / "ws" / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
