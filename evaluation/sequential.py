@@ -75,8 +75,8 @@ class SequentialEvaluation:
 
     def __init__(self, opts: EvalOptions, setup: SequentialSetup):
         from policies.base import lambda_grid
-        from policies.escalate_sim import Simulator, make_orders, oneshot_policy
         from policies.baselines import TrainBestStaticPolicy
+        from policies.escalate_sim import Simulator, make_orders, oneshot_policy
         from policies.sequential_gate import FloorPlayer
         from policies.stopping_rules import rule_grid
 

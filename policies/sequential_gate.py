@@ -186,7 +186,10 @@ class FloorPlayer:
                 policy = rule_policy(floor.as_rule(), self.sim.menu)
             else:
                 table = self.sim.table
-                policy = oneshot_policy(self.sim.menu, table.menu[table.action_ids.index(floor.name)])
+                played = oneshot_policy(self.sim.menu, table.menu[table.action_ids.index(floor.name)])
+                if played is None:
+                    raise ValueError(f"the floor's static {floor.name!r} is not playable on this step menu")
+                policy = played
             self._results[key] = self.sim.run(policy, 0.0, 0.0)
         return self._results[key]
 
