@@ -85,6 +85,144 @@ def test_bad_command_line(capsys):
 
 
 # ----------------------------------------------------------------------------------------------
+# Fast: the HTTP layer for requests refused before routing (the real app, no upstream engine)
+
+
+class _Unrouted:
+    """Stands in for the router where a request must be refused before any routing: only the policy's
+    kind is read at start-up; touching anything else fails the test."""
+
+    class policy:  # noqa: N801
+        doc = {"kind": "allocate"}
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the router was used ({name}) for a request that should be refused first")
+
+
+def _free_port() -> int:
+    from rollouts.backends.vllm_server import free_port
+
+    return free_port()
+
+
+@pytest.fixture()
+def fake_upstream():
+    """tests/fixtures/fake_openai_server.py (a labelled fixture): lists one model, "fake-model"."""
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "tests.fixtures.fake_openai_server", str(port), "0"], cwd=ROOT,
+                         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert p.stdout.readline().strip() == "ready"
+    yield f"http://127.0.0.1:{port}/v1"
+    p.kill()
+    p.wait()
+
+
+def _app(upstream: str, **kw):
+    from fastapi.testclient import TestClient
+
+    cfg = ServeConfig(export="x", upstream=upstream, api_key=KEY, **kw)
+    return TestClient(serve.create_app(cfg, router=_Unrouted()), raise_server_exceptions=False)
+
+
+def _counted(client, status: int, kind: str) -> tuple[float, float]:
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+
+    def val(prefix: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+    return val(f'ttc_requests_total{{status="{status}"}}'), val(f'ttc_errors_total{{kind="{kind}"}}')
+
+
+DEEP = b'{"messages": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+Q = {"messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+
+@pytest.mark.parametrize(
+    "body, status, kind, param",
+    [
+        ({**Q, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "invalid_request_error", "tools"),
+        ({**Q, "tool_choice": "auto"}, 400, "invalid_request_error", "tool_choice"),
+        ({**Q, "response_format": {"type": "json_object"}}, 400, "invalid_request_error", "response_format"),
+        ({**Q, "logprobs": True}, 400, "invalid_request_error", "logprobs"),
+        ({**Q, "logit_bias": {"17": 5}}, 400, "invalid_request_error", "logit_bias"),
+        ({**Q, "frobnicate": 1}, 400, "invalid_request_error", "frobnicate"),
+        ({**Q, "model": 7}, 400, "invalid_request_error", "model"),
+        (b"[" * 20_000 + b"]" * 20_000, 400, "invalid_request_error", "body"),
+        (DEEP, 400, "invalid_request_error", "body"),
+        (b"\xff\xfe{}", 400, "invalid_request_error", "body"),
+        (b"{not json", 400, "invalid_request_error", "body"),
+        (b'{"messages": "' + b"x" * 70_000 + b'"}', 400, "invalid_request_error", "body"),
+    ],
+)
+def test_refused_before_routing_json_and_counted(body, status, kind, param):
+    with _app(f"http://127.0.0.1:{_free_port()}/v1") as client:
+        before = _counted(client, status, kind)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = client.post("/v1/chat/completions", content=data, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+        err = r.json()["error"]
+        assert (err["type"], err["param"]) == (kind, param), err
+        after = _counted(client, status, kind)
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_upstream_down_is_502_without_its_address(caplog):
+    port = _free_port()
+    with _app(f"http://127.0.0.1:{port}/v1") as client:
+        r = client.post("/v1/chat/completions", json=Q, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+        assert str(port) not in r.text and "127.0.0.1" not in r.text and "http" not in r.text
+        assert _counted(client, 502, "upstream_error") == (1, 1)
+    assert str(port) in caplog.text  # the details are in the log
+
+
+def test_unknown_model_is_404_model_not_found(fake_upstream):
+    with _app(fake_upstream) as client:
+        r = client.post("/v1/chat/completions", json={**Q, "model": "gpt-4o"}, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["param"], err["type"]) == ("model_not_found", "model", "invalid_request_error")
+        assert "fake-model" in err["message"] and "ttc-alloc" in err["message"]  # the names it accepts
+        assert _counted(client, 404, "invalid_request_error") == (1, 1)
+
+
+def test_metrics_behind_the_key_and_docs_off():
+    with _app(f"http://127.0.0.1:{_free_port()}/v1") as client:
+        r = client.get("/metrics")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert client.get("/v1/models").status_code == 401
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 404, path
+    with _app(f"http://127.0.0.1:{_free_port()}/v1", docs=True) as client:
+        assert all(client.get(p).status_code == 200 for p in ("/docs", "/redoc", "/openapi.json"))
+
+
+def test_help_describes_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        serve.main(["--help"])
+    out = capsys.readouterr().out
+    parser = serve.make_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+    for flag in ("--host", "--port", "--max-body-bytes", "--max-question-chars", "--upstream-api-key",
+                 "--request-timeout-s", "--docs"):  # fmt: skip
+        assert flag in out
+    assert "when ready, one line gives the address." in " ".join(out.split())
+
+
+def test_warning_beyond_loopback_without_a_key(capsys, monkeypatch):
+    monkeypatch.delenv("TTC_SERVE_API_KEY", raising=False)
+    assert serve.main(["--export", "nowhere", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: listening on 0.0.0.0 without --api-key") and err[1].startswith("error: ")
+    assert serve.main(["--export", "nowhere", "--host", "127.0.0.1"]) == 2
+    assert not capsys.readouterr().err.startswith("warning")
+    assert serve.main(["--export", "nowhere", "--host", "0.0.0.0", "--api-key", "k"]) == 2
+    assert not capsys.readouterr().err.startswith("warning")
+
+
+# ----------------------------------------------------------------------------------------------
 # Slow: real servers on 127.0.0.1
 
 
