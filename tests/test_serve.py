@@ -266,6 +266,8 @@ def stack(tmp_path_factory):
                                     env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         try:
             _wait(f"http://127.0.0.1:{port}/health", proc, log)
+            # one line with the address once it listens
+            assert f"serve.py: ready on http://127.0.0.1:{port}/v1" in log.read_text()
             upstream.wait_ready()
             yield upstream, proc, f"http://127.0.0.1:{port}", runs / "srv"
         finally:
@@ -425,3 +427,85 @@ def test_graceful_shutdown_finishes_in_flight(stack):
     t.join(300)
     assert out["status"] == 200 and out["body"]["usage"]["completion_tokens"] > 0
     assert proc.wait(60) == 0
+
+
+LONG = "1 + " * 970 + "1 = ?"  # 3,885 characters: under --max-question-chars, over the upstream's 1,024 tokens
+
+
+@pytest.mark.slow
+def test_model_names_and_finish_reason(stack):
+    import openai
+
+    upstream, _, base, _ = stack
+    client = _client(base)
+    cheap = {"ttc": {"lambda_tokens": 1.0, "lambda_seconds": 1.0}}  # sample@1: one completion, its own reason
+    for model in ("ttc-alloc", upstream.served_model_name):  # its own name and the upstream's
+        r = client.chat.completions.create(model=model, messages=_user("Write a very long story about a dragon."),
+                                           extra_body=cheap)  # fmt: skip
+        assert r.model_extra["ttc"]["n"] == 1
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 64  # cut at max_tokens
+    r = client.chat.completions.create(model="ttc-alloc", messages=_user("What is 2 + 2?"), extra_body=cheap)
+    assert (r.choices[0].finish_reason == "length") == (r.usage.completion_tokens == 64)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=_user("What is 2 + 2?"))
+    assert e.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.slow
+def test_question_over_the_upstreams_context(stack):
+    upstream, _, base, run = stack
+    before = _metric(base, 'ttc_requests_total{status="400"}')
+    t0 = time.perf_counter()
+    r = requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                      json={"messages": _user(LONG)})  # fmt: skip
+    took = time.perf_counter() - t0
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert "exceeds the 960" in r.json()["error"]["message"]  # 1,024 (the upstream's) - 64 (generation budget)
+    assert took < 1.0, took
+    assert _metric(base, 'ttc_requests_total{status="400"}') - before == 1
+    # route.py on the same upstream: the long question gets its own line, the other two are answered
+    cmd = [sys.executable, "route.py", "--export", str(run / "export"), "--backend", "openai", "--no-progress",
+           "--backend-options", f"{{base_url: '{upstream.url}'}}", "--lambda-tokens", "1", "What is 2 + 3?", LONG,
+           "What is 4 + 4?"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    rows = {json.loads(line)["index"]: json.loads(line) for line in out.stdout.splitlines()}
+    assert out.returncode == 1 and sorted(rows) == [0, 1, 2], out.stderr[-2000:]
+    assert "exceeds the 960" in rows[1]["error"]
+    assert all("error" not in rows[i] and rows[i]["tokens"] > 0 for i in (0, 2))
+
+
+def _running_upstream(upstream) -> float:
+    text = requests.get(upstream.url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running"))
+
+
+@pytest.mark.slow
+def test_disconnected_clients_cancel_their_upstream_work(stack):
+    upstream, _, base, _ = stack
+    before = _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}')
+    gone: list[float] = []
+
+    def leave_after_1s(i: int) -> None:  # a long strategy (λ = 0), abandoned by the client after 1 s
+        try:
+            requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=(5, 1.0),
+                          json={"messages": _user(f"Write a very long story about dragon number {i}."),
+                                "ttc": {"lambda_tokens": 0, "lambda_seconds": 0}})  # fmt: skip
+        except requests.exceptions.ReadTimeout:
+            gone.append(time.monotonic())
+
+    threads = [threading.Thread(target=leave_after_1s, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    peak = 0.0
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, _running_upstream(upstream))
+        time.sleep(0.1)
+    assert len(gone) == 8 and peak > 0  # all 8 left while the upstream was generating for them
+    left = max(gone)
+    while time.monotonic() - left < 2.0 and (_metric(base, "ttc_in_flight") or _running_upstream(upstream)):
+        time.sleep(0.05)
+    freed = time.monotonic() - left
+    assert _metric(base, "ttc_in_flight") == 0 and _running_upstream(upstream) == 0, freed
+    assert _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}') - before == 8
+    print(json.dumps({"peak_upstream_running": peak, "freed_after_s": round(freed, 2)}))
