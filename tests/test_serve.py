@@ -198,6 +198,48 @@ def test_metrics_behind_the_key_and_docs_off():
         assert all(client.get(p).status_code == 200 for p in ("/docs", "/redoc", "/openapi.json"))
 
 
+def test_cancel_closes_the_upstream_connection():
+    """The cancellation mechanism on a real TCP connection: an upstream that never answers sees its
+    client hang up as soon as the request's scope is cancelled, and the strategy thread gets Cancelled."""
+    import httpx
+
+    from rollouts.backends.base import SamplingSpec
+    from rollouts.serving.upstream import Cancelled, CancelScope, ScopedBackend, Upstream
+
+    async def scenario() -> float:
+        got, closed = asyncio.Event(), asyncio.Event()
+
+        async def handle(reader, writer):  # reads the request, never answers, notices the hang-up
+            await reader.readuntil(b"\r\n\r\n")
+            got.set()
+            while await reader.read(1024):
+                pass
+            closed.set()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        up = Upstream(f"http://127.0.0.1:{port}/v1", served_model_name="m", max_retries=0)
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=60) as client:
+            scope = CancelScope(loop)
+            backend = ScopedBackend(up, client, scope, tokenizer=None)
+            fut = loop.run_in_executor(None, backend.generate, [[1, 2, 3]], [SamplingSpec()])
+            await asyncio.wait_for(got.wait(), 10)
+            t0 = time.monotonic()
+            assert scope.cancel() == 1  # one call was in flight
+            await asyncio.wait_for(closed.wait(), 2)  # the upstream saw its client close the connection
+            with pytest.raises(Cancelled):
+                await fut
+            took = time.monotonic() - t0
+            with pytest.raises(Cancelled):  # and no new call starts on a cancelled scope
+                await loop.run_in_executor(None, backend.generate, [[1]], [SamplingSpec()])
+        server.close()
+        return took
+
+    assert asyncio.run(scenario()) < 1.0
+
+
 def test_help_describes_every_flag(capsys):
     with pytest.raises(SystemExit):
         serve.main(["--help"])
@@ -374,6 +416,7 @@ def test_bounded_load_none_lost_or_duplicated(stack):
 
     _, _, base, _ = stack
     before = _metric(base, "ttc_requests_total")
+    batches = _metric(base, "ttc_featurize_batch_count")
     qs = [q.question for q in load_queries("arith:0", limit=88, offset=5000)]
     cheap = {"lambda_tokens": 2e-3, "lambda_seconds": 0.25}
     # 64 requests, 16 in flight = the server's 8 slots + 8 queue places: every one answered, once
@@ -382,6 +425,11 @@ def test_bounded_load_none_lost_or_duplicated(stack):
     assert res["statuses"] == {"200": 64} and res["unique_reply_ids"] == 64
     assert _metric(base, "ttc_requests_total") - before == 64  # the server counted each request once
     assert _metric(base, "ttc_in_flight") == 0 and _metric(base, "ttc_queued") == 0
+    # requests that arrive together share featurizer forwards
+    assert _metric(base, "ttc_featurize_batch_count") - batches < 64
+    for row in res["results"]:  # sample@1: the one completion's own finish reason
+        if row["n"] == 1:
+            assert (row["finish_reason"] == "length") == (row["tokens"] == 64), row
     print(json.dumps({k: v for k, v in res.items() if k != "results"}))
     # a burst of 24 at once: 16 admitted, the rest refused at once with 429 (Retry-After), none lost
     burst = asyncio.run(run_load(f"{base}/v1", qs[64:], 24, cheap, KEY, 300))
@@ -480,32 +528,39 @@ def _running_upstream(upstream) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running"))
 
 
+def _open_request(base: str, body: dict):
+    """A chat request sent on a raw socket, so the test decides when the client hangs up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((u.hostname, u.port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)  # fmt: skip
+    return sock
+
+
 @pytest.mark.slow
 def test_disconnected_clients_cancel_their_upstream_work(stack):
     upstream, _, base, _ = stack
     before = _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}')
-    gone: list[float] = []
-
-    def leave_after_1s(i: int) -> None:  # a long strategy (λ = 0), abandoned by the client after 1 s
-        try:
-            requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=(5, 1.0),
-                          json={"messages": _user(f"Write a very long story about dragon number {i}."),
-                                "ttc": {"lambda_tokens": 0, "lambda_seconds": 0}})  # fmt: skip
-        except requests.exceptions.ReadTimeout:
-            gone.append(time.monotonic())
-
-    threads = [threading.Thread(target=leave_after_1s, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    peak = 0.0
-    while any(t.is_alive() for t in threads):
-        peak = max(peak, _running_upstream(upstream))
+    # 8 long strategies (λ = 0: the policy's most expensive picks), one per slot
+    socks = [_open_request(base, {"messages": _user(f"Write a very long story about dragon number {i}."),
+                                  "ttc": {"lambda_tokens": 0, "lambda_seconds": 0}}) for i in range(8)]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _metric(base, "ttc_in_flight") < 8 or _running_upstream(upstream) == 0:  # all 8 at the upstream
+        assert time.monotonic() < deadline, "the 8 requests never all reached the upstream"
         time.sleep(0.1)
-    assert len(gone) == 8 and peak > 0  # all 8 left while the upstream was generating for them
-    left = max(gone)
+    time.sleep(1.0)
+    running = _running_upstream(upstream)
+    assert running > 0 and _metric(base, "ttc_in_flight") == 8  # still generating for them after 1 s
+    for sock in socks:  # the clients hang up
+        sock.close()
+    left = time.monotonic()
     while time.monotonic() - left < 2.0 and (_metric(base, "ttc_in_flight") or _running_upstream(upstream)):
         time.sleep(0.05)
     freed = time.monotonic() - left
     assert _metric(base, "ttc_in_flight") == 0 and _running_upstream(upstream) == 0, freed
     assert _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}') - before == 8
-    print(json.dumps({"peak_upstream_running": peak, "freed_after_s": round(freed, 2)}))
+    print(json.dumps({"upstream_running_before": running, "freed_after_s": round(freed, 2)}))

@@ -184,6 +184,8 @@ class RoutingServer:
             except asyncio.CancelledError:  # abandoned: close its upstream calls, free the slot once it stops
                 scope.cancel()
                 await asyncio.wait({fut})
+                if not fut.cancelled():
+                    fut.exception()  # retrieved: the thread's Cancelled is the expected end
                 raise
         finally:
             self.metrics.in_flight.dec()
