@@ -439,44 +439,6 @@ def test_bounded_load_none_lost_or_duplicated(stack):
     print(json.dumps({k: v for k, v in burst.items() if k != "results"}))
 
 
-@pytest.mark.slow
-def test_upstream_killed_then_back(stack):
-    import openai
-
-    upstream, proc, base, _ = stack
-    upstream.kill()
-    client = _client(base)
-    with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
-    assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
-    h = requests.get(f"{base}/health", timeout=10)
-    assert h.ok and h.json()["upstream"] == "down" and proc.poll() is None  # still up
-    upstream.start()  # same port
-    r = client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
-    assert r.usage.completion_tokens > 0 and requests.get(f"{base}/health", timeout=10).json()["upstream"] == "ok"
-
-
-@pytest.mark.slow
-def test_graceful_shutdown_finishes_in_flight(stack):
-    _, proc, base, _ = stack
-    out = {}
-
-    def call() -> None:
-        r = requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
-                          json={"messages": _user("What is 12 + 30?"), "ttc": {"lambda_tokens": 0}})  # fmt: skip
-        out["status"], out["body"] = r.status_code, r.json()
-
-    t = threading.Thread(target=call)
-    t.start()
-    deadline = time.monotonic() + 60
-    while _metric(base, "ttc_in_flight") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    t.join(300)
-    assert out["status"] == 200 and out["body"]["usage"]["completion_tokens"] > 0
-    assert proc.wait(60) == 0
-
-
 LONG = "1 + " * 970 + "1 = ?"  # 3,885 characters: under --max-question-chars, over the upstream's 1,024 tokens
 
 
@@ -564,3 +526,42 @@ def test_disconnected_clients_cancel_their_upstream_work(stack):
     assert _metric(base, "ttc_in_flight") == 0 and _running_upstream(upstream) == 0, freed
     assert _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}') - before == 8
     print(json.dumps({"upstream_running_before": running, "freed_after_s": round(freed, 2)}))
+
+
+@pytest.mark.slow
+def test_upstream_killed_then_back(stack):
+    import openai
+
+    upstream, proc, base, _ = stack
+    upstream.kill()
+    client = _client(base)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
+    assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+    h = requests.get(f"{base}/health", timeout=10)
+    assert h.ok and h.json()["upstream"] == "down" and proc.poll() is None  # still up
+    upstream.start()  # same port
+    r = client.chat.completions.create(model="ttc-alloc", messages=_user("What is 3 + 4?"))
+    assert r.usage.completion_tokens > 0 and requests.get(f"{base}/health", timeout=10).json()["upstream"] == "ok"
+
+
+@pytest.mark.slow
+def test_graceful_shutdown_finishes_in_flight(stack):
+    _, proc, base, _ = stack
+    out = {}
+
+    def call() -> None:
+        r = requests.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
+                          json={"messages": _user("What is 12 + 30?"), "ttc": {"lambda_tokens": 0}})  # fmt: skip
+        out["status"], out["body"] = r.status_code, r.json()
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 60
+    while _metric(base, "ttc_in_flight") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t.join(300)
+    assert out["status"] == 200 and out["body"]["usage"]["completion_tokens"] > 0
+    assert proc.wait(60) == 0
+
