@@ -159,9 +159,12 @@ def create_app(cfg: ServeConfig, router: Any = None, on_ready: Callable[[], Any]
 
     from rollouts.serving.server import RoutingServer
 
-    router = router if router is not None else default_router(cfg)
+    own = router is None
+    router = default_router(cfg) if router is None else router
     run_dir = Path(cfg.run) if cfg.run else Path(cfg.export).resolve().parent
     srv = RoutingServer(cfg, router, POLICY_KINDS, Budgets(router, run_dir, cfg.budget_split))
+    if own:
+        srv.check("What is 1 + 1?")  # the admission tokenizer is ready before the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -82,6 +82,7 @@ class RoutingServer:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 * cfg.max_concurrency),
         )
         self.served_names = {cfg.model_name}
+        self._check_tok: Any = None
 
     async def close(self) -> None:
         self.pool.shutdown(wait=True)  # uvicorn has already let the in-flight requests finish
@@ -146,7 +147,26 @@ class RoutingServer:
         if req.model is not None and req.model not in self.served_names:
             raise RequestError("model", f"the model {req.model!r} does not exist (served: "
                                f"{', '.join(sorted(self.served_names))})", 404, code="model_not_found")  # fmt: skip
+        problem = self.check(req.question)
+        if problem is not None:
+            raise RequestError("messages", f"the question is refused: {problem}")
         return req
+
+    def check(self, question: str) -> str | None:
+        """The question's limits (its prompt must fit the upstream's context with the generation budget),
+        checked here with a tokenizer of its own (the batcher's thread owns the router's), so a refusal
+        never waits behind a featurizer forward."""
+        import copy
+
+        from rollouts.prompts import build_messages, prompt_token_ids
+        from rollouts.questions import check_question
+
+        if self._check_tok is None:
+            self._check_tok = copy.deepcopy(self.router.featurizer.tokenizer)
+        r, tok = self.router, self._check_tok
+        _, problem = check_question(question, r.limits,
+                                    lambda q: prompt_token_ids(tok, build_messages(q, r.suffix, r.system)))  # fmt: skip
+        return problem
 
     async def prices(self, req: ChatRequest) -> tuple[float, float, Any]:
         if req.target is None:
