@@ -331,7 +331,7 @@ def _generated_upstream(upstream) -> float:
 
 
 def _metric(base: str, name: str) -> float:
-    text = requests.get(f"{base}/metrics", timeout=10).text
+    text = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
