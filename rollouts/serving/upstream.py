@@ -117,6 +117,10 @@ class ScopedBackend(Backend):
         """The HTTP backend's payload and parsing (engine token ids), with this view's :meth:`_request`."""
         return OpenAIBackend._one(self, prompt, spec)  # type: ignore[arg-type]
 
+    def _payload(self, prompt: list[int], spec: SamplingSpec) -> dict[str, Any]:
+        """The HTTP backend's request body, where it has one of its own (``_one`` then calls it)."""
+        return getattr(OpenAIBackend, "_payload")(self, prompt, spec)  # type: ignore[no-any-return]  # noqa: B009
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.scope.run(self._arequest(method, path, payload))  # type: ignore[no-any-return]
 
