@@ -520,12 +520,19 @@ def test_disconnected_clients_cancel_their_upstream_work(stack):
     for sock in socks:  # the clients hang up
         sock.close()
     left = time.monotonic()
-    while time.monotonic() - left < 2.0 and (_metric(base, "ttc_in_flight") or _running_upstream(upstream)):
+    while time.monotonic() - left < 2.0 and _metric(base, "ttc_in_flight"):
         time.sleep(0.05)
     freed = time.monotonic() - left
-    assert _metric(base, "ttc_in_flight") == 0 and _running_upstream(upstream) == 0, freed
+    assert _metric(base, "ttc_in_flight") == 0, freed  # the 8 slots are free within 2 s
     assert _metric(base, 'ttc_cancelled_total{reason="client_disconnected"}') - before == 8
-    print(json.dumps({"upstream_running_before": running, "freed_after_s": round(freed, 2)}))
+    # the upstream aborts them: its gauge moves at its next engine step (one decode step of the
+    # whole batch, seconds on a loaded CPU); measured here at 0.5 s alone and 2.0-2.2 s with 32 samples
+    while time.monotonic() - left < 10.0 and _running_upstream(upstream):
+        time.sleep(0.05)
+    aborted = time.monotonic() - left
+    assert _running_upstream(upstream) == 0, aborted
+    print(json.dumps({"upstream_running_before": running, "slots_freed_s": round(freed, 2),
+                      "upstream_aborted_s": round(aborted, 2)}))  # fmt: skip
 
 
 @pytest.mark.slow
