@@ -152,7 +152,9 @@ def default_router(cfg: ServeConfig) -> Any:
         what = "sequential (ttc/Escalate-v0)" if kind == "escalate" else repr(kind)
         raise ConfigError(f"{cfg.export}: a {what} export; serve.py serves one-shot (ttc/Allocate-v0) exports "
                           "only; route a sequential one with python route.py --mode sequential")  # fmt: skip
-    options = {"base_url": cfg.upstream, "api_key": cfg.upstream_api_key}
+    options = {"base_url": cfg.upstream, "api_key": cfg.upstream_api_key, "timeout_s": cfg.upstream_timeout_s,
+               "max_retries": cfg.upstream_retries, "backoff_s": cfg.upstream_backoff_s,
+               "max_concurrency": 4 * cfg.max_concurrency}  # fmt: skip
     return LiveRouter(cfg.export, backend_kind="openai", backend_options=options)
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -198,46 +199,74 @@ def test_metrics_behind_the_key_and_docs_off():
         assert all(client.get(p).status_code == 200 for p in ("/docs", "/redoc", "/openapi.json"))
 
 
-def test_cancel_closes_the_upstream_connection():
-    """The cancellation mechanism on a real TCP connection: an upstream that never answers sees its
-    client hang up as soon as the request's scope is cancelled, and the strategy thread gets Cancelled."""
-    import httpx
+class _SilentUpstream:
+    """A real TCP server standing in for a hung upstream: it answers ``GET /v1/models`` and reads each
+    ``POST`` without ever answering, and records when its client hangs up."""
 
+    def __init__(self) -> None:
+        import socketserver
+
+        self.posted, self.closed = threading.Event(), threading.Event()
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while line := self.rfile.readline():
+                    length = 0
+                    while (h := self.rfile.readline()) not in (b"\r\n", b""):
+                        if h.lower().startswith(b"content-length:"):
+                            length = int(h.split(b":")[1])
+                    self.rfile.read(length)
+                    if line.startswith(b"GET"):
+                        body = json.dumps({"data": [{"id": "m", "max_model_len": 512}]}).encode()
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                        continue
+                    outer.posted.set()
+                    while self.request.recv(1024):  # no answer; returns when the client hangs up
+                        pass
+                    outer.closed.set()
+                    return
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("watched", [False, True], ids=["request", "race_stream"])
+def test_cancel_closes_the_upstream_connection(watched):
+    """The one cancellation mechanism (rollouts/backends/cancel.py) on a real TCP connection, for a plain
+    request and for a race's stream: an upstream that never answers sees its client hang up as soon as
+    the scope is cancelled, the calling thread gets Cancelled at once, and no new call starts."""
     from rollouts.backends.base import SamplingSpec
-    from rollouts.serving.upstream import Cancelled, CancelScope, ScopedBackend, Upstream
+    from rollouts.backends.cancel import Cancelled, CancelScope
+    from rollouts.backends.openai_http import OpenAIBackend
 
-    async def scenario() -> float:
-        got, closed = asyncio.Event(), asyncio.Event()
+    up = _SilentUpstream()
+    backend = OpenAIBackend("unused", base_url=up.url, max_retries=0, timeout_s=60)
+    scope = CancelScope()
+    view = backend.scoped(scope)
+    assert backend.scope is None and view.session is backend.session  # a view: same connections
 
-        async def handle(reader, writer):  # reads the request, never answers, notices the hang-up
-            await reader.readuntil(b"\r\n\r\n")
-            got.set()
-            while await reader.read(1024):
-                pass
-            closed.set()
-            writer.close()
+    def call():
+        if watched:
+            return view.generate_watched([[1, 2, 3]], [SamplingSpec(n=2)], lambda *a: False)
+        return view.generate([[1, 2, 3]], [SamplingSpec()])
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        up = Upstream(f"http://127.0.0.1:{port}/v1", served_model_name="m", max_retries=0)
-        loop = asyncio.get_running_loop()
-        async with httpx.AsyncClient(timeout=60) as client:
-            scope = CancelScope(loop)
-            backend = ScopedBackend(up, client, scope, tokenizer=None)
-            fut = loop.run_in_executor(None, backend.generate, [[1, 2, 3]], [SamplingSpec()])
-            await asyncio.wait_for(got.wait(), 10)
-            t0 = time.monotonic()
-            assert scope.cancel() == 1  # one call was in flight
-            await asyncio.wait_for(closed.wait(), 2)  # the upstream saw its client close the connection
-            with pytest.raises(Cancelled):
-                await fut
-            took = time.monotonic() - t0
-            with pytest.raises(Cancelled):  # and no new call starts on a cancelled scope
-                await loop.run_in_executor(None, backend.generate, [[1]], [SamplingSpec()])
-        server.close()
-        return took
-
-    assert asyncio.run(scenario()) < 1.0
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(call)
+        assert up.posted.wait(10)
+        time.sleep(0.2)  # the request is sent: the caller waits for the answer
+        t0 = time.monotonic()
+        assert scope.cancel("client_disconnected") == 1  # one connection was in flight
+        assert up.closed.wait(2)  # the upstream saw its client close the connection
+        with pytest.raises(Cancelled):
+            fut.result(timeout=2)
+        assert time.monotonic() - t0 < 1.0
+        with pytest.raises(Cancelled):  # and no new call starts on a cancelled scope
+            ex.submit(call).result(timeout=2)
+    up.server.shutdown()
 
 
 def test_help_describes_every_flag(capsys):

@@ -6,8 +6,10 @@ upstream view, and the reply; raced against the client's disconnect and the requ
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -83,6 +85,11 @@ class RoutingServer:
         )
         self.served_names = {cfg.model_name}
         self._check_tok: Any = None
+        self._learned = False
+        self._limits_for: int | None = None
+        self._engine_lock = threading.Lock()
+        self._started: Any = None
+        self._learn_lock = asyncio.Lock()
 
     async def close(self) -> None:
         self.pool.shutdown(wait=True)  # uvicorn has already let the in-flight requests finish
@@ -124,22 +131,31 @@ class RoutingServer:
         question limits follow its ``max_model_len``. 502 while it cannot be reached."""
         import httpx
 
-        from rollouts.questions import QuestionLimits
-
-        if self.up.served_model_name is not None:
+        if self._learned:
             return
-        try:
-            r = await self.client.get(f"{self.up.base_url}/models", headers=self.up.headers, timeout=5.0)
-            r.raise_for_status()
-            self.up.learn(r.json())
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.warning("upstream %s: GET /models failed: %s: %s", self.up.base_url, type(exc).__name__, exc)
-            raise RequestError(None, "the upstream inference server is unreachable or failing", 502,
-                               "upstream_error") from exc  # fmt: skip
-        self.served_names.add(str(self.up.served_model_name))
-        if self.up.max_model_len:
-            max_new = self.router.sampling.max_tokens
-            self.router.limits = QuestionLimits.for_engine(self.up.max_model_len, max_new, self.router.limits.max_chars)
+        async with self._learn_lock:  # once, however many requests arrive first
+            if self._learned:
+                return
+            try:
+                r = await self.client.get(f"{self.up.base_url}/models", headers=self.up.headers, timeout=5.0)
+                r.raise_for_status()
+                self.up.learn(r.json())
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                log.warning("upstream %s: GET /models failed: %s: %s", self.up.base_url, type(exc).__name__, exc)
+                raise RequestError(None, "the upstream inference server is unreachable or failing", 502,
+                                   "upstream_error") from exc  # fmt: skip
+            self.served_names.add(str(self.up.served_model_name))
+            self._learned = True
+
+    def _engine(self) -> Any:
+        """The router's ``openai`` backend (its connections, served model and limits), started once; each
+        request runs on a :meth:`~rollouts.backends.openai_http.OpenAIBackend.scoped` view of it."""
+        with self._engine_lock:
+            if self._started is None:
+                engine = self.router.backend
+                _ = engine.tokenizer  # loaded here, shared by the views
+                self._started = engine
+            return self._started
 
     async def admit(self, request: Request) -> ChatRequest:
         req = parse_chat_request(load_body(await self.read_body(request)), self.cfg)
@@ -159,10 +175,14 @@ class RoutingServer:
         import copy
 
         from rollouts.prompts import build_messages, prompt_token_ids
-        from rollouts.questions import check_question
+        from rollouts.questions import QuestionLimits, check_question
 
         if self._check_tok is None:
             self._check_tok = copy.deepcopy(self.router.featurizer.tokenizer)
+        if self.up.max_model_len and self._limits_for != self.up.max_model_len:  # the upstream's context
+            max_new, max_chars = self.router.sampling.max_tokens, self.router.limits.max_chars
+            self.router.limits = QuestionLimits.for_engine(self.up.max_model_len, max_new, max_chars)
+            self._limits_for = self.up.max_model_len
         r, tok = self.router, self._check_tok
         _, problem = check_question(question, r.limits,
                                     lambda q: prompt_token_ids(tok, build_messages(q, r.suffix, r.system)))  # fmt: skip
@@ -179,7 +199,6 @@ class RoutingServer:
     async def process(self, req: ChatRequest, scope: Any) -> dict[str, Any]:
         """Price, featurize (batched), wait for a slot, run the strategy in a worker thread."""
         from rollouts.serving.batcher import Refused
-        from rollouts.serving.upstream import ScopedBackend
 
         t0 = time.perf_counter()
         lt, ls, solved = await self.prices(req)
@@ -187,6 +206,7 @@ class RoutingServer:
             chosen = await asyncio.wrap_future(self.batcher.submit(req.question, lt, ls))
         except Refused as exc:
             raise RequestError("messages", f"the question is refused: {exc}") from exc
+        engine = self._started or await asyncio.to_thread(self._engine)
         self.metrics.queued.inc()
         try:
             await asyncio.wait_for(self.slots.acquire(), timeout=self.cfg.queue_timeout_s)
@@ -196,13 +216,13 @@ class RoutingServer:
         finally:
             self.metrics.queued.dec()
         self.metrics.in_flight.inc()
-        backend = ScopedBackend(self.up, self.client, scope, self.router.featurizer.tokenizer)
+        backend = engine.scoped(scope)  # its calls close when the request is abandoned
         try:
-            fut = asyncio.get_running_loop().run_in_executor(self.pool, self.serve_fn, self.router, chosen, backend)
+            fut = asyncio.get_running_loop().run_in_executor(self.pool, _worker, self.serve_fn, self.router, chosen, backend)
             try:
                 out = await asyncio.shield(fut)
             except asyncio.CancelledError:  # abandoned: close its upstream calls, free the slot once it stops
-                scope.cancel()
+                scope.cancel("abandoned")
                 await asyncio.wait({fut})
                 if not fut.cancelled():
                     fut.exception()  # retrieved: the thread's Cancelled is the expected end
@@ -217,9 +237,9 @@ class RoutingServer:
     async def run(self, request: Request, req: ChatRequest) -> dict[str, Any] | None:
         """:meth:`process` raced against the client's disconnect and the request's deadline: the
         result, or None when it was abandoned (its upstream work cancelled, counted)."""
-        from rollouts.serving.upstream import CancelScope
+        from rollouts.backends.cancel import CancelScope
 
-        scope = CancelScope(asyncio.get_running_loop())
+        scope = CancelScope()
         task = asyncio.create_task(self.process(req, scope))
         gone = asyncio.create_task(_disconnected(request))
         try:
@@ -230,7 +250,7 @@ class RoutingServer:
         if task in done:
             return task.result()
         reason = "client_disconnected" if gone in done and not gone.cancelled() else "deadline"
-        scope.cancel()
+        scope.cancel(reason)
         task.cancel()
         await asyncio.wait({task})
         self.metrics.cancelled.labels(reason).inc()
@@ -238,7 +258,7 @@ class RoutingServer:
 
     async def chat(self, request: Request) -> Any:
         from rollouts.backends.base import BackendError
-        from rollouts.serving.upstream import Cancelled
+        from rollouts.backends.cancel import Cancelled
 
         t_arrive = time.perf_counter()
         if not self.authorized(request):
@@ -309,6 +329,16 @@ class RoutingServer:
             up = False
         return {"status": "ok", "upstream": "ok" if up else "down", "pending": self.pending,
                 "max_concurrency": self.cfg.max_concurrency, "max_queue": self.cfg.max_queue}  # fmt: skip
+
+
+def _worker(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn`` in a worker thread. A ``concurrent.futures.CancelledError`` escaping it is a bug (no one
+    cancelled the request), not a cancellation: the event loop would turn it into asyncio's own
+    CancelledError, which no handler catches, and the client would get a plain-text 500."""
+    try:
+        return fn(*args)
+    except concurrent.futures.CancelledError as exc:
+        raise RuntimeError(f"a future inside the strategy was cancelled: {exc!r}") from exc
 
 
 async def _disconnected(request: Request) -> None:
