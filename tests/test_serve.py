@@ -312,40 +312,32 @@ def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """(upstream VLLMServer, serve.py process, serve base URL, run folder): started once per module."""
-    if not (CACHE / "meta.json").exists():
-        pytest.skip("bundled cache missing")
-    import train
-    from rollouts.backends.vllm_server import VLLMServer, free_port
-    from rollouts.models import resolve_model
+def stack(tmp_path_factory, vllm_upstream, bundled_oneshot_run):
+    """(upstream VLLMServer, serve.py process, serve base URL, run folder): serve.py started once per module
+    on the session's shared vLLM server (tests/conftest.py) and its short training run."""
+    from rollouts.backends.vllm_server import free_port
 
     tmp = tmp_path_factory.mktemp("serve")
-    upstream = VLLMServer(resolve_model("smollm2-135m-instruct"), log_path=tmp / "upstream.log").launch()
+    run = bundled_oneshot_run
+    upstream = vllm_upstream.wait_ready()
+    port = free_port()
+    log = tmp / "serve.log"
+    cmd = [sys.executable, str(ROOT / "serve.py"), "--export", str(run / "export"),
+           "--upstream", upstream.url, "--port", str(port), "--api-key", KEY, "--max-concurrency", "8",
+           "--max-queue", "8", "--upstream-retries", "1", "--upstream-timeout-s", "120"]  # fmt: skip
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     try:
-        runs = tmp / "runs"  # trains while the upstream loads
-        rc = train.main(["--runs-dir", str(runs), "--name", "srv", "--total-timesteps", "1024", "--no-progress",
-                         "--hyperparams", "n_envs=2", "eval_freq=512", "checkpoint_freq=512", "val_grid=2"])  # fmt: skip
-        assert rc == 0
-        port = free_port()
-        log = tmp / "serve.log"
-        cmd = [sys.executable, str(ROOT / "serve.py"), "--export", str(runs / "srv" / "export"),
-               "--upstream", upstream.url, "--port", str(port), "--api-key", KEY, "--max-concurrency", "8",
-               "--max-queue", "8", "--upstream-retries", "1", "--upstream-timeout-s", "120"]  # fmt: skip
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-        try:
-            _wait(f"http://127.0.0.1:{port}/health", proc, log)
-            # one line with the address once it listens
-            assert f"serve.py: ready on http://127.0.0.1:{port}/v1" in log.read_text()
-            upstream.wait_ready()
-            yield upstream, proc, f"http://127.0.0.1:{port}", runs / "srv"
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _wait(f"http://127.0.0.1:{port}/health", proc, log)
+        # one line on stdout, once it listens: where, and what it serves
+        assert f"serve.py: ready on http://127.0.0.1:{port}/v1 (policy " in log.read_text(), log.read_text()[-2000:]
+        yield upstream, proc, f"http://127.0.0.1:{port}", run
     finally:
-        upstream.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if upstream.proc is None or upstream.proc.poll() is not None:  # killed by a test and not back
+            upstream.start()
 
 
 def _client(base: str, key: str = KEY):
@@ -422,13 +414,6 @@ def test_openai_client_two_lambdas(stack):
 
 
 @pytest.mark.slow
-def test_ready_line(stack):
-    """serve.py says once, on stdout, that it listens and where."""
-    _, _, base, run = stack
-    log = (run.parent.parent / "serve.log").read_text()
-    assert f"serve.py: ready on {base}/v1 (policy " in log, log[-2000:]
-
-
 def test_bad_requests_and_api_key_over_http(stack):
     import openai
 
