@@ -99,11 +99,9 @@ class LiveRouter:
         )
 
     def _context_length(self, kind: str, options: dict[str, Any]) -> int:
-        """The engine's context length in tokens, known before any question runs: the backend option
-        ``max_model_len``, else the offline vLLM backend's default, else what an OpenAI server reports in
-        its ``/v1/models`` (vLLM does), else the model's own."""
-        if "max_model_len" in options:
-            return int(options["max_model_len"])
+        """The engine's context length in tokens, known before any question runs: for ``openai``, what the
+        server reports in its ``/v1/models`` (vLLM does), bounded by a ``max_model_len`` option (as the
+        backend bounds it); else the option, else the offline vLLM backend's default, else the model's own."""
         if kind == "openai":
             import inspect
 
@@ -112,8 +110,11 @@ class LiveRouter:
 
             default_url = inspect.signature(OpenAIBackend).parameters["base_url"].default
             reported = max_model_len(str(options.get("base_url", default_url)), options.get("api_key"))
-            if reported is not None:
-                return reported
+            known = [int(n) for n in (options.get("max_model_len"), reported) if n is not None]
+            if known:
+                return min(known)
+        if "max_model_len" in options:
+            return int(options["max_model_len"])
         if kind == "vllm":
             import inspect
 

@@ -138,6 +138,51 @@ async def run_direct(
             "throughput_rps": len(ok) / wall, "generated_tokens": int(sum(r["tokens"] for r in ok))}  # fmt: skip
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its live descendants (the
+    vLLM server's engine core, serve.py's grader processes), and by the whole machine."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        proc = psutil.Process(pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:  # exited meanwhile
+                continue
+            total += t.user + t.system
+        out[name] = total
+    m = psutil.cpu_times()
+    out["machine"] = m.user + m.system + m.nice + getattr(m, "irq", 0.0) + getattr(m, "softirq", 0.0)
+    return out
+
+
+class CpuMeter:
+    """What one phase of the bench cost in CPU: seconds per named process (and the machine) between
+    :meth:`start` and :meth:`stop`, per answered request, and the load average at its end."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._t0 = cpu_seconds(self.pids) if self.pids else {}
+
+    def stop(self, answered: int, wall_s: float) -> dict[str, Any]:
+        if not self.pids:
+            return {}
+        t1 = cpu_seconds(self.pids)
+        used = {k: t1[k] - self._t0[k] for k in t1}
+        import os
+
+        return {"cpu_s": {k: round(v, 1) for k, v in used.items()},
+                "cpu_s_per_request": {k: round(v / max(answered, 1), 2) for k, v in used.items()},
+                "cores_busy": round(used["machine"] / max(wall_s, 1e-9), 2),
+                "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+
+
 def compare(served: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
     """serve.py's throughput and p50 as a ratio of the upstream's at the same work."""
     return {"throughput_ratio": served["throughput_rps"] / max(direct["throughput_rps"], 1e-12),
@@ -160,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upstream", help="also send the same work straight to this upstream /v1 URL (needs --export)")
     ap.add_argument("--upstream-api-key", help="key for --upstream, if it requires one")
     ap.add_argument("--export", help="the export serve.py serves (its prompt and sampling, for --upstream)")
+    ap.add_argument("--cpu", action="append", default=[], metavar="NAME=PID",
+                    help="also report the CPU seconds of this process and its children per phase (repeatable: "
+                         "serve=PID, upstream=PID), with the machine's")  # fmt: skip
     args = ap.parse_args(argv)
     if args.requests < 1 or args.in_flight < 1:
         print("error: --requests and --in-flight must be >= 1", file=sys.stderr)
@@ -167,22 +215,32 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.upstream) != bool(args.export):
         print("error: --upstream and --export go together (the baseline prompts as the export does)", file=sys.stderr)
         return 2
+    try:
+        pids = {name: int(pid) for name, pid in (item.split("=", 1) for item in args.cpu)}
+    except ValueError:
+        print(f"error: --cpu takes NAME=PID, got {args.cpu}", file=sys.stderr)
+        return 2
+    meter = CpuMeter(pids)
     from rollouts.datasets import load_queries
 
     qs = [q.question for q in load_queries(args.dataset, limit=args.requests, offset=args.offset)]
     ttc = {k: v for k, v in (("lambda_tokens", args.lambda_tokens), ("lambda_seconds", args.lambda_seconds),
                              ("target_tokens", args.target_tokens)) if v is not None}  # fmt: skip
+    meter.start()
     res = asyncio.run(run_load(args.url, qs, args.in_flight, ttc, args.api_key, args.time_limit_s))
     summary: dict[str, Any] = {k: v for k, v in res.items() if k != "results"}
+    summary.update(meter.stop(res["statuses"].get("200", 0), res["wall_s"]))
     if args.upstream:
         ok = [r for r in res["results"] if r["status"] == 200]
         beams = sum(r["strategy"] != "sample_pool" for r in ok)
         if beams:
-            print(f"warning: {beams} answers used beam search; the baseline sends them as n-sample pools",
-                  file=sys.stderr)  # fmt: skip
+            print(f"warning: {beams} answers used beam search or a race; the baseline sends them as n-sample "
+                  "pools", file=sys.stderr)  # fmt: skip
+        meter.start()
         direct = asyncio.run(run_direct(args.upstream, args.export, [qs[r["request"]] for r in ok],
                                         [r["n"] for r in ok], args.in_flight, args.upstream_api_key,
                                         args.time_limit_s))  # fmt: skip
+        direct.update(meter.stop(direct["answered"], direct["wall_s"]))
         summary = {"serve": summary, "upstream_direct": direct, **compare(summary, direct)}
     print(json.dumps(summary, indent=1))
     if args.json:
