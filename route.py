@@ -99,8 +99,20 @@ class LiveRouter:
         )
 
     def _context_length(self, kind: str, options: dict[str, Any]) -> int:
-        """The engine's context length in tokens, known before the engine starts: the backend
-        option ``max_model_len``, else the offline vLLM backend's default, else the model's own."""
+        """The engine's context length in tokens, known before any question runs: for ``openai``, what the
+        server reports in its ``/v1/models`` (vLLM does), bounded by a ``max_model_len`` option (as the
+        backend bounds it); else the option, else the offline vLLM backend's default, else the model's own."""
+        if kind == "openai":
+            import inspect
+
+            from rollouts.backends.openai_http import OpenAIBackend
+            from rollouts.serving.upstream import max_model_len
+
+            default_url = inspect.signature(OpenAIBackend).parameters["base_url"].default
+            reported = max_model_len(str(options.get("base_url", default_url)), options.get("api_key"))
+            known = [int(n) for n in (options.get("max_model_len"), reported) if n is not None]
+            if known:
+                return min(known)
         if "max_model_len" in options:
             return int(options["max_model_len"])
         if kind == "vllm":
@@ -162,17 +174,20 @@ class LiveRouter:
         )
         return prompted, [self.policy.menu[int(i)] for i in chosen]
 
-    def run_action(self, group: list[Any], action: str) -> list[dict[str, Any]]:
+    def run_action(self, group: list[Any], action: str, backend: Any = None) -> list[dict[str, Any]]:
         """Run one menu action for these prompted queries in one batched engine call (the strategy code
         of the collection). Per query: ``answer``, ``text`` (the selected completion), ``correct`` (None
         without a reference), ``tokens`` (charged as the cache charges them), ``generated_tokens`` (every
-        token the engine generated for it) and ``rounds`` (its engine calls)."""
+        token the engine generated for it), ``rounds`` (its engine calls) and ``finish_reason`` ("length"
+        when the selected completion was cut at the token budget). ``backend``: another engine view
+        than :attr:`backend` (serve.py's cancellable one)."""
         from rollouts.grading import grade
         from rollouts.strategies import parse_serving_action
 
         strategy, selector = parse_serving_action(self.serving["actions"][action])  # written by serving_spec
         seed = int(self.serving.get("seed", 0))
-        return strategy.answer(self.backend, group, self.sampling, self.scorer, grade, seed, selector)
+        engine = self.backend if backend is None else backend
+        return strategy.answer(engine, group, self.sampling, self.scorer, grade, seed, selector)
 
     def route(self, questions: list[str], answers: Answers = None, lambda_tokens: float = 0.0,
               lambda_seconds: float = 0.0) -> list[dict[str, Any]]:

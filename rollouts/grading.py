@@ -11,7 +11,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing as mp
+import os
+import queue
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 DEFAULT_TIMEOUT_S = 5
@@ -64,26 +67,67 @@ def _grade_now(gold: str | None, completion: str, timeout_s: int | None) -> tupl
     return answer, bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s))
 
 
-_pool: cf.ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
+# Graders off the main thread: a few single-process executors, each grading one call at a time. A
+# caller first takes a free one (that wait is not part of its timeout: under load, queueing behind other
+# requests' grades is not an overrun), and an overrun kills only the process grading that call, so no
+# other caller's grade is ever lost with it.
+GRADE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_free: queue.Queue[cf.ProcessPoolExecutor | None] | None = None
+_free_lock = threading.Lock()
 
 
-def _worker_pool() -> cf.ProcessPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        return _pool
+def _graders() -> queue.Queue[cf.ProcessPoolExecutor | None]:
+    global _free
+    with _free_lock:
+        if _free is None:
+            _free = queue.Queue()
+            for _ in range(GRADE_WORKERS):
+                _free.put(None)  # started on first use
+        return _free
 
 
-def _reset_pool() -> None:
-    global _pool
-    with _pool_lock:
-        if _pool is not None:
-            for p in list(getattr(_pool, "_processes", {}).values()):
-                p.kill()
-            _pool.shutdown(wait=False, cancel_futures=True)
-            _pool = None
+def _kill(ex: cf.ProcessPoolExecutor) -> None:
+    for p in list((getattr(ex, "_processes", None) or {}).values()):
+        p.kill()
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _warm() -> None:
+    import math_verify  # noqa: F401 - imported before the first timed call
+
+
+def _started() -> cf.ProcessPoolExecutor:
+    """A grader process, started and with math-verify imported: its start-up (seconds on a loaded
+    machine) never counts against a grade's timeout."""
+    ex = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    ex.submit(_warm).result()
+    return ex
+
+
+def _grade_in_worker(gold: str | None, completion: str, timeout_s: int) -> tuple[str | None, bool] | None:
+    """``_grade_now`` in a worker process, at most ``timeout_s`` of grading; None when it overran."""
+    free = _graders()
+    ex = free.get()
+    retried = False
+    try:
+        while True:
+            if ex is None:
+                ex = _started()
+            fut = ex.submit(_grade_now, gold, completion, None)
+            try:
+                return fut.result(timeout=timeout_s)
+            except cf.TimeoutError:
+                _kill(ex)
+                ex = None
+                return None
+            except BrokenProcessPool:  # its process died (killed from outside, out of memory): once more
+                _kill(ex)
+                ex = None
+                if retried:
+                    raise
+                retried = True
+    finally:
+        free.put(ex)
 
 
 def grade(gold: str | None, completion: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Grade:
@@ -96,13 +140,10 @@ def grade(gold: str | None, completion: str, timeout_s: int = DEFAULT_TIMEOUT_S)
         except Exception:  # math-verify raises TimeoutException subclasses on overrun
             return Grade(None, False, timed_out=True)
         return Grade(answer, ok)
-    fut = _worker_pool().submit(_grade_now, gold, completion, None)
-    try:
-        answer, ok = fut.result(timeout=timeout_s)
-    except cf.TimeoutError:
-        _reset_pool()
+    done = _grade_in_worker(gold, completion, timeout_s)
+    if done is None:
         return Grade(None, False, timed_out=True)
-    return Grade(answer, ok)
+    return Grade(*done)
 
 
 def extract_answer(completion: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> str | None:

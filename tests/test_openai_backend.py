@@ -125,3 +125,19 @@ def test_collect_backend_openai_with_the_default_options_runs(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     meta = load_cache(out).meta
     assert meta["backend"]["backend"] == "openai" and meta["backend"]["max_model_len"] == 1024
+
+
+def test_route_checks_questions_against_the_same_context_as_the_backend(models_server):
+    """route.py's question check (before the engine starts) uses the length the backend will use: the
+    server's, bounded by the option, which stands in where the server reports none."""
+    from route import LiveRouter
+
+    url, models = models_server
+    models.append({"id": "m", "object": "model", "max_model_len": 1536})
+    length = LiveRouter._context_length  # needs no router for the openai backend
+    assert length(None, "openai", {"base_url": url}) == _backend(url).max_model_len == 1536  # type: ignore[arg-type]
+    for option in (512, 8192):
+        got = length(None, "openai", {"base_url": url, "max_model_len": option})  # type: ignore[arg-type]
+        assert got == _backend(url, max_model_len=option).max_model_len == min(option, 1536)
+    models[0].pop("max_model_len")
+    assert length(None, "openai", {"base_url": url, "max_model_len": 700}) == 700  # type: ignore[arg-type]

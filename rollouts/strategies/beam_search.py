@@ -65,7 +65,8 @@ class BeamSpec(StrategySpec):
             assert o.result is not None
             out.append({"answer": o.result["answer"], "text": o.result["text"], "correct": o.result["correct"],
                         "tokens": int(self.charged_tokens(o.tokens, o.scorer_tokens)),
-                        "generated_tokens": int(o.tokens), "rounds": o.rounds})
+                        "generated_tokens": int(o.tokens), "rounds": o.rounds,
+                        "finish_reason": o.result["finish_reason"]})
         return out
 
 
@@ -150,7 +151,9 @@ def run_beam_search(
                     "max_tokens": sampling.max_tokens, "scorer": scorer.name, "step_delimiter": STEP_DELIMITER},
             tokens=st.tokens, scorer_tokens=st.scorer_tokens, scorer_seconds=st.scorer_seconds, rounds=st.rounds,
             result={"text": best.text, "answer": g.answer, "correct": g.correct if st.query.answer is not None else None,
-                    "score": best_score, "steps": len(best.steps), "complete": bool(st.done)},
+                    "score": best_score, "steps": len(best.steps), "complete": bool(st.done),
+                    # cut: no candidate completed, or the best one ran into the token budget
+                    "finish_reason": "length" if not st.done or len(best.token_ids) >= sampling.max_tokens else "stop"},
             iterations=st.iterations,
         ))
     return results

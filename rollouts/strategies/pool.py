@@ -64,7 +64,8 @@ class PoolSpec(StrategySpec):
             choice = res.samples[idx]
             out.append({"answer": choice["answer"], "text": choice["text"], "correct": choice["correct"],
                         "tokens": int(self.charged_tokens(res.tokens, res.scorer_tokens, selector)),
-                        "generated_tokens": int(res.tokens), "rounds": res.rounds})
+                        "generated_tokens": int(res.tokens), "rounds": res.rounds,
+                        "finish_reason": choice["finish_reason"]})
         return out
 
 

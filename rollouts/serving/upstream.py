@@ -1,0 +1,54 @@
+"""What the upstream server says about itself: its served model and context length (``GET /v1/models``).
+
+The calls that generate go through :class:`~rollouts.backends.openai_http.OpenAIBackend` (serve.py: one
+:meth:`~rollouts.backends.openai_http.OpenAIBackend.scoped` view per request, cancelled with its
+:class:`~rollouts.backends.cancel.CancelScope` when the client leaves or the deadline passes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rollouts.backends.base import BackendError
+
+
+@dataclass
+class Upstream:
+    """The upstream server: its URL, key, served model and context length (from ``GET /v1/models``)."""
+
+    base_url: str
+    api_key: str | None = None
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 5.0
+    max_retries: int = 1
+    backoff_s: float = 0.5
+    served_model_name: str | None = None
+    max_model_len: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def learn(self, models: dict[str, Any]) -> None:
+        data = models.get("data") or []
+        if not data:
+            raise BackendError("the upstream inference server serves no model")
+        self.served_model_name = str(data[0]["id"])
+        mml = data[0].get("max_model_len")
+        self.max_model_len = int(mml) if isinstance(mml, int) and mml > 0 else None
+
+
+def max_model_len(base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> int | None:
+    """The context length an OpenAI-compatible server reports for its first model (vLLM lists
+    ``max_model_len`` in ``/v1/models``); None when it does not say or cannot be reached."""
+    up = Upstream(base_url.rstrip("/"), api_key)
+    try:
+        r = httpx.get(f"{up.base_url}/models", headers=up.headers, timeout=timeout_s)
+        r.raise_for_status()
+        up.learn(r.json())
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return up.max_model_len
