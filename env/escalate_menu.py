@@ -74,7 +74,11 @@ class Pool:
 
 def _params(config_id: str) -> dict[str, str]:
     body = config_id.split(":", 1)[1] if ":" in config_id else config_id
-    return dict(kv.split("=", 1) if "=" in kv else (kv, kv) for kv in body.split(","))
+    out: dict[str, str] = {}
+    for kv in body.split(","):
+        key, _, value = kv.partition("=")
+        out[key] = value or key
+    return out
 
 
 def pool_labels(configs: list[str]) -> list[str]:

@@ -34,7 +34,8 @@ def make_orders(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray, n_ord
     seeded by (seed, query id, r), so a query's orders do not depend on which other queries are evaluated.
     With several pools an order is one permutation per pool, each pool's from its own seeded generator
     (the first pool's as with one pool)."""
-    orders, picks = [], []
+    orders: list[list[Any]] = []
+    picks = []
     for qi in rows:
         recs = table.pool_records(int(qi), menu.pool_config)
         h = int.from_bytes(hashlib.sha256(f"{seed}:{table.query_ids[int(qi)]}".encode()).digest()[:8], "big")
