@@ -151,7 +151,7 @@ class SeenState:
 
     def _record(self, key: str | None, scorer_tokens: float, score: float, pool: int = 0) -> None:
         self.pool_drawn[pool] += 1
-        if key is not None:
+        if key is not None and len(self.pool_counts) > 1:  # per-pool votes: several pools only
             pc = self.pool_counts[pool]
             pc[key] = pc.get(key, 0) + 1
         self.keys.append(key)

@@ -191,3 +191,18 @@ def test_seen_units_cover_every_pool(two_pool_table):
     assert isinstance(e.units, SeenUnits) and e.units.max_rounds == 16.0
     one = EscalateEnv(**pre13.ENV, table=two_pool_table, pools="primary")
     assert fit_units(two_pool_table, one.menu, e.rows).max_rounds == 8.0
+
+
+def test_races_run_per_pool_on_the_finish_watch(two_pool_table):
+    from policies.escalate_sim import Simulator, make_orders, oneshot_policy
+
+    t = two_pool_table
+    e = EscalateEnv(**pre13.ENV, table=t, split="all", watch="finish")
+    rows = e.rows[:8]
+    orders, picks = make_orders(t, e.menu, rows, 2, seed=0)
+    sim = Simulator(t, e.menu, e.encoder, e.units, rows, orders, picks)
+    for cfg, p in ((A, 0), (B, 1)):
+        race = next(a for a in t.menu if a.race is not None and a.config_id == cfg)
+        res = sim.run(oneshot_policy(e.menu, race), 0.0, 0.0)
+        assert res.pool_samples is not None
+        assert res.pool_samples[..., 1 - p].sum() == 0 and res.pool_samples[..., p].min() >= race.race.k
