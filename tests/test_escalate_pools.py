@@ -138,6 +138,11 @@ def test_one_pool_menus_are_unchanged(two_pool_table, synthetic_cache):
     assert primary.observation_space.shape == (primary.encoder.dim + len(SEEN_FEATURES),)
     pinned = EscalateEnv(**pre13.ENV, table=two_pool_table, pool_config=B)
     assert pinned.menu.pool_configs == [B]
+    from env.allocate_env import stored_env_dict
+
+    # a run stored before pools existed drew from the largest pool: read back as pools: primary
+    assert stored_env_dict({"kind": "escalate"})["pools"] == "primary"
+    assert stored_env_dict({"kind": "escalate", "pools": "all"})["pools"] == "all"
     listed = EscalateEnv(**pre13.ENV, table=two_pool_table, pools=[B, A])
     assert listed.menu.pool_configs == [B, A] and listed.menu.ids[0] == "draw@1:b"
 
