@@ -343,9 +343,12 @@ class AllocateEnv(gym.Env):
 
 def stored_env_dict(d: dict[str, Any] | None) -> dict[str, Any]:
     """A run's stored ``env`` settings (config.yml, a model's meta) as this version reads them: a run
-    written before races existed stores no ``races``, and its menu had none."""
+    written before races existed stores no ``races``, and its menu had none; a sequential run written
+    before ``pools`` existed drew from its cache's largest pool only."""
     d = dict(d or {})
     d.setdefault("races", [])
+    if d.get("kind") == "escalate":
+        d.setdefault("pools", "primary")
     return d
 
 

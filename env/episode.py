@@ -1,4 +1,4 @@
-"""One query's escalation episode over a fixed sample order, on the cached records.
+"""One query's escalation episode over a fixed sample order (one per pool), on the cached records.
 
 :class:`Episode` holds the query's pool record, its beam outcomes and the :class:`env.seen.SeenState`;
 ``ttc/Escalate-v0`` and the lockstep simulator (``policies/escalate_sim.py``) both step episodes
@@ -23,27 +23,41 @@ from rollouts.strategies.race import finish_order
 
 
 def prepare_query(table: OutcomeTable, menu: EscalateMenu, qi: int) -> tuple[list, list, list[bool]]:
-    """What an :class:`Episode` of query row ``qi`` reads (the env builds it once per query): its pool
-    records, each with its per-sample values as plain lists (indexing numpy arrays one element at a
-    time is what made steps slow), the beam outcomes per beam config, and which beams it has."""
+    """What an :class:`Episode` of query row ``qi`` reads (the env builds it once per query): per pool of
+    the menu its records, each with its per-sample values as plain lists (indexing numpy arrays one
+    element at a time is what made steps slow), the beam outcomes per beam config, and which beams it has."""
     beams = [table.search_outcomes(qi, c) for c in menu.beam_configs]
     recs = [
-        (p, p.gen_tokens.tolist(), p.scorer_tokens.tolist(), None if p.scores is None else p.scores.tolist())
-        for p in table.pool_records(qi, menu.pool_config)
+        [
+            (p, p.gen_tokens.tolist(), p.scorer_tokens.tolist(), None if p.scores is None else p.scores.tolist())
+            for p in table.pool_records(qi, cfg)
+        ]
+        for cfg in menu.pool_configs
     ]
     return recs, beams, [bool(b) for b in beams]
 
 
+def pick_record(recs: list, pick: float):
+    """The record that pick ``pick`` in [0, 1) selects among a query's records of one pool config."""
+    return recs[min(int(pick * len(recs)), len(recs) - 1)]
+
+
+def _as_list(order) -> list[int]:
+    return order.tolist() if isinstance(order, np.ndarray) else [int(i) for i in order]
+
+
 class Episode:
-    """One query's escalation over a fixed sample order: the cached pool record, the beams, the state.
+    """One query's escalation over a fixed sample order per pool: the cached pool records, the beams, the state.
 
     ``step(a)`` returns ``(tokens, seconds, done, correct)`` of that step (correct only when done).
     The env and the lockstep simulator (``policies/escalate_sim.py``) both run episodes through it.
+    ``order``: a permutation of the pool's samples, or with several pools one per pool (a list of them).
     """
 
     __slots__ = (
-        "menu", "table", "qi", "pool", "order", "state", "beams", "beams_ok", "beam_pick", "done", "final",
-        "correct", "_mask", "_gen", "_scorer", "_scores", "finish_watch", "finished", "_round", "_next",
+        "menu", "table", "qi", "pool", "order", "orders", "recs", "state", "beams", "beams_ok", "beam_pick",
+        "done", "final", "correct", "_mask", "_gen", "_scorer", "_scores", "finish_watch", "finished", "picked",
+        "_round", "_next",
     )  # fmt: skip
 
     def __init__(
@@ -58,16 +72,21 @@ class Episode:
     ):
         self.menu, self.table, self.qi = menu, table, int(qi)
         recs, self.beams, self.beams_ok = prepared or prepare_query(table, menu, self.qi)
-        self.pool, self._gen, self._scorer, self._scores = recs[min(int(pick * len(recs)), len(recs) - 1)]
+        self.recs = [pick_record(r, pick) for r in recs]  # per pool: (record, gen, scorer, scores)
+        self.pool, self._gen, self._scorer, self._scores = self.recs[0]
+        sizes = [r[0].k for r in self.recs]
         if order is None:
-            self.order = list(range(self.pool.k))
+            self.orders = [list(range(k)) for k in sizes]
+        elif len(sizes) == 1:
+            self.orders = [_as_list(order)]
         else:
-            self.order = order.tolist() if isinstance(order, np.ndarray) else [int(i) for i in order]
-        if check and sorted(self.order) != list(range(self.pool.k)):
-            raise ConfigError(
-                f"a sample order must be a permutation of range({self.pool.k}), got {list(order)}"
-            )
-        self.state = SeenState(self.pool.k, self.pool.scores is not None)
+            self.orders = [_as_list(o) for o in order]
+        self.order = self.orders[0]
+        if check and (len(self.orders) != len(sizes) or any(sorted(o) != list(range(k)) for o, k in zip(self.orders, sizes))):
+            want = " and ".join(f"range({k})" for k in sizes)
+            raise ConfigError(f"a sample order must be a permutation of {want} (one per pool), got {order!r}")
+        scored = all(r[0].scores is not None for r in self.recs)
+        self.state = SeenState(sizes[0] if len(sizes) == 1 else sizes, scored)
         self.beam_pick = pick
         self.done = False
         self.final: str | None = None
@@ -75,6 +94,7 @@ class Episode:
         self._mask: np.ndarray | None = None
         self.finish_watch = menu.watch == "finish"
         self.finished: list[int] = []  # pool positions of the finished samples, in finish order
+        self.picked: list[tuple[int, int]] = []  # (pool, position) of each finished sample, in finish order
         self._round: list[int] = []  # the current round's pool positions in finish order
         self._next = 0  # its next finisher
 
@@ -89,32 +109,20 @@ class Episode:
         self._mask = None
         if self.finish_watch and act.kind in ("draw", "wait"):
             if act.kind == "draw":
-                self._launch(act.k)
+                self._launch(act.k, act.pool)
             tok, secs = self._finish_next()
             return tok, secs, False, 0.0
         if act.kind == "draw":
-            st = self.state
-            idx = self.order[st.drawn : st.drawn + act.k]
-            gen = [self._gen[i] for i in idx]
-            secs = round_seconds(self.table, self.qi, self.pool, act.k, max(gen))
-            tok, secs = st.add_round(
-                [self.pool.keys[i] for i in idx],
-                gen,
-                [self._scorer[i] for i in idx],
-                None if self._scores is None else [self._scores[i] for i in idx],
-                secs,
-            )
-            return tok, secs, False, 0.0
+            return self._draw(act.k, act.pool)
         self.done = True
         self.final = act.id
         if act.kind == "stop":
             sel = act.selector or DEFAULT_SELECTOR
             self.state.cancel()
-            ans = self.state.answer(sel)
-            pick = self.finished[ans] if self.finish_watch else self.order[ans]
+            p, i = self.picked[self.state.answer(sel)]
             tok = self.state.stop_tokens(sel)
             self.state.tokens += tok
-            self.correct = float(self.pool.correct[pick])
+            self.correct = float(self.recs[p][0].correct[i])
             return tok, 0.0, True, self.correct
         self.state.cancel()
         outs = self.beams[self.menu.beam_configs.index(str(act.config_id))]
@@ -124,21 +132,45 @@ class Episode:
         self.correct = float(ok)
         return tok, secs, True, self.correct
 
-    def _launch(self, k: int) -> None:
-        """Launch the next ``k`` samples of the order as one round (finish watch)."""
+    def _draw(self, k: int, p: int) -> tuple[float, float, bool, float]:
+        """A whole round of the next ``k`` samples of pool ``p``'s order (the round watch)."""
         st = self.state
-        idx = self.order[st.launched : st.launched + k]
-        self._round = [idx[j] for j in finish_order([self._gen[i] for i in idx])]
+        rec, gen_l, scorer_l, scores_l = self.recs[p]
+        lo = st.pool_launched[p]
+        idx = self.orders[p][lo : lo + k]
+        gen = [gen_l[i] for i in idx]
+        secs = round_seconds(self.table, self.qi, rec, k, max(gen))
+        tok, secs = st.add_round(
+            [rec.keys[i] for i in idx],
+            gen,
+            [scorer_l[i] for i in idx],
+            None if scores_l is None else [scores_l[i] for i in idx],
+            secs,
+            p,
+        )
+        self.picked.extend((p, i) for i in idx)
+        return tok, secs, False, 0.0
+
+    def _launch(self, k: int, p: int) -> None:
+        """Launch the next ``k`` samples of pool ``p``'s order as one round (finish watch)."""
+        st = self.state
+        gen_l = self.recs[p][1]
+        lo = st.pool_launched[p]
+        idx = self.orders[p][lo : lo + k]
+        self._round = [idx[j] for j in finish_order([gen_l[i] for i in idx])]
         self._next = 0
-        st.launch(k)
+        st.launch(k, p)
 
     def _finish_next(self) -> tuple[float, float]:
         """Run the current round to its next finish; the (tokens, seconds) accrued until then."""
         st = self.state
+        p = st.round_pools[-1]
+        rec, gen_l, scorer_l, scores_l = self.recs[p]
         i = self._round[self._next]
         self._next += 1
         self.finished.append(i)
-        g = self._gen[i]
-        secs = round_seconds(self.table, self.qi, self.pool, st.widths[-1], g)
-        score = None if self._scores is None else self._scores[i]
-        return st.finish(self.pool.keys[i], g, self._scorer[i], score, secs)
+        self.picked.append((p, i))
+        g = gen_l[i]
+        secs = round_seconds(self.table, self.qi, rec, st.widths[-1], g)
+        score = None if scores_l is None else scores_l[i]
+        return st.finish(rec.keys[i], g, scorer_l[i], score, secs)

@@ -3,18 +3,21 @@ sample more, or switch to beam search.
 
 One query per episode, several decisions. Same cache, splits (``make_splits``), λ sampling, penalty
 encoding and query features as ``ttc/Allocate-v0`` (it subclasses :class:`env.allocate_env.AllocateEnv`
-for all of that). The pool is the cache's ``sample_pool`` config with the most samples (or
-``pool_config``); its K samples of the query are drawn without replacement in a permutation fixed at
-``reset`` by the episode's generator (``options={"order": [...]}`` fixes it explicitly), so a replay with
-the same seed gives the same samples, costs and reward.
+for all of that). The pools are the cache's ``sample_pool`` configs (``env.pools``: ``all``, the
+default; ``primary``: the one with the most samples only; or a list of config ids; ``pool_config``
+pins one); each pool's K samples of the query are drawn without replacement in a permutation fixed at
+``reset`` by the episode's generator (``options={"order": [...]}`` fixes it explicitly, one
+permutation per pool with several), so a replay with the same seed gives the same samples, costs and
+reward. With several pools the env keeps the queries that have a record of every pool.
 
 Actions (``Discrete``, :meth:`EscalateEnv.action_masks`; the menu is :class:`env.escalate_menu.EscalateMenu`),
 in this order:
 
 - ``draw@k`` for k in ``draw_sizes`` (``auto``: 1, 2, 4, ... and K, as Allocate-v0's budgets): the next
   k samples of the order, one engine round of width k; masked when fewer than k samples are left;
+  with several pools ``draw@k:<label>`` per pool (its own order, its own samples left);
 - ``stop:<selector>`` for majority, best_score, weighted: answer with that selector over the drawn
-  samples; masked before the first sample, score selectors masked when the pool has no scores;
+  samples (of every pool); masked before the first sample, score selectors masked when a pool has no scores;
 - one action per beam/search config of the cache (its id): run it, answer with its result (earlier
   samples stay paid for); masked where the query has no such record.
 
@@ -56,10 +59,10 @@ import numpy as np
 from gymnasium import spaces
 
 from env.allocate_env import AllocateEnv, EnvConfig
-from env.episode import Episode, prepare_query
-from env.escalate_menu import EscalateMenu
+from env.episode import Episode, pick_record, prepare_query
+from env.escalate_menu import POOL_CHOICES, EscalateMenu
 from env.round_latency import check_round_prices
-from env.seen import WATCHES, SeenUnits, fit_units, seen_features
+from env.seen import WATCHES, SeenUnits, fit_units, menu_seen_features
 from env.splits import split_rows
 from policies.observation import OBS_BOUND
 from rollouts.errors import ConfigError
@@ -71,7 +74,8 @@ class EscalateConfig(EnvConfig):
 
     kind: str = "escalate"
     draw_sizes: Any = "auto"  # auto: pool_budgets(K); or a list of ints >= 1
-    pool_config: str | None = None  # the pool config to draw from (default: the one with most samples)
+    pool_config: str | None = None  # pin one pool config to draw from (overrides pools)
+    pools: Any = "all"  # all: every pool config of the cache; primary: the one with most samples; or a list
     watch: str = "round"  # round: decide between whole rounds; finish: at each finish within a round
 
     def validate(self) -> None:
@@ -85,6 +89,15 @@ class EscalateConfig(EnvConfig):
         ):
             raise ConfigError(
                 f"env.draw_sizes must be 'auto' or a list of integers >= 1, got {self.draw_sizes!r}"
+            )
+        if self.pools not in POOL_CHOICES and not (
+            isinstance(self.pools, list)
+            and self.pools
+            and all(isinstance(c, str) for c in self.pools)
+            and len(set(self.pools)) == len(self.pools)
+        ):
+            raise ConfigError(
+                f"env.pools must be 'all', 'primary' or a list of distinct pool config ids, got {self.pools!r}"
             )
         if self.watch not in WATCHES:
             raise ConfigError(f"env.watch must be one of {', '.join(WATCHES)}, got {self.watch!r}")
@@ -111,11 +124,10 @@ class EscalateEnv(AllocateEnv):
         super().__init__(cache, **kwargs)
         t = self.table
         self.menu = EscalateMenu(t, self.config)  # type: ignore[arg-type]
-        keep = np.array([bool(t.pool_records(int(qi), self.menu.pool_config)) for qi in self.rows])
+        keep = np.array([all(t.pool_records(int(qi), c) for c in self.menu.pool_configs) for qi in self.rows])
         if not keep.any():
-            raise ConfigError(
-                f"no query of this split has a {self.menu.pool_config!r} record in {t.cache_path}"
-            )
+            have = " and ".join(repr(c) for c in self.menu.pool_configs)
+            raise ConfigError(f"no query of this split has a {have} record in {t.cache_path}")
         self.rows = self.rows[keep]
         self._base_obs = self._base_obs[keep]
         check_round_prices(t, self.menu, self.rows)
@@ -126,7 +138,7 @@ class EscalateEnv(AllocateEnv):
             units = SeenUnits.from_dict(units)
         self.units = units
         self._n_base = self.encoder.dim
-        self._n_seen = len(seen_features(self.menu.watch))
+        self._n_seen = len(menu_seen_features(self.menu))
         self.observation_space = spaces.Box(
             -OBS_BOUND, OBS_BOUND, shape=(self._n_base + self._n_seen,), dtype=np.float32
         )
@@ -143,22 +155,24 @@ class EscalateEnv(AllocateEnv):
         prepared = self._prepared.get(qi)
         if prepared is None:
             prepared = self._prepared[qi] = prepare_query(self.table, self.menu, qi)
-        recs = prepared[0]
+        recs = prepared[0]  # per pool: the query's records
         if self.cycle:
             # an evaluation pass: the order follows the cycle position, so every pass sees the same orders
             rng = np.random.default_rng([self.config.outcome_seed, self._cycle_pos])
         else:
             rng = self.np_random
         pick = float(rng.random())
-        if order is None:  # a permutation of the record the pick selects (pools may differ in size)
-            order = rng.permutation(recs[min(int(pick * len(recs)), len(recs) - 1)][0].k)
+        if order is None:  # a permutation of the record the pick selects (pools may differ in size), per pool
+            perms = [rng.permutation(pick_record(r, pick)[0].k) for r in recs]
+            order = perms[0] if len(perms) == 1 else perms
         self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
         self._obs = np.zeros(self._n_base + self._n_seen, dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
         self._ep.state.features(self.units, self._seen_view)
         self._steps = []
-        info["order"] = [int(i) for i in self._ep.order]
+        orders = [[int(i) for i in o] for o in self._ep.orders]
+        info["order"] = orders[0] if len(orders) == 1 else orders
         return self._obs.copy(), info
 
     def step(self, action):

@@ -48,10 +48,11 @@ def check_round_prices(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray
             "so far), which needs meta.json's latency_model; this cache has only measured whole-round seconds"
         )
     for qi in rows:
-        for p in table.pool_records(int(qi), menu.pool_config):
-            missing = [k for k in menu.draw_index if str(k) not in p.seconds_by_n]
-            if missing:
-                raise CacheError(
-                    f"{table.cache_path}: ttc/Escalate-v0 prices every round of k samples, but meta.json has "
-                    f"no latency_model and query {table.query_ids[int(qi)]!r} has no seconds_by_n for k={missing[0]}"
-                )
+        for c, draws in zip(menu.pool_configs, menu.pool_draw_index, strict=True):
+            for p in table.pool_records(int(qi), c):
+                missing = [k for k in draws if str(k) not in p.seconds_by_n]
+                if missing:
+                    raise CacheError(
+                        f"{table.cache_path}: ttc/Escalate-v0 prices every round of k samples, but meta.json has "
+                        f"no latency_model and query {table.query_ids[int(qi)]!r} has no seconds_by_n for k={missing[0]}"
+                    )

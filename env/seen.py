@@ -1,5 +1,10 @@
 """What an escalation episode has seen: the finished samples, their costs, and the ``seen`` observation
-features (:data:`SEEN_FEATURES`; with ``env.watch: finish`` also :data:`FINISH_FEATURES`).
+features (:data:`SEEN_FEATURES`; with ``env.watch: finish`` also :data:`FINISH_FEATURES`; with several
+pools also :func:`pool_features`, after them).
+
+With several pools (prompt styles, models, ...: :class:`env.escalate_menu.EscalateMenu`) the state
+holds every drawn sample of every pool (``pool_size`` is then their total, the selectors answer over
+all of them), each pool's votes, and whether the pools' leading answers agree.
 
 Two ways to watch a round (``env.watch``): ``round`` records a whole round at once (:meth:`SeenState.add_round`);
 ``finish`` launches it (:meth:`SeenState.launch`) and records its samples one finish at a time
@@ -44,9 +49,25 @@ FINISH_FEATURES = (  # env.watch: finish adds these after SEEN_FEATURES
 WATCHES = ("round", "finish")
 
 
-def seen_features(watch: str = "round") -> tuple[str, ...]:
-    """The seen part of the observation for ``env.watch`` (``round``: :data:`SEEN_FEATURES` only)."""
-    return SEEN_FEATURES + FINISH_FEATURES if watch == "finish" else SEEN_FEATURES
+def pool_features(n_pools: int) -> tuple[str, ...]:
+    """What a menu of several pools adds to the observation (nothing for one pool): per pool its drawn
+    share (samples drawn from it / its size) and its leading answer's vote share, then ``pools_agree``
+    (1 when every pool has an answer and their leading answers are the same)."""
+    if n_pools < 2:
+        return ()
+    per = tuple(f"pool{p}_{f}" for p in range(n_pools) for f in ("drawn_share", "top1_share"))
+    return per + ("pools_agree",)
+
+
+def seen_features(watch: str = "round", n_pools: int = 1) -> tuple[str, ...]:
+    """The seen part of the observation for ``env.watch`` and the menu's number of pools (``round``,
+    one pool: :data:`SEEN_FEATURES` only)."""
+    return (SEEN_FEATURES + FINISH_FEATURES if watch == "finish" else SEEN_FEATURES) + pool_features(n_pools)
+
+
+def menu_seen_features(menu: EscalateMenu) -> tuple[str, ...]:
+    """:func:`seen_features` of a step menu."""
+    return seen_features(menu.watch, len(menu.pools))
 
 
 @dataclass(frozen=True)
@@ -79,17 +100,25 @@ class SeenState:
     tokens, scorer tokens and scores (None without a scorer); the caller prices the round's seconds.
     ``answer(selector)`` is :func:`rollouts.strategies.selectors.select` over the finished samples
     (ties: the earliest finished). ``drawn`` counts finished samples, ``launched`` launched ones.
+
+    ``pool_size``: the pool's K, or one K per pool of the menu (a round then names its ``pool``).
     """
 
     __slots__ = (
         "pool_size", "has_scores", "keys", "scorer", "scores", "counts", "score_sum",
         "n_none", "max_score", "gen_sum", "tokens", "seconds", "widths", "round_tokens", "round_seconds",
         "launched", "running", "step_now", "round_done_gen",
+        "pool_sizes", "pool_launched", "pool_drawn", "pool_counts", "round_pools",
     )  # fmt: skip
 
-    def __init__(self, pool_size: int, has_scores: bool):
-        self.pool_size = int(pool_size)
+    def __init__(self, pool_size: int | list[int], has_scores: bool):
+        self.pool_sizes = [int(k) for k in pool_size] if isinstance(pool_size, list | tuple) else [int(pool_size)]
+        self.pool_size = sum(self.pool_sizes)
         self.has_scores = bool(has_scores)
+        self.pool_launched = [0] * len(self.pool_sizes)
+        self.pool_drawn = [0] * len(self.pool_sizes)
+        self.pool_counts: list[dict[str, int]] = [{} for _ in self.pool_sizes]
+        self.round_pools: list[int] = []  # each round's pool
         self.keys: list[str | None] = []
         self.scorer: list[float] = []
         self.scores: list[float] = []
@@ -116,7 +145,15 @@ class SeenState:
     def left(self) -> int:
         return self.pool_size - self.launched
 
-    def _record(self, key: str | None, scorer_tokens: float, score: float) -> None:
+    def left_in(self, pool: int) -> int:
+        """Samples of pool ``pool`` not launched yet."""
+        return self.pool_sizes[pool] - self.pool_launched[pool]
+
+    def _record(self, key: str | None, scorer_tokens: float, score: float, pool: int = 0) -> None:
+        self.pool_drawn[pool] += 1
+        if key is not None and len(self.pool_counts) > 1:  # per-pool votes: several pools only
+            pc = self.pool_counts[pool]
+            pc[key] = pc.get(key, 0) + 1
         self.keys.append(key)
         self.scorer.append(scorer_tokens)
         self.scores.append(score)
@@ -128,26 +165,30 @@ class SeenState:
         if score > self.max_score:
             self.max_score = score
 
-    def add_round(self, keys, gen_tokens, scorer_tokens, scores, seconds: float) -> tuple[float, float]:
-        """Record one whole round; returns its (tokens, seconds) charge."""
+    def add_round(self, keys, gen_tokens, scorer_tokens, scores, seconds: float, pool: int = 0) -> tuple[float, float]:
+        """Record one whole round (of pool ``pool``); returns its (tokens, seconds) charge."""
         tok = 0.0
         for i, key in enumerate(keys):
             tok += float(gen_tokens[i])
-            self._record(key, float(scorer_tokens[i]), float(scores[i]) if scores is not None else 0.0)
+            self._record(key, float(scorer_tokens[i]), float(scores[i]) if scores is not None else 0.0, pool)
         self.gen_sum += tok
         self.tokens += tok
         self.seconds += float(seconds)
         self.launched += len(keys)
+        self.pool_launched[pool] += len(keys)
+        self.round_pools.append(pool)
         self.widths.append(len(keys))
         self.round_tokens.append(tok)
         self.round_seconds.append(float(seconds))
         return tok, float(seconds)
 
-    def launch(self, width: int) -> None:
-        """Start a round of ``width`` samples watched finish by finish (nothing charged yet)."""
+    def launch(self, width: int, pool: int = 0) -> None:
+        """Start a round of ``width`` samples (of pool ``pool``) watched finish by finish (nothing charged yet)."""
         if self.running:
             raise ValueError("a round is still running: its samples must finish (or be cancelled) first")
         self.launched += width
+        self.pool_launched[pool] += width
+        self.round_pools.append(pool)
         self.running = width
         self.step_now = 0.0
         self.round_done_gen = 0.0
@@ -164,7 +205,7 @@ class SeenState:
         if not self.running:
             raise ValueError("no sample is running")
         gen = float(gen)
-        self._record(key, float(scorer_tokens), float(score) if score is not None else 0.0)
+        self._record(key, float(scorer_tokens), float(score) if score is not None else 0.0, self.round_pools[-1])
         self.running -= 1
         self.gen_sum += gen
         self.round_done_gen += gen
@@ -199,9 +240,43 @@ class SeenState:
                 v2 = c
         return best, v1, v2
 
+    def pool_leaders(self) -> list[tuple[str | None, int]]:
+        """Per pool its leading answer and its votes (None, 0 before an answer; ties: the earliest counted)."""
+        out: list[tuple[str | None, int]] = []
+        for pc in self.pool_counts:
+            best, v1 = None, 0
+            for key, c in pc.items():
+                if c > v1:
+                    best, v1 = key, c
+            out.append((best, v1))
+        return out
+
+    def pools_agree(self, min_votes: int = 1) -> bool:
+        """Whether every pool has an answer with at least ``min_votes`` votes and their leading answers
+        are the same (False with one pool)."""
+        leaders = self.pool_leaders()
+        if len(leaders) < 2:
+            return False
+        first = leaders[0][0]
+        return first is not None and all(k == first and v >= min_votes for k, v in leaders)
+
+    def _pool_features(self, out: np.ndarray) -> None:
+        """Write :func:`pool_features` (several pools) into ``out``."""
+        leaders = self.pool_leaders()
+        for p, (_, v1) in enumerate(leaders):
+            n = self.pool_drawn[p]
+            out[2 * p] = n / self.pool_sizes[p]
+            out[2 * p + 1] = v1 / n if n else 0.0
+        out[2 * len(leaders)] = float(self.pools_agree())
+
     def features(self, units: SeenUnits, out: np.ndarray) -> None:
-        """Write the :data:`SEEN_FEATURES` into ``out`` (length 11), and the :data:`FINISH_FEATURES`
-        after them where ``out`` has room for them (the finish watch)."""
+        """Write the :data:`SEEN_FEATURES` into ``out`` (length 11), the :data:`FINISH_FEATURES` after them
+        where ``out`` has room for them (the finish watch), and last, with several pools, :func:`pool_features`."""
+        n_pools = len(self.pool_sizes)
+        if n_pools > 1:
+            n_extra = 2 * n_pools + 1
+            self._pool_features(out[len(out) - n_extra :])
+            out = out[: len(out) - n_extra]
         if len(out) > 11:
             w = self.widths[-1] if self.widths else 0
             out[11] = (w - self.running) / w if w else 0.0
@@ -231,9 +306,11 @@ class SeenState:
 def step_mask(menu: EscalateMenu, state: SeenState, beams: list[bool]) -> np.ndarray:
     """Legal step actions given what was drawn and which beam configs the query has."""
     m = np.zeros(len(menu), dtype=bool)
-    left, running = state.left, state.running
-    for k, i in menu.draw_index.items():
-        m[i] = k <= left and not running  # a new round once the current one is over
+    running = state.running
+    for p, draws in enumerate(menu.pool_draw_index):
+        left = state.left_in(p)
+        for k, i in draws.items():
+            m[i] = k <= left and not running  # a new round once the current one is over
     if menu.wait_index is not None:
         m[menu.wait_index] = running > 0
     if state.drawn:
@@ -244,10 +321,19 @@ def step_mask(menu: EscalateMenu, state: SeenState, beams: list[bool]) -> np.nda
     return m
 
 
+def new_state(menu: EscalateMenu) -> SeenState:
+    """An empty :class:`SeenState` for the step menu's pools."""
+    sizes = menu.pool_sizes
+    return SeenState(sizes[0] if len(sizes) == 1 else list(sizes), menu.has_scores)
+
+
 def fit_units(table: OutcomeTable, menu: EscalateMenu, train_rows: np.ndarray) -> SeenUnits:
     tok, sec = table.cost_scale(train_rows)
     gen = [
-        float(p.gen_tokens.mean()) for qi in train_rows for p in table.pool_records(int(qi), menu.pool_config)
+        float(p.gen_tokens.mean())
+        for cfg in menu.pool_configs
+        for qi in train_rows
+        for p in table.pool_records(int(qi), cfg)
     ]
     per_sample = float(np.mean(gen)) if gen else 1.0
-    return SeenUnits(max(per_sample, 1e-6), max(tok, 1e-9), max(sec, 1e-9), float(menu.pool_size))
+    return SeenUnits(max(per_sample, 1e-6), max(tok, 1e-9), max(sec, 1e-9), float(menu.total_size))

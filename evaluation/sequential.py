@@ -326,6 +326,7 @@ class SequentialEvaluation:
             "n_orders": opts.n_orders,
             "n_val_queries": int(len(setup.val_rows)),
             "step_menu": list(setup.menu.ids),
+            "pools": [p.to_dict() for p in setup.menu.pools],
             "oneshot_menu": self.oneshot_ids,
             "grid": {"lambda_tokens": list(self.lt_axis), "lambda_seconds": list(self.ls_axis)},
             "rule_grid_sizes": {f: len(r) for f, r in self.families.items()},

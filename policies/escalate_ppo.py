@@ -17,7 +17,7 @@ import numpy as np
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
 from env.penalties import reward_divisor
-from env.seen import SEEN_FEATURES, SeenUnits
+from env.seen import SeenUnits, menu_seen_features
 from policies.observation import ObsEncoder
 from policies.ppo import make_meta
 
@@ -43,6 +43,23 @@ def make_escalate_meta(
     return meta
 
 
+def pools_used(meta: dict[str, Any]) -> dict[str, Any]:
+    """The train summary's record of the pools a sequential run's env draws from (``{}`` for a one-shot
+    run): each pool's config id, its label in the draw ids and its size."""
+    if env_kind(meta) != KIND:
+        return {}
+    menu = EscalateMenu.from_dict(meta["escalate"])
+    return {"pools": [{"config": p.config, "label": p.label, "size": p.size} for p in menu.pools]}
+
+
+def describe_pools(menu: EscalateMenu) -> str:
+    """One line saying which pools the env draws from (printed when a sequential run starts)."""
+    if len(menu.pools) == 1:
+        return f"ttc/Escalate-v0 draws from one pool: {menu.pool_config} (K = {menu.pool_size})"
+    parts = ", ".join(f"{p.config} (K = {p.size}, draw@k:{p.label})" for p in menu.pools)
+    return f"ttc/Escalate-v0 draws from {len(menu.pools)} pools: {parts}"
+
+
 def export_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """What ``policy.json`` of a sequential export adds or replaces (see :mod:`policies.export`)."""
     esc = meta["escalate"]
@@ -52,7 +69,7 @@ def export_fields(meta: dict[str, Any]) -> dict[str, Any]:
         "menu_names": list(esc["step_menu"]),
         "oneshot_menu": list(meta["menu"]),
         "escalate": esc,
-        "seen_features": list(SEEN_FEATURES),
+        "seen_features": list(menu_seen_features(EscalateMenu.from_dict(esc))),
     }
 
 

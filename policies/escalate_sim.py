@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from env.episode import Episode, prepare_query
+from env.episode import Episode, pick_record, prepare_query
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
-from env.seen import SeenUnits, seen_features
+from env.seen import SeenUnits, menu_seen_features
 from policies.observation import ObsEncoder
 from rollouts.strategies.race import RaceRule, RaceWatch
 
@@ -31,29 +31,41 @@ StepPolicy = Callable[[np.ndarray, np.ndarray, list[Episode]], np.ndarray]
 
 def make_orders(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray, n_orders: int, seed: int = 0):
     """(len(rows), R) permutations of each query's pool, and a (len(rows), R) record/beam pick in [0, 1);
-    seeded by (seed, query id, r), so a query's orders do not depend on which other queries are evaluated."""
-    orders, picks = [], []
+    seeded by (seed, query id, r), so a query's orders do not depend on which other queries are evaluated.
+    With several pools an order is one permutation per pool, each pool's from its own seeded generator
+    (the first pool's as with one pool)."""
+    orders: list[list[Any]] = []
+    picks = []
     for qi in rows:
         recs = table.pool_records(int(qi), menu.pool_config)
         h = int.from_bytes(hashlib.sha256(f"{seed}:{table.query_ids[int(qi)]}".encode()).digest()[:8], "big")
         rng = np.random.default_rng([h, n_orders])
         if len({p.k for p in recs}) == 1:
-            orders.append([rng.permutation(recs[0].k) for _ in range(n_orders)])
-            picks.append(rng.random(n_orders))
+            first = [rng.permutation(recs[0].k) for _ in range(n_orders)]
+            pick = rng.random(n_orders)
         else:  # records of different pool sizes: each order permutes the record its pick selects
             pick = rng.random(n_orders)
-            orders.append([rng.permutation(recs[min(int(u * len(recs)), len(recs) - 1)].k) for u in pick])
-            picks.append(pick)
+            first = [rng.permutation(pick_record(recs, u).k) for u in pick]
+        picks.append(pick)
+        if len(menu.pool_configs) == 1:
+            orders.append(first)
+            continue
+        per_pool = [first]
+        for p, cfg in enumerate(menu.pool_configs[1:], start=1):
+            prng = np.random.default_rng([h, n_orders, p])
+            recs_p = table.pool_records(int(qi), cfg)
+            per_pool.append([prng.permutation(pick_record(recs_p, u).k) for u in pick])
+        orders.append([[o[r] for o in per_pool] for r in range(n_orders)])
     return orders, np.array(picks)
 
 
 def playable_rows(table: OutcomeTable, menu: EscalateMenu, rows: np.ndarray) -> np.ndarray:
-    """The ``rows`` whose query has a pool of the step menu's pool config and every action measured
+    """The ``rows`` whose query has a record of every pool of the step menu and every action measured
     (the queries every policy of a sequential evaluation can play)."""
     r = np.asarray(rows)
     if len(r) == 0:
         return r
-    has_pool = np.array([bool(table.pool_records(int(q), menu.pool_config)) for q in r], dtype=bool)
+    has_pool = np.array([all(table.pool_records(int(q), c) for c in menu.pool_configs) for q in r], dtype=bool)
     return r[has_pool & table.mask[r].all(axis=1)]
 
 
@@ -68,6 +80,8 @@ class SimResult:
     samples: np.ndarray
     beam: np.ndarray
     final: list[list[str]]
+    pool_samples: np.ndarray | None = None  # (n_rows, R, n pools) samples drawn per pool (several pools)
+    pool_labels: list[str] | None = None
 
     def utility(self, lt: float, ls: float) -> np.ndarray:
         return self.correct - lt * self.tokens - ls * self.seconds
@@ -87,6 +101,18 @@ class SimResult:
             "mean_samples": float(self.samples.mean()),
             "beam_share": float(self.beam.mean()),
             "stop_share": {k: v / n for k, v in sorted(finals.items())},
+            **self.pool_use(),
+        }
+
+    def pool_use(self) -> dict[str, Any]:
+        """With several pools: per pool (by label) the mean samples drawn from it and the share of
+        episodes that drew from it (empty otherwise)."""
+        if self.pool_samples is None or self.pool_labels is None:
+            return {}
+        ps = self.pool_samples
+        return {
+            "pool_samples": {lab: float(ps[..., p].mean()) for p, lab in enumerate(self.pool_labels)},
+            "pool_episode_share": {lab: float((ps[..., p] > 0).mean()) for p, lab in enumerate(self.pool_labels)},
         }
 
 
@@ -127,7 +153,7 @@ class Simulator:
             else np.zeros(0, dtype=np.float32)
         )
         d_base = self.base.shape[1] + len(pen)
-        n_seen = len(seen_features(self.menu.watch))
+        n_seen = len(menu_seen_features(self.menu))
         needs_obs = getattr(policy, "needs_obs", True)
         correct = np.zeros(len(eps))
         active = list(range(len(eps)))
@@ -163,7 +189,14 @@ class Simulator:
             samples=np.array([e.state.drawn for e in eps]).reshape(shape),
             beam=np.array([_ended_on_beam(e) for e in eps]).reshape(shape),
             final=[[eps[i * r_n + r].final or "" for r in range(r_n)] for i in range(n)],
+            **self._pool_use(eps, shape),
         )
+
+    def _pool_use(self, eps: list[Episode], shape: tuple[int, int]) -> dict[str, Any]:
+        if len(self.menu.pools) < 2:
+            return {}
+        drawn = np.array([e.state.pool_drawn for e in eps], dtype=np.float64).reshape(*shape, -1)
+        return {"pool_samples": drawn, "pool_labels": [p.label for p in self.menu.pools]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,13 +239,14 @@ def plan_policy(plans: list[list[int]], row_plan: dict[int, int] | None = None) 
     return act
 
 
-def race_policy(rule: RaceRule, selector: str | None, menu: EscalateMenu) -> StepPolicy:
-    """A race on the finish watch: ``draw@n``, then at each finish :class:`RaceWatch` decides (wait, or
+def race_policy(rule: RaceRule, selector: str | None, menu: EscalateMenu, pool: int = 0) -> StepPolicy:
+    """A race on the finish watch: ``draw@n`` (of pool index ``pool``), then at each finish :class:`RaceWatch` decides (wait, or
     stop with ``selector`` over the finished samples, cancelling the rest); the same outcome as the
     race's cached one on the same order (``tests/test_escalate_finish.py``)."""
-    if menu.wait_index is None or rule.n not in menu.draw_index:
+    draws = menu.pool_draw_index[pool]
+    if menu.wait_index is None or rule.n not in draws:
         raise ValueError(f"race {rule} needs the finish watch and a draw@{rule.n} step action")
-    draw, wait, stop = menu.draw_index[rule.n], menu.wait_index, menu.stop_index[selector or "majority"]
+    draw, wait, stop = draws[rule.n], menu.wait_index, menu.stop_index[selector or "majority"]
     watches: dict[int, tuple[Episode, RaceWatch]] = {}  # per episode (kept with it: ids get reused)
 
     def act(obs, masks, episodes):
@@ -242,10 +276,10 @@ def oneshot_policy(menu: EscalateMenu, action: Any) -> StepPolicy | None:
     plan = menu.oneshot_plan(action)
     if plan is not None:
         return plan_policy([plan])
-    race = action.race
-    if race is None or menu.watch != "finish" or action.config_id != menu.pool_config or race.n not in menu.draw_index:
+    race, p = action.race, menu.pool_of(action.config_id)
+    if race is None or menu.watch != "finish" or p is None or race.n not in menu.pool_draw_index[p]:
         return None
-    return race_policy(race, action.selector, menu)
+    return race_policy(race, action.selector, menu, p)
 
 
 def choice_policy(policies: list[StepPolicy | None], row_choice: dict[int, int]) -> StepPolicy:

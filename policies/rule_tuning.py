@@ -137,6 +137,7 @@ def write_run_rules(job: Any, progress: bool = False) -> dict[str, Any]:
 def tune_existing_run(run: str, n_orders: int = TUNE_ORDERS, progress: bool = True) -> Path:
     """Write ``rules.json`` for a sequential run folder trained without one (its own cache, splits,
     step menu and encoders); returns the file."""
+    from env.allocate_env import stored_env_dict
     from env.escalate_env import env_config_from
     from env.escalate_menu import EscalateMenu
     from env.outcomes import OutcomeTable
@@ -162,7 +163,7 @@ def tune_existing_run(run: str, n_orders: int = TUNE_ORDERS, progress: bool = Tr
     cache = run_cfg.get("cache") or meta.get("cache")
     if not cache:
         raise ConfigError(f"{run_dir}: no cache in config.yml or the model")
-    env_config = env_config_from(meta["env"])
+    env_config = env_config_from(stored_env_dict(meta["env"]))
     table = OutcomeTable.for_env(cache, env_config)
     menu = EscalateMenu(table, env_config)  # type: ignore[arg-type]
     splits = json.loads(splits_path.read_text())

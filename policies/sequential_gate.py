@@ -229,7 +229,7 @@ def floor_decider(floor: Floor, menu: Any) -> Any:
     """``decide(obs, mask, state) -> step action index`` of a rule or static floor on a
     :class:`env.seen.SeenState` (live routing, :mod:`policies.sequential_router`): the same decisions
     as :func:`policies.stopping_rules.rule_policy` / the static's plan make in the simulator (round watch)."""
-    from policies.stopping_rules import next_width, should_stop
+    from policies.stopping_rules import next_draw, should_stop
 
     if floor.kind == "rule":
         rule = floor.as_rule()
@@ -237,7 +237,7 @@ def floor_decider(floor: Floor, menu: Any) -> Any:
         def by_rule(obs: Any, mask: Any, st: Any) -> int:
             if should_stop(rule, st):
                 return int(menu.stop_index[rule.selector])
-            return int(menu.draw_index[next_width(rule, menu, st)])
+            return int(next_draw(rule, menu, st))
 
         return by_rule
     if floor.kind != "static" or not floor.plan:

@@ -41,10 +41,15 @@ class SequentialRouter:
         doc = live_router.policy.doc
         esc = doc["escalate"]
         self.menu = EscalateMenu.from_dict(esc)
-        if self.menu.watch != "round":
+        if self.menu.watch != "round" or len(self.menu.pools) > 1:
             from rollouts.errors import ConfigError
 
-            raise ConfigError(f"{export_dir}: live routing plays whole rounds only, this export watches each {self.menu.watch}")
+            if self.menu.watch != "round":
+                raise ConfigError(f"{export_dir}: live routing plays whole rounds only, this export watches each {self.menu.watch}")
+            raise ConfigError(
+                f"{export_dir}: live routing draws from the one pool its serving spec runs, this export draws from "
+                f"{len(self.menu.pools)} ({', '.join(self.menu.pool_configs)}); train with env.pools: primary to serve it"
+            )
         self.actions = self.menu.actions
         self.units = SeenUnits.from_dict(esc["units"])
         self.pool_size = int(esc["pool_size"])

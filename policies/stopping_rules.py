@@ -9,7 +9,12 @@ cap on samples is reached or the pool is exhausted; it never switches to beam se
   latest window has the same (parsed) answer;
 - ``k_agree``: stop when the leading answer has k votes;
 - ``score_threshold``: stop when the best scorer score reaches τ (optionally also when 3 agree: the
-  issue's hand rule), answer by score.
+  hand rule), answer by score;
+- ``cross_pool`` (a step menu with several pools only): alternate the pools (each round from the pool
+  with the fewest samples launched, ties to the first), stop when every pool's leading answer is the
+  same with at least k votes in each pool; answer over the samples of all pools.
+
+The first four families draw from the menu's primary pool only (``pools[0]``), as on a one-pool menu.
 
 With the finish watch (``env.watch: finish``) the rules see the samples in finish order and are
 checked at each finish: while a round runs a rule waits or stops (cancelling the rest), and draws its
@@ -40,7 +45,7 @@ SCHEDULES = {
     "fours": (4,),
     "doubling": (1, 1, 2, 4, 8),
 }
-FAMILIES = ("adaptive_consistency", "esc", "k_agree", "score_threshold")
+FAMILIES = ("adaptive_consistency", "esc", "k_agree", "score_threshold", "cross_pool")
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,9 @@ def ac_confidence(v1: int, v2: int) -> float:
 def should_stop(rule: Rule, st: SeenState) -> bool:
     if st.drawn == 0:
         return False
-    if st.drawn >= rule.cap or (st.left == 0 and not st.running):
+    if rule.family == "cross_pool":
+        return st.drawn >= rule.cap or (st.left == 0 and not st.running) or st.pools_agree(int(rule.param))
+    if st.drawn >= rule.cap or (st.left_in(0) == 0 and not st.running):  # the primary pool
         return True
     _, v1, v2 = st.top()
     if rule.family == "adaptive_consistency":
@@ -93,9 +100,21 @@ def next_width(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
         sched = SCHEDULES[rule.schedule]
         r = len(st.widths)
         want = sched[r] if r < len(sched) else sched[-1] if len(sched) == 1 else 2 * sched[-1]
-    room = min(want, rule.cap - st.launched, st.left)
+    room = min(want, rule.cap - st.launched, st.left_in(0))
     fits = [k for k in menu.draw_index if k <= room]
     return max(fits) if fits else min(menu.draw_index)
+
+
+def next_draw(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
+    """The step action index of the rule's next draw: :func:`next_width` of the primary pool, or for
+    ``cross_pool`` the schedule's width from the pool with the fewest samples launched (that has some left)."""
+    if rule.family != "cross_pool":
+        return menu.draw_index[next_width(rule, menu, st)]
+    p = min((q for q in range(len(menu.pools)) if st.left_in(q) > 0), key=lambda q: st.pool_launched[q])
+    draws = menu.pool_draw_index[p]
+    room = min(SCHEDULES[rule.schedule][0], rule.cap - st.launched, st.left_in(p))
+    fits = [k for k in draws if k <= room]
+    return draws[max(fits) if fits else min(draws)]
 
 
 def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
@@ -111,7 +130,7 @@ def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
             elif st.running:
                 out[b] = wait_a
             else:
-                out[b] = menu.draw_index[next_width(rule, menu, st)]
+                out[b] = next_draw(rule, menu, st)
         return out
 
     act.needs_obs = False  # type: ignore[attr-defined]
@@ -119,7 +138,8 @@ def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
 
 
 def rule_grid(menu: EscalateMenu) -> dict[str, list[Rule]]:
-    """The configurations tuned per family (every threshold, schedule, selector and cap below)."""
+    """The configurations tuned per family (every threshold, schedule, selector and cap below; the
+    ``cross_pool`` family only on a menu with several pools, its caps counting the samples of all pools)."""
     k = menu.pool_size
     caps = sorted({c for c in (4, 8, k) if c <= k})
     sels = ["majority", "best_score"] if menu.has_scores else ["majority"]
@@ -139,6 +159,13 @@ def rule_grid(menu: EscalateMenu) -> dict[str, list[Rule]]:
             (0.5, 0.6, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95), ("ones", "doubling"), (0, 3), caps
         ):
             grid["score_threshold"].append(Rule("score_threshold", tau, sched, "best_score", cap, agree))
+    if len(menu.pools) > 1:
+        total = menu.total_size
+        for kk, sched, sel, cap in itertools.product(
+            (1, 2, 3), ("ones", "twos"), sels, sorted({c for c in (4, 8, total // 2, total) if c <= total})
+        ):
+            if kk * len(menu.pools) <= cap:
+                grid["cross_pool"].append(Rule("cross_pool", kk, sched, sel, cap))
     return {f: rules for f, rules in grid.items() if rules}
 
 

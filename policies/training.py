@@ -148,11 +148,12 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False
         from env.escalate_env import EscalateEnv
         from env.escalate_menu import EscalateMenu
         from env.seen import fit_units
-        from policies.escalate_ppo import make_escalate_meta
+        from policies.escalate_ppo import describe_pools, make_escalate_meta
 
         esc_menu = EscalateMenu(table, env_cfg)
         env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, train_rows)}
         meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
+        print(describe_pools(esc_menu))
     return TrainingJob(
         cfg, run_dir, resume, env_cfg, ppo_cfg, table, splits, train_rows, val_rows, encoder, meta, env_cls,
         env_kwargs, trust,
@@ -308,6 +309,7 @@ def make_callbacks(job: TrainingJob, envs: TrainingEnvs, warm_start: dict[str, A
 def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
     """PPO up to ``total_timesteps`` (a resume continues its step count and TensorBoard curves), then
     final_model.zip (and best_model.zip if no evaluation ran). Returns the summary's timing part."""
+    from policies.escalate_ppo import pools_used
     from policies.resume import purging_logger
     from policies.trust import save_model
 
@@ -333,6 +335,7 @@ def learn(job: TrainingJob, model: Any, callbacks: Any) -> dict[str, Any]:
         "train_wall_seconds": round(wall, 2),
         "steps_per_second": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
         "resumed": job.resume,
+        **pools_used(job.meta),  # sequential runs: the pools the env draws from
     }
 
 

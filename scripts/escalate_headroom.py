@@ -9,9 +9,12 @@ what a rule that watches the first samples can gain over the one-shot choice. Th
 
     python -m scripts.escalate_headroom --run runs/esc_ws2 --compare-run runs/default_run [--json out.json]
 
-``--run`` is any sequential run (its step menu, encoder and splits; its model is not used). The rules
-draw from the step menu's pool; the one-shot policy may pick any action of the cache (another pool
-included): its choice is scored from the outcome table where the step menu cannot play it.
+``--run`` is any sequential run (its step menu, encoder and splits; its model is not used). On a step
+menu with several pools the rules are those of :func:`policies.stopping_rules.rule_grid`: the
+single-pool families on the primary pool and the ``cross_pool`` family over all of them (each point
+also reports the best ``cross_pool`` configuration and how many samples it draws per pool); the
+one-shot policy may pick any action of the cache (any pool): its choice is played on the same orders
+where the step menu can play it, else scored from the outcome table.
 """
 
 from __future__ import annotations
@@ -37,19 +40,26 @@ def headroom(opts: EvalOptions) -> dict:
     ev = SequentialEvaluation(opts, setup)
     rows = setup.rows
     configs = [(rule, res) for rules in ev.families.values() for rule, res in zip(rules, simulate_rules(ev.sim, rules))]
+    cross = [c for c in configs if c[0].family == "cross_pool"]
     weights = two_stage_weights(len(rows), opts.n_orders, opts.n_boot, opts.seed)
     points = []
     for lt, ls in ev.lambdas:
         _, oneshot = ev.oneshot_choice(setup.oneshot.shipped, lt, ls)
         rule, res = max(configs, key=lambda c: c[1].utility(lt, ls).mean())
         c = two_stage_compare(res.utility(lt, ls) - oneshot, weights)
-        points.append({
+        point = {
             "lambda_tokens": lt, "lambda_seconds": ls, "rule": rule.name,
             "oneshot_ppo": float(oneshot.mean()), "rule_utility": float(res.utility(lt, ls).mean()),
             "diff": c["diff"], "ci90": c["ci90"], "above_90": c["above_90"], "below_90": c["below_90"],
-        })  # fmt: skip
+            **res.pool_use(),
+        }  # fmt: skip
+        if cross:  # several pools: the best cross-pool configuration too
+            xr, xres = max(cross, key=lambda c: c[1].utility(lt, ls).mean())
+            point["cross_pool"] = {"rule": xr.name, "utility": float(xres.utility(lt, ls).mean()), **xres.pool_use()}
+        points.append(point)
     return {
         "n_queries": int(len(rows)), "n_orders": opts.n_orders, "rule_configurations": len(configs),
+        "pools": [p.to_dict() for p in setup.menu.pools],
         "above_90": sum(p["above_90"] for p in points), "below_90": sum(p["below_90"] for p in points),
         "points": points,
     }  # fmt: skip
@@ -67,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         out = headroom(opts)
     except TTCError as exc:
         return report(exc)
+    if len(out["pools"]) > 1:
+        print("pools: " + ", ".join(f"{p['label']} = {p['config']}" for p in out["pools"]))
     for p in out["points"]:
+        x = p.get("cross_pool")
+        extra = "" if x is None else f"; best cross-pool rule {x['utility']:.4f} ({x['rule']})"
         print(f"λ_T {p['lambda_tokens']:.3g} λ_L {p['lambda_seconds']:.3g}: one-shot {p['oneshot_ppo']:.4f}, "
               f"best rule on test {p['rule_utility']:.4f} ({p['rule']}), diff {p['diff']:+.4f} "
-              f"[{p['ci90'][0]:+.4f}, {p['ci90'][1]:+.4f}]")  # fmt: skip
+              f"[{p['ci90'][0]:+.4f}, {p['ci90'][1]:+.4f}]{extra}")  # fmt: skip
     print(f"hindsight-best rule above the one-shot PPO at 90 %: {out['above_90']}/{len(out['points'])} points, "
           f"below at {out['below_90']}; {out['n_queries']} queries x {out['n_orders']} orders, "
           f"{out['rule_configurations']} rule configurations")  # fmt: skip

@@ -1,7 +1,8 @@
 """The stopping rules tuned at training time (rules.json) and reused by the sequential evaluation; and
-``evaluate.py --compare-run`` / ``scripts/escalate_headroom.py`` on a cache with two pools per query
-(built from the bundled cache), where the one-shot policy may pick actions of the pool the step
-menu does not draw from."""
+train.py + ``evaluate.py --compare-run`` / ``scripts/escalate_headroom.py`` on a cache with two pools
+per query (built from the bundled cache): the step menu draws from both, the one-shot policy may pick
+any pool's action (one the step menu cannot play, a race on the round watch, is scored from the
+table)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def two_pool_runs(tmp_path_factory):
     assert rc == 0
     rc = train.main(
         ["--config", ESC, "--cache", str(cache), "--runs-dir", str(runs), "--name", "seq", "--total-timesteps",
-         "1024", "--no-progress", "--hyperparams", *SMALL, "rule_orders=1"]
+         "2048", "--no-progress", "--hyperparams", *SMALL, "rule_orders=1"]
     )  # fmt: skip
     assert rc == 0
     return cache, runs / "oneshot", runs / "seq"
@@ -75,6 +76,9 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
     assert {a.config_id for a in t.menu if a.is_pool} == {"pool:n=8,source=a", "pool:n=8,source=b"}
     rules = json.loads((seq / "rules.json").read_text())
     summary = json.loads((seq / "train_summary.json").read_text())[-1]
+    assert [p["label"] for p in summary["pools"]] == ["a", "b"]  # the run records the pools it draws from
+    step_menu = rules["step_menu"]
+    assert {"draw@8:a", "draw@8:b"} <= set(step_menu) and "cross_pool" in rules["families"]
     assert rules["split"] == "train+val" and rules["n_orders"] == 1 and summary["rules"]["n_queries"] > 0
     rc = evaluate.main(
         ["--run", str(seq), "--compare-run", str(oneshot), "--json", str(tmp_path / "r.json"), "--out",
@@ -83,6 +87,9 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
     assert rc == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["rule_tuning"]["from"] == "rules.json" and r["rule_tuning"]["split"] == "train+val"
+    assert [p["config"] for p in r["pools"]] == ["pool:n=8,source=a", "pool:n=8,source=b"]
+    assert "pool:n=8,source=b/majority@4" in r["oneshot_menu"] and "rule:cross_pool" in r["points"][0]["policies"]
+    assert set(r["points"][0]["policies"]["sequential_ungated"]["pool_samples"]) == {"a", "b"}
     s = r["summary"]
     for p in r["points"]:
         assert {"oneshot_ppo", "oneshot_ppo_ungated"} <= set(p["policies"])
@@ -102,7 +109,8 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
     assert headroom(["--run", str(seq), "--compare-run", str(oneshot), "--orders", "2",
                      "--json", str(tmp_path / "h.json")]) == 0  # fmt: skip
     h = json.loads((tmp_path / "h.json").read_text())
-    assert len(h["points"]) == 25 and h["n_queries"] == r["n_queries"]
+    assert len(h["points"]) == 25 and h["n_queries"] == r["n_queries"] and len(h["pools"]) == 2
+    assert all(p["cross_pool"]["rule"].startswith("cross_pool(") for p in h["points"])
 
 
 @pytest.mark.skipif(not (BUNDLED / "meta.json").exists(), reason="bundled cache missing")
@@ -120,7 +128,11 @@ def test_a_choice_of_the_other_pool_is_scored_from_the_table(two_pool_runs):
     setup = load_setup(opts, load_source(opts))
     ev = SequentialEvaluation(opts, setup)
     t, rows = setup.table, setup.rows
-    other = next(a for a in t.menu if a.is_pool and a.config_id != setup.menu.pool_config and a.n == 4)
+    assert setup.menu.pool_configs == ["pool:n=8,source=a", "pool:n=8,source=b"]
+    budget = next(a for a in t.menu if a.is_budget and a.config_id != setup.menu.pool_config and a.n == 4)
+    assert budget.id in ev.oneshot_ids  # the step menu draws from the other pool too: played on the orders
+    # a race of the other pool: the round watch cannot play it
+    other = next(a for a in t.menu if a.is_pool and a.config_id != setup.menu.pool_config and a.race is not None)
     assert other.id not in ev.oneshot_ids
     ai = t.action_ids.index(other.id)
     ids, util = ev.oneshot_choice(StaticPolicy(ai, other.id), 1e-3, 0.0)
