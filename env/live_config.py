@@ -73,7 +73,11 @@ def parse_live(block: Any, cache: str | None) -> LiveSettings:
         if pools and len(sizes) == len(pools):
             d["budgets"] = pool_budgets(max(sizes))
     d["backend"], d["output"], d["backend_options"] = "openai", cache, {"max_model_len": max_model_len}
-    collect = config_from_dict(CollectConfig, d, "live.")
+    try:
+        collect = config_from_dict(CollectConfig, d, "live.")
+    except ConfigError as exc:  # the collection's own value checks name its keys bare
+        msg = str(exc)
+        raise (exc if msg.startswith(("live.", "unknown config key live.")) else ConfigError(f"live.{msg}")) from None
     return LiveSettings(collect, server, caps["max_new_records"], caps["max_engine_seconds"], max_model_len)
 
 
