@@ -5,6 +5,7 @@
     python collect.py import FORMAT PATH --out CACHE [...]                       # bring your own rollouts
     python collect.py pack SRC DST [--drop-text]                                 # gzip a cache for bundling
     python collect.py recalibrate [--config ...] [key=value ...]                 # re-measure latency, re-model
+    python collect.py complete RUN [--split test]                                # a live run's split, every item
 
 Errors (bad config, unknown strategy, missing model, unreachable server, corrupt cache line) print
 one ``error:`` line naming the culprit and exit with status 2; the cache keeps every record written.
@@ -105,6 +106,33 @@ def cmd_recalibrate(argv: list[str]) -> int:
     return 0
 
 
+def complete_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="collect.py complete", formatter_class=HelpFormatter,
+        description="Run every menu item of a live training run (env.source: live) on each query of one of its "
+                    "splits, into its cache (resumable): evaluate.py then compares policies, statics and the oracle "
+                    "exactly.")
+    ap.add_argument("run", help="the live run's folder (its config.yml names the cache, the live block and the split)")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split (default: test)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def cmd_complete(argv: list[str]) -> int:
+    args = complete_parser().parse_args(argv)
+    from env.live_source import complete_split
+    from rollouts.config import load_yaml_file
+    from rollouts.errors import ConfigError
+
+    cfg = load_yaml_file(Path(args.run) / "config.yml")
+    if (cfg.get("env") or {}).get("source") != "live":
+        raise ConfigError(f"{args.run}: not a live run (env.source is not live); collect.py collects a cache whole")
+    done = complete_split(cfg, args.split, progress=not args.no_progress)
+    print(f"{done['split']} split of {cfg['cache']}: {done['queries']} queries complete "
+          f"({done['engine_seconds']} engine seconds this time)")
+    return 0
+
+
 def cmd_stats(argv: list[str]) -> int:
     args = stats_parser().parse_args(argv)
     from rollouts.cache import load_cache
@@ -137,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plain_warnings()
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import, "recalibrate": cmd_recalibrate}
+    commands = {"stats": cmd_stats, "pack": cmd_pack, "import": cmd_import, "recalibrate": cmd_recalibrate,
+                "complete": cmd_complete}
     cmd = commands.get(argv[0]) if argv else None
     from rollouts.errors import TTCError, report
 

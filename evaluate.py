@@ -148,11 +148,14 @@ def load_inputs(opts: EvalOptions, source: ModelSource) -> EvalInputs:
     complete = table.mask[rows].all(axis=1)
     n_dropped = int((~complete).sum())
     rows = rows[complete]  # static configs are only comparable where every action was measured
+    live = env_config.source == "live"  # a live run's train rows hold only what its policy asked for
     if len(rows) == 0:
-        raise ConfigError(f"the {opts.split} split has no queries with every action measured in {cache}")
+        hint = f" (a live run: `python collect.py complete {source.run_dir} --split {opts.split}` completes it)"
+        raise ConfigError(f"the {opts.split} split has no queries with every action measured in {cache}"
+                          + (hint if live else ""))
     if len(rows_of["train"]) == 0:
         raise ConfigError(f"the train split has no queries in {cache} (the router and λ grid need it)")
-    grid = lambda_grid(table, rows_of["train"], opts.grid_n)
+    grid = lambda_grid(table, rows_of["val" if live else "train"], opts.grid_n)  # as the live run's own λ grid
     return EvalInputs(
         table, rows_of, rows, n_dropped, lt_axis or grid["lambda_tokens"], ls_axis or grid["lambda_seconds"],
         table.latency_load,

@@ -77,7 +77,7 @@ def _default_ppo() -> dict[str, Any]:
 class TrainConfig:
     """One training run; the defaults are the shipped defaults (``configs/train_default.yaml``)."""
 
-    cache: str = "data/default_cache"
+    cache: str | None = "data/default_cache"
     name: str | None = None
     exp: str = "ppo"
     seed: int = 0
@@ -106,6 +106,8 @@ class TrainConfig:
     rule_orders: int = 1
     # the env (EnvConfig, or EscalateConfig with kind: escalate) and PPO settings, as plain mappings
     # (config.yml's env: and ppo:); validate() fills in the defaults of the keys a config leaves out
+    # env.source: live: the live engine and dataset (env/live_config.py); `cache` is then written through
+    live: dict[str, Any] | None = None
     env: dict[str, Any] = field(default_factory=lambda: EnvConfig().to_dict())
     ppo: dict[str, Any] = field(default_factory=_default_ppo)
 
@@ -141,6 +143,10 @@ class TrainConfig:
             raise ConfigError(f"gate_folds must be an integer >= 3, got {self.gate_folds!r}")
         if self.name is not None:
             check_name(self.name)
+        if self.env.get("source") == "live" or self.live is not None:
+            from env.live_config import check_live_training
+
+            check_live_training(self)
         for name in ("cache", "exp", "runs_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -170,11 +176,13 @@ def apply_override(d: dict[str, Any], key: str, value: Any) -> str:
     top_keys = {f.name for f in fields(TrainConfig)}
     if "." in key:
         section, sub = key.split(".", 1)
-        if section not in ("env", "ppo"):
-            raise ConfigError(f"unknown config key {key!r} (sections: env, ppo)")
-        if sub not in (env_keys if section == "env" else ppo_keys):
+        if section not in ("env", "ppo", "live"):
+            raise ConfigError(f"unknown config key {key!r} (sections: env, ppo, live)")
+        # the live block's keys are checked with it (env/live_config.py)
+        if section != "live" and sub not in (env_keys if section == "env" else ppo_keys):
             raise ConfigError(f"unknown config key {key!r}")
-        d.setdefault(section, {})
+        if not isinstance(d.get(section), dict):
+            d[section] = {}
         d[section][sub] = value
         return key
     if key in top_keys and key not in ("env", "ppo"):
@@ -267,19 +275,32 @@ def _train(
     """The job itself, with the run folder's lock taken (resume) or checked to be free (fresh run),
     as named stages (policies/training.py): set up → make envs → model → run folder → callbacks →
     learn → save and export."""
+    from env.live_source import closing_live
+
+    with closing_live():  # env.source: live: the collector (and a server it started) stop when the job ends
+        return _run_job(cfg, resume, argv, args_dict, name, run_dir, lock, trust_checkpoint)
+
+
+def _run_job(cfg: TrainConfig, resume: bool, argv: list[str] | None, args_dict: dict | None, name: str,
+             run_dir: Path, lock: FolderLock, trust_checkpoint: bool) -> Path:
+    """The stages, for :func:`_train`."""
+    from policies import live_training as live
     from policies import training as stage
     from policies.run_folder import write_run_folder
 
     job = stage.set_up(cfg, name, run_dir, resume, trust_checkpoint)  # table, splits, encoder; cfg.env gets its λ ranges
-    envs = stage.make_envs(job)  # n_envs training envs, one validation env cycling over val x λ grid
+    envs = live.wrap_envs(job, stage.make_envs(job))  # n_envs training envs, one validation env cycling over val x λ grid
     model = stage.load_resumed_model(job, envs) if resume else None  # refused before anything is written
     lock.acquire()  # everything validated: take the folder (another job may have started meanwhile)
     write_run_folder(run_dir, cfg.to_dict(), job.splits, resume, argv, args_dict)
     start_report: dict[str, Any] = {}  # a fresh model's warm start / one-shot clone, for train_summary.json
     if model is None:
         model, start_report = stage.make_fresh_model(job, envs)
-    callbacks = stage.make_callbacks(job, envs, start_report.get("warm_start"))
+    callbacks = live.add_callbacks(job, stage.make_callbacks(job, envs, start_report.get("warm_start")))
     summary = {**stage.learn(job, model, callbacks), **start_report}  # final_model.zip; steps, wall time
+    source = live.live_source(job)
+    if source is not None:
+        summary["live"] = source.stats()  # engine seconds, new records, hit rate (train_summary.json)
     stage.save_and_export(job, model, summary)  # gate.json, export/, train_summary.json
     envs.close()
     return run_dir

@@ -59,6 +59,8 @@ from rollouts.errors import ConfigError
 class EnvConfig:
     """Everything that defines the env (stored in the run's config.yml under ``env``)."""
 
+    # cache: outcomes from the finished cache; live: from a live engine through the cache (train.py's live:)
+    source: str = "cache"
     outcome: str = "expected"  # expected | sampled
     penalty_mode: str = "sampled"  # sampled | fixed
     lambda_tokens: float = 0.0  # fixed mode
@@ -94,6 +96,8 @@ class EnvConfig:
         return asdict(self)
 
     def validate(self) -> None:
+        if self.source not in ("cache", "live"):
+            raise ConfigError(f"env.source must be 'cache' or 'live', got {self.source!r}")
         if self.outcome not in ("expected", "sampled"):
             raise ConfigError(f"env.outcome must be 'expected' or 'sampled', got {self.outcome!r}")
         if self.penalty_mode not in ("sampled", "fixed"):
@@ -349,6 +353,7 @@ def stored_env_dict(d: dict[str, Any] | None) -> dict[str, Any]:
     d.setdefault("races", [])
     if d.get("kind") == "escalate":
         d.setdefault("pools", "primary")
+    d.setdefault("source", "cache")
     return d
 
 

@@ -95,44 +95,56 @@ def pool_budgets(k: int) -> list[int]:
 def build_menu(cache: RolloutCache, races: Sequence[str] = (), notes: list[str] | None = None) -> list[Action]:
     """The action menu found in the cache (see module docstring), with the ``races`` it can offer; why it
     could not offer some goes to ``notes``. Raises CacheError if empty."""
-    pool_k: dict[str, int] = {}
-    pool_scored: dict[str, bool] = {}
-    pool_timed: dict[str, bool] = {}  # every sample carries its generated tokens
-    strategies: dict[str, str] = {}
+    configs: dict[str, PoolConfig] = {}
     for r in cache.records:
         cfg = r["config_id"]
-        prev = strategies.setdefault(cfg, r["strategy"])
-        if prev != r["strategy"]:
+        prev = configs.setdefault(cfg, PoolConfig(cfg, r["strategy"]))
+        if prev.strategy != r["strategy"]:
             raise CacheError(
-                f"{cache.path}: config {cfg!r} has records of strategies {prev!r} and {r['strategy']!r}"
+                f"{cache.path}: config {cfg!r} has records of strategies {prev.strategy!r} and {r['strategy']!r}"
             )
         if r["strategy"] == POOL:
-            pool_k[cfg] = max(pool_k.get(cfg, 0), len(r["samples"]))
-            scored = all(s.get("score") is not None for s in r["samples"])
-            pool_scored[cfg] = pool_scored.get(cfg, True) and scored
-            timed = all(s.get("tokens") is not None for s in r["samples"])
-            pool_timed[cfg] = pool_timed.get(cfg, True) and timed
-    if not strategies:
+            prev.k = max(prev.k, len(r["samples"]))
+            prev.scored = prev.scored and all(s.get("score") is not None for s in r["samples"])
+            prev.timed = prev.timed and all(s.get("tokens") is not None for s in r["samples"])
+    if not configs:
         raise CacheError(f"{cache.path}: the cache has no records, so no action menu")
-    single_pool = len(pool_k) == 1
+    return menu_of([configs[c] for c in cache.config_ids], races, notes)
+
+
+@dataclass
+class PoolConfig:
+    """What the menu needs to know of one config: its strategy and, for a pool, its largest pool ``k``,
+    whether every sample is scored and carries its generated tokens."""
+
+    config_id: str
+    strategy: str
+    k: int = 0
+    scored: bool = True
+    timed: bool = True
+
+
+def menu_of(configs: Sequence[PoolConfig], races: Sequence[str] = (), notes: list[str] | None = None) -> list[Action]:
+    """The action menu of these configs, in their order (races last), as :func:`build_menu` derives it
+    from a cache; a live run (env/live_table.py) derives it from its collection menu."""
+    single_pool = sum(c.strategy == POOL for c in configs) == 1
     menu: list[Action] = []
-    for cfg in cache.config_ids:
-        strat = strategies[cfg]
+    for c in configs:
+        cfg, strat = c.config_id, c.strategy
         if strat != POOL:
             menu.append(Action(cfg, cfg, strat, None, 1, cfg))
             continue
         prefix = "" if single_pool else f"{cfg}/"
-        for n in pool_budgets(pool_k[cfg]):
+        for n in pool_budgets(c.k):
             if n == 1:
                 menu.append(Action(f"{cfg}/sample@1", cfg, strat, None, 1, f"{prefix}sample@1"))
                 continue
             for sel in SELECTORS:
-                if sel in SCORE_SELECTORS and not pool_scored[cfg]:
+                if sel in SCORE_SELECTORS and not c.scored:
                     continue
                 menu.append(Action(f"{cfg}/{sel}@{n}", cfg, strat, sel, n, f"{prefix}{sel}@{n}"))
-    for cfg in (c for c in cache.config_ids if c in pool_k):
-        menu += _race_actions(cfg, pool_k[cfg], pool_scored[cfg], pool_timed[cfg], races, single_pool,
-                              [] if notes is None else notes)
+    for c in (c for c in configs if c.strategy == POOL):
+        menu += _race_actions(c.config_id, c.k, c.scored, c.timed, races, single_pool, [] if notes is None else notes)
     return menu
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from env.allocate_env import AllocateEnv
 from env.escalate_env import EscalateConfig, env_config_from
+from env.live_source import open_table
 from env.outcomes import OutcomeTable
 from env.splits import make_splits, split_rows
 from policies.observation import ObsEncoder
@@ -130,8 +131,7 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False
     env_cfg = env_config_from(cfg.env)
     ppo_cfg = PPOConfig.from_dict(cfg.ppo)
     _check_combination(cfg, env_cfg, ppo_cfg, resume, trust)
-    with phase(f"loading the outcome table of {cfg.cache}"):
-        table = OutcomeTable.for_env(cfg.cache, env_cfg)
+    table = open_table(cfg, env_cfg)  # the cache's, or a live source's (env/live_source.py)
     if resume:
         splits = json.loads((run_dir / "splits.json").read_text())
     else:

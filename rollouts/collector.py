@@ -268,6 +268,17 @@ class Collector:
             rec["iterations"] = res.iterations
         return rec
 
+    def run_and_store(self, strategy: StrategySpec, queries: list[PromptedQuery]) -> list[dict[str, Any]]:
+        """One batched run of ``strategy`` on ``queries`` (featurised, not yet in the cache for it); each
+        record is appended (fsynced) as the collection writes it. Returns the records."""
+        t0 = time.perf_counter()
+        results = self._run(strategy, queries)
+        info = {"queries": len(queries), "wall_s": round(time.perf_counter() - t0, 3)}
+        records = [self._record(res, info) for res in results]
+        for rec in records:
+            self.writer.add_record(rec)
+        return records
+
     def collect(self) -> dict[str, Any]:
         self.featurize()
         self.calibrate()
@@ -283,12 +294,7 @@ class Collector:
                 todo = [q for q in batch if not self.writer.has(q.query_id, cid, self.cfg.seed)]
                 if not todo:
                     continue
-                t0 = time.perf_counter()
-                results = self._run(strategy, todo)
-                info = {"queries": len(todo), "wall_s": round(time.perf_counter() - t0, 3)}
-                for res in results:
-                    self.writer.add_record(self._record(res, info))
-                    gen_tokens += res.tokens
+                gen_tokens += sum(r["tokens"] for r in self.run_and_store(strategy, todo))
                 bar.update(len(todo))
                 bar.set_postfix(tok_s=f"{gen_tokens / max(time.perf_counter() - t_start, 1e-9):.0f}")
         bar.close()
