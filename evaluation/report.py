@@ -210,6 +210,11 @@ def sequential_markdown(result: dict[str, Any]) -> str:
             f"{fmt(s['sequential_gap_share_summed'], 3)}, one-shot {fmt(s['oneshot_ppo_gap_share_summed'], 3)} "
             f"(ungated {fmt(s['oneshot_ppo_ungated_gap_share_summed'], 3)}). Bars: {s['bars']}."
         )
+    pts = result["points"]
+    if pts and "oracle_no_races" in pts[0]["policies"]:
+        mean = {k: float(np.mean([p["policies"][k]["utility"] for p in pts])) for k in ("oracle", "oracle_no_races")}
+        lines.append(f"One-shot hindsight oracle, grid mean: {mean['oracle']:.4f} over the menu with its races, "
+                     f"{mean['oracle_no_races']:.4f} without them.")  # fmt: skip
     sv = s["savings"]
     if "tokens_ratio" in sv:
         lines.append(

@@ -13,7 +13,8 @@ numbers, :func:`policies.escalate_sim.make_orders`), through the same episode co
 - ``static:<action>``: every one-shot action the same way (with the finish watch, the races too:
   launch N, wait finish by finish, stop when the race stops); ``best_static`` is the hindsight best on the
   evaluated split at each λ point; ``oracle``: per query the one-shot action with the best mean utility
-  over its orders (the one-shot hindsight oracle);
+  over its orders (the one-shot hindsight oracle); ``oracle_no_races``: the same over the menu without
+  its races (reported where the menu has races);
 - ``rule:<family>``: the stopping rules of :mod:`policies.stopping_rules`, each family's configuration
   tuned per λ point: from the run's ``rules.json`` (every configuration simulated once on train + val
   when the run was trained, :mod:`policies.rule_tuning`), or, for a run without it, on the validation
@@ -97,6 +98,7 @@ class SequentialEvaluation:
         # one-shot actions on the same orders (λ-independent: price them per point)
         policies = {a.id: p for a in table.menu if (p := oneshot_policy(menu, a)) is not None}
         self.oneshot_ids = list(policies)
+        self.no_race_ids = [a.id for a in table.menu if a.id in policies and a.race is None]
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
         self.floors = FloorPlayer(self.sim)  # the rule floors of the run's gate, on the same orders
@@ -215,12 +217,16 @@ class SequentialEvaluation:
         for aid in oneshot_ids:
             pols[f"static:{aid}"] = static[aid].summary(lt, ls)
             util[f"static:{aid}"] = static[aid].utility(lt, ls)
-        # the one-shot oracle: per query the action with the best mean over its orders
-        per_q = np.stack([util[f"static:{a}"].mean(axis=1) for a in oneshot_ids], axis=1)  # (n, A)
-        choice = per_q.argmax(axis=1)
-        stack = np.stack([util[f"static:{a}"] for a in oneshot_ids], axis=0)  # (A, n, r)
-        util["oracle"] = stack[choice, np.arange(len(self.setup.rows))]
-        pols["oracle"] = summary_from(static, [oneshot_ids[c] for c in choice], lt, ls)
+        # the one-shot oracle: per query the action with the best mean over its orders; beside it the
+        # same oracle over the menu without races (how far the races moved the hindsight bound)
+        for name, ids in (("oracle", oneshot_ids), ("oracle_no_races", self.no_race_ids)):
+            if not ids or (name != "oracle" and len(ids) == len(oneshot_ids)):
+                continue
+            per_q = np.stack([util[f"static:{a}"].mean(axis=1) for a in ids], axis=1)  # (n, A)
+            choice = per_q.argmax(axis=1)
+            stack = np.stack([util[f"static:{a}"] for a in ids], axis=0)  # (A, n, r)
+            util[name] = stack[choice, np.arange(len(self.setup.rows))]
+            pols[name] = summary_from(static, [ids[c] for c in choice], lt, ls)
         # the static a user deploys without hindsight: the train + val best at this point (races too)
         ids, util["trainval_static"] = self.oneshot_choice(self.trainval_static, lt, ls)
         pols["trainval_static"] = {**self.static[ids[0]].summary(lt, ls), "action": ids[0]}

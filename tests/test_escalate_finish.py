@@ -251,4 +251,6 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, ca
     races = [a for a in r["oneshot_menu"] if ":agree" in a or ":first" in a]
     pols = r["points"][0]["policies"]
     assert races and all(f"static:{a}" in pols for a in races)
-    assert {"sequential", "oracle", "oneshot_ppo", "rule:k_agree"} <= set(pols)
+    assert {"sequential", "oracle", "oracle_no_races", "oneshot_ppo", "rule:k_agree"} <= set(pols)
+    for p in r["points"]:  # the hindsight bound over the menu without races is never above the full one
+        assert p["policies"]["oracle_no_races"]["utility"] <= p["policies"]["oracle"]["utility"] + 1e-12
