@@ -79,6 +79,7 @@ def tune_rules(
     from tqdm import tqdm
 
     from policies.escalate_sim import Simulator, make_orders
+    from policies.stopping_rules import rule_notes
 
     t0 = time.time()
     orders, picks = make_orders(table, menu, rows, n_orders, seed=seed)
@@ -97,6 +98,9 @@ def tune_rules(
         "cache": str(Path(table.cache_path).resolve()),
         "seconds": round(time.time() - t0, 2),
     }
+    notes = rule_notes(menu)
+    if notes:  # families left out of the grid, and why
+        info["notes"] = notes
     return TunedRules(families, means, info)
 
 
@@ -115,6 +119,8 @@ def _write(path: Path, tuned: TunedRules) -> None:
         f"stopping rules: {n_configs} configurations tuned on {info['n_queries']} train+val queries x "
         f"{info['n_orders']} orders in {info['seconds']} s ({path})"
     )
+    for n in info.get("notes") or []:
+        print(f"stopping rules: {n}")
 
 
 def write_run_rules(job: Any, progress: bool = False) -> dict[str, Any]:
