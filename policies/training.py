@@ -353,7 +353,7 @@ def save_and_export(job: TrainingJob, model: Any, summary: dict[str, Any]) -> No
     from policies.gate_fit import fit_and_record_run_gate
 
     gate = fit_and_record_run_gate(job, model, best, summary) if gate_it else None
-    if job.escalate and cfg.rule_orders > 0:  # the stopping rules, tuned once on train + val for evaluate.py
+    if job.escalate and cfg.rule_orders > 0 and "rules" not in summary:  # tuned once on train + val (clone_floor: before PPO)
         from policies.rule_tuning import write_run_rules
 
         summary["rules"] = write_run_rules(job, progress=cfg.progress_bar)
