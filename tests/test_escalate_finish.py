@@ -252,3 +252,7 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, ca
     pols = r["points"][0]["policies"]
     assert races and all(f"static:{a}" in pols for a in races)
     assert {"sequential", "oracle", "oneshot_ppo", "rule:k_agree"} <= set(pols)
+    # the synthetic samples have no mean_logprob: no confidence rules, and a note says so
+    assert "rule:confidence" not in pols and "confidence" not in r["rule_grid_sizes"]
+    assert len(r["rule_notes"]) == 1 and "mean_logprob" in r["rule_notes"][0]
+    assert "Note: no confidence rules" in (tmp_path / "ev" / "results.md").read_text()
