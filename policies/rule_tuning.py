@@ -125,14 +125,15 @@ def _write(path: Path, tuned: TunedRules) -> None:
 
 def write_run_rules(job: Any, progress: bool = False) -> dict[str, Any]:
     """Tune the rules on a sequential training job's train + val queries and write ``rules.json``
-    (kept when a resumed run already has one); returns the train summary's entry."""
+    (kept when a resumed run already has one for this step menu and rule grid); returns the train
+    summary's entry."""
     from env.escalate_menu import EscalateMenu
     from policies.escalate_sim import playable_rows
 
     path = job.run_dir / RULES_FILE
-    if path.is_file():
-        return {"file": RULES_FILE, "kept": True}
     menu = EscalateMenu(job.table, job.env_cfg)
+    if path.is_file() and load_tuned_rules(job.run_dir, menu) is not None:
+        return {"file": RULES_FILE, "kept": True}
     rows = playable_rows(job.table, menu, np.concatenate([job.train_rows, job.val_rows]))
     units, n_orders = job.env_kwargs["units"], job.cfg.rule_orders
     tuned = tune_rules(job.table, menu, job.encoder, units, rows, n_orders=n_orders, progress=progress)

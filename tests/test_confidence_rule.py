@@ -146,3 +146,21 @@ def test_the_live_floor_decides_and_answers_as_the_simulated_rule(hand):
         i = st.drawn
         st.add_round([KEYS[i]], [TOKENS[i]], [1], [SCORES[i]], 1.0, confidences=confidences(live[i : i + 1]))
     assert steps == ["draw@1", "draw@1", "stop:majority"] and st.answer(decide.stop_selector) == 0
+
+
+def test_a_rules_file_without_the_family_is_tuned_again(hand, tmp_path):
+    """A resumed run whose rules.json predates the family (another rule grid) is tuned again, not kept."""
+    from types import SimpleNamespace
+
+    from policies.rule_tuning import RULES_FILE, load_tuned_rules, tune_rules, write_run_rules
+
+    e = EscalateEnv(table=hand, watch="finish", **ENV)
+    job = SimpleNamespace(run_dir=tmp_path, table=hand, env_cfg=e.config, train_rows=e.rows, val_rows=e.rows[:0],
+                          env_kwargs={"units": e.units}, encoder=e.encoder, cfg=SimpleNamespace(rule_orders=1))  # fmt: skip
+    old = tune_rules(hand, e.menu, e.encoder, e.units, e.rows, n_orders=1).to_dict()
+    del old["families"]["confidence"]
+    (tmp_path / RULES_FILE).write_text(json.dumps(old))
+    assert load_tuned_rules(tmp_path, e.menu) is None
+    assert "n_queries" in write_run_rules(job)  # tuned again
+    assert "confidence" in json.loads((tmp_path / RULES_FILE).read_text())["families"]
+    assert write_run_rules(job) == {"file": RULES_FILE, "kept": True}
