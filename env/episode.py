@@ -122,6 +122,7 @@ class Episode:
         self.final = act.id
         if act.kind == "stop":
             sel = selector or act.selector or DEFAULT_SELECTOR
+            self.final = f"stop:{sel}"  # the answer's selector (a rule's may be no step action)
             self.state.cancel()
             p, i = self.picked[self.state.answer(sel)]
             tok = self.state.stop_tokens(sel)

@@ -209,7 +209,8 @@ def _ended_on_beam(ep: Episode) -> bool:
     """Whether an ended episode's final action (set when it ends) was a beam."""
     if ep.final is None:
         raise ValueError("an episode that has not ended has no final action")
-    return ep.menu.actions[ep.menu.ids.index(ep.final)].kind == "beam"
+    ids = ep.menu.ids  # a rule's stop may answer with a selector that is no step action (not a beam)
+    return ep.final in ids and ep.menu.actions[ids.index(ep.final)].kind == "beam"
 
 
 def model_policy(model) -> StepPolicy:

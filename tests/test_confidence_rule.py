@@ -88,7 +88,7 @@ def test_finish_watch_stops_at_the_hand_computed_finish(hand):
     assert res.samples[0, 0] == 5 and res.correct[0, 0] == 1.0
     assert res.tokens[0, 0] == 10 + 20 + 30 + 35 + 40 + 40  # the cancelled sample generated 40 tokens
     assert res.seconds[0, 0] == pytest.approx(rs(6, 40))
-    assert res.final[0][0] == "stop:majority"  # the step action; the answer is the confidence vote
+    assert res.final[0][0] == "stop:confidence" and res.beam[0, 0] == 0  # played as stop:majority, the vote answers
     # τ 0.45: the third finish (share 0.5), decode step 30; three running samples generated 30 each
     res = sim.run(rule_policy(Rule("confidence", 0.45, "all", "confidence", 6, min_samples=2), sim.menu), 0.0, 0.0)
     assert (res.samples[0, 0], res.tokens[0, 0], res.correct[0, 0]) == (3, 10 + 20 + 30 + 3 * 30, 1.0)
