@@ -25,11 +25,13 @@ from rollouts.strategies.race import finish_order
 def prepare_query(table: OutcomeTable, menu: EscalateMenu, qi: int) -> tuple[list, list, list[bool]]:
     """What an :class:`Episode` of query row ``qi`` reads (the env builds it once per query): per pool of
     the menu its records, each with its per-sample values as plain lists (indexing numpy arrays one
-    element at a time is what made steps slow), the beam outcomes per beam config, and which beams it has."""
+    element at a time is what made steps slow; the confidences None where the record has none), the beam
+    outcomes per beam config, and which beams it has."""
     beams = [table.search_outcomes(qi, c) for c in menu.beam_configs]
     recs = [
         [
-            (p, p.gen_tokens.tolist(), p.scorer_tokens.tolist(), None if p.scores is None else p.scores.tolist())
+            (p, p.gen_tokens.tolist(), p.scorer_tokens.tolist(), None if p.scores is None else p.scores.tolist(),
+             None if p.confidence is None else p.confidence.tolist())
             for p in table.pool_records(qi, cfg)
         ]
         for cfg in menu.pool_configs
@@ -72,8 +74,8 @@ class Episode:
     ):
         self.menu, self.table, self.qi = menu, table, int(qi)
         recs, self.beams, self.beams_ok = prepared or prepare_query(table, menu, self.qi)
-        self.recs = [pick_record(r, pick) for r in recs]  # per pool: (record, gen, scorer, scores)
-        self.pool, self._gen, self._scorer, self._scores = self.recs[0]
+        self.recs = [pick_record(r, pick) for r in recs]  # per pool: (record, gen, scorer, scores, confidences)
+        self.pool, self._gen, self._scorer, self._scores = self.recs[0][:4]
         sizes = [r[0].k for r in self.recs]
         if order is None:
             self.orders = [list(range(k)) for k in sizes]
@@ -104,7 +106,9 @@ class Episode:
             self._mask = step_mask(self.menu, self.state, self.beams_ok)
         return self._mask
 
-    def step(self, a: int) -> tuple[float, float, bool, float]:
+    def step(self, a: int, selector: str | None = None) -> tuple[float, float, bool, float]:
+        """``selector``: a stop answers with it instead of the stop action's own (a stopping rule's
+        answer that is no step action: the ``confidence`` vote)."""
         act = self.menu.actions[a]
         self._mask = None
         if self.finish_watch and act.kind in ("draw", "wait"):
@@ -117,7 +121,8 @@ class Episode:
         self.done = True
         self.final = act.id
         if act.kind == "stop":
-            sel = act.selector or DEFAULT_SELECTOR
+            sel = selector or act.selector or DEFAULT_SELECTOR
+            self.final = f"stop:{sel}"  # the answer's selector (a rule's may be no step action)
             self.state.cancel()
             p, i = self.picked[self.state.answer(sel)]
             tok = self.state.stop_tokens(sel)
@@ -135,7 +140,7 @@ class Episode:
     def _draw(self, k: int, p: int) -> tuple[float, float, bool, float]:
         """A whole round of the next ``k`` samples of pool ``p``'s order (the round watch)."""
         st = self.state
-        rec, gen_l, scorer_l, scores_l = self.recs[p]
+        rec, gen_l, scorer_l, scores_l, conf_l = self.recs[p]
         lo = st.pool_launched[p]
         idx = self.orders[p][lo : lo + k]
         gen = [gen_l[i] for i in idx]
@@ -147,6 +152,7 @@ class Episode:
             None if scores_l is None else [scores_l[i] for i in idx],
             secs,
             p,
+            None if conf_l is None else [conf_l[i] for i in idx],
         )
         self.picked.extend((p, i) for i in idx)
         return tok, secs, False, 0.0
@@ -165,7 +171,7 @@ class Episode:
         """Run the current round to its next finish; the (tokens, seconds) accrued until then."""
         st = self.state
         p = st.round_pools[-1]
-        rec, gen_l, scorer_l, scores_l = self.recs[p]
+        rec, gen_l, scorer_l, scores_l, conf_l = self.recs[p]
         i = self._round[self._next]
         self._next += 1
         self.finished.append(i)
@@ -173,4 +179,4 @@ class Episode:
         g = gen_l[i]
         secs = round_seconds(self.table, self.qi, rec, st.widths[-1], g)
         score = None if scores_l is None else scores_l[i]
-        return st.finish(rec.keys[i], g, scorer_l[i], score, secs)
+        return st.finish(rec.keys[i], g, scorer_l[i], score, secs, None if conf_l is None else conf_l[i])

@@ -158,6 +158,9 @@ class EscalateMenu:
         ]
         self._set_pools(infos)
         self._index(acts)
+        primary = [p for qi in range(len(table.query_ids)) for p in table.pool_records(qi, chosen[0])]
+        # every sample of the primary pool has a confidence (mean token log-prob): the confidence rules' pool
+        self.has_confidence = bool(primary) and all(p.confidence is not None for p in primary)
 
     def _set_pools(self, pools: list[Pool]) -> None:
         self.pools = pools
@@ -192,6 +195,7 @@ class EscalateMenu:
             pools = [Pool(str(d["pool_config"]), "", int(d["pool_size"]), bool(d["has_scores"]))]
         menu._set_pools(pools)
         menu.has_scores = bool(d["has_scores"])
+        menu.has_confidence = False  # not stored: only the cache tells (no rule grid is built from a stored menu)
         keys = ("id", "kind", "k", "selector", "config_id")
         menu._index([StepAction(**{k: a[k] for k in keys}, pool=int(a.get("pool", 0))) for a in d["actions"]])
         return menu

@@ -112,6 +112,8 @@ class PoolRecord:
     scores: np.ndarray | None
     seconds_by_n: dict[str, float]
     seconds: float | None
+    # per sample exp(mean token log-prob), the engine's confidence in it; None unless every sample has one
+    confidence: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -136,8 +138,10 @@ def prepare_pool(r: dict[str, Any]) -> PoolRecord:
     sc = [s.get("score") for s in samples]
     scores = None if any(x is None for x in sc) else np.array(sc, dtype=np.float64)
     sbn = r.get("seconds_by_n") or {}
+    lps = [s.get("mean_logprob") for s in samples]
+    conf = None if any(x is None for x in lps) else np.exp(np.array(lps, dtype=np.float64))
     return PoolRecord(
-        keys, answers, correct, gen, scorer, scores, {str(k): float(v) for k, v in sbn.items()}, r["seconds"]
+        keys, answers, correct, gen, scorer, scores, {str(k): float(v) for k, v in sbn.items()}, r["seconds"], conf
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from env.escalate_menu import EscalateMenu
 from env.outcomes import OutcomeTable
-from rollouts.strategies.selectors import SCORE_SELECTORS, select
+from rollouts.strategies.selectors import CONFIDENCE_VOTE, SCORE_SELECTORS, confidence_vote, select
 
 SEEN_FEATURES = (
     "drawn_share",  # samples drawn / pool size
@@ -102,6 +102,11 @@ class SeenState:
     (ties: the earliest finished). ``drawn`` counts finished samples, ``launched`` launched ones.
 
     ``pool_size``: the pool's K, or one K per pool of the menu (a round then names its ``pool``).
+
+    Confidences (optional, per sample: exp of its mean token log-prob) are summed per answer key and
+    over every finished sample (unparsed ones too): :meth:`confidence_share` and the
+    ``confidence`` answer (:data:`rollouts.strategies.selectors.CONFIDENCE_VOTE`) read them; a state fed
+    one sample without a confidence has none (``has_confidence`` False).
     """
 
     __slots__ = (
@@ -109,6 +114,7 @@ class SeenState:
         "n_none", "max_score", "gen_sum", "tokens", "seconds", "widths", "round_tokens", "round_seconds",
         "launched", "running", "step_now", "round_done_gen",
         "pool_sizes", "pool_launched", "pool_drawn", "pool_counts", "round_pools",
+        "confs", "conf_sum", "conf_total", "has_confidence",
     )  # fmt: skip
 
     def __init__(self, pool_size: int | list[int], has_scores: bool):
@@ -136,6 +142,10 @@ class SeenState:
         self.running = 0  # samples of the current round still running (finish watch)
         self.step_now = 0.0  # the current round's decode step (finish watch)
         self.round_done_gen = 0.0  # generated tokens of the current round's finished samples
+        self.confs: list[float] = []  # per finished sample its confidence (0.0 where it had none)
+        self.conf_sum: dict[str, float] = {}  # per answer key the sum of its samples' confidences
+        self.conf_total = 0.0  # over every finished sample, unparsed ones too
+        self.has_confidence = True  # every finished sample came with a confidence
 
     @property
     def drawn(self) -> int:
@@ -149,8 +159,13 @@ class SeenState:
         """Samples of pool ``pool`` not launched yet."""
         return self.pool_sizes[pool] - self.pool_launched[pool]
 
-    def _record(self, key: str | None, scorer_tokens: float, score: float, pool: int = 0) -> None:
+    def _record(self, key: str | None, scorer_tokens: float, score: float, pool: int = 0,
+                conf: float | None = None) -> None:
         self.pool_drawn[pool] += 1
+        if conf is None:
+            self.has_confidence, conf = False, 0.0
+        self.confs.append(conf)
+        self.conf_total += conf
         if key is not None and len(self.pool_counts) > 1:  # per-pool votes: several pools only
             pc = self.pool_counts[pool]
             pc[key] = pc.get(key, 0) + 1
@@ -162,15 +177,18 @@ class SeenState:
         else:
             self.counts[key] = self.counts.get(key, 0) + 1
             self.score_sum[key] = self.score_sum.get(key, 0.0) + score
+            self.conf_sum[key] = self.conf_sum.get(key, 0.0) + conf
         if score > self.max_score:
             self.max_score = score
 
-    def add_round(self, keys, gen_tokens, scorer_tokens, scores, seconds: float, pool: int = 0) -> tuple[float, float]:
+    def add_round(self, keys, gen_tokens, scorer_tokens, scores, seconds: float, pool: int = 0,
+                  confidences=None) -> tuple[float, float]:
         """Record one whole round (of pool ``pool``); returns its (tokens, seconds) charge."""
         tok = 0.0
         for i, key in enumerate(keys):
             tok += float(gen_tokens[i])
-            self._record(key, float(scorer_tokens[i]), float(scores[i]) if scores is not None else 0.0, pool)
+            score = float(scores[i]) if scores is not None else 0.0
+            self._record(key, float(scorer_tokens[i]), score, pool, None if confidences is None else float(confidences[i]))
         self.gen_sum += tok
         self.tokens += tok
         self.seconds += float(seconds)
@@ -197,7 +215,7 @@ class SeenState:
         self.round_seconds.append(0.0)
 
     def finish(self, key: str | None, gen: float, scorer_tokens: float, score: float | None,
-               round_seconds: float) -> tuple[float, float]:
+               round_seconds: float, confidence: float | None = None) -> tuple[float, float]:
         """The next finisher of the current round (finish order: generated tokens ascending): it
         finished at decode step ``gen``, where the round has taken ``round_seconds`` (the latency model's
         price of its width and ``gen`` decode steps). Returns the (tokens, seconds) accrued since the
@@ -205,7 +223,8 @@ class SeenState:
         if not self.running:
             raise ValueError("no sample is running")
         gen = float(gen)
-        self._record(key, float(scorer_tokens), float(score) if score is not None else 0.0, self.round_pools[-1])
+        conf = None if confidence is None else float(confidence)
+        self._record(key, float(scorer_tokens), float(score) if score is not None else 0.0, self.round_pools[-1], conf)
         self.running -= 1
         self.gen_sum += gen
         self.round_done_gen += gen
@@ -223,8 +242,24 @@ class SeenState:
         return n
 
     def answer(self, selector: str) -> int:
-        """Index (in draw order) of the drawn sample the selector picks."""
+        """Index (in draw order) of the drawn sample the selector picks (``confidence``: the
+        confidence-weighted vote)."""
+        if selector == CONFIDENCE_VOTE:
+            self._need_confidence()
+            return confidence_vote(self.keys, self.confs)
         return select(selector, self.keys, self.scores if self.has_scores else None)
+
+    def _need_confidence(self) -> None:
+        if not self.has_confidence:
+            raise ValueError("the confidence vote needs every sample's mean token log-prob (mean_logprob), "
+                             "and a sample came without one")
+
+    def confidence_share(self) -> float:
+        """The leading answer's share of the confidence of every finished sample (0 before any)."""
+        self._need_confidence()
+        if not self.conf_sum or self.conf_total <= 0.0:
+            return 0.0
+        return max(self.conf_sum.values()) / self.conf_total
 
     def stop_tokens(self, selector: str) -> float:
         """Extra tokens charged when answering with ``selector`` (the scorer's, for score selectors)."""

@@ -193,6 +193,9 @@ def sequential_markdown(result: dict[str, Any]) -> str:
         f"Sequential below it at {s['sequential_below_best_rule_90']}/{s['n_points']} points with 90% "
         f"confidence, above at {s['sequential_above_best_rule_90']}.",
     ]
+    fams = ", ".join(f"{f} {u:.4f}" for f, u in s["rule_mean_utility"].items())
+    lines.append(f"Rule families (grid-mean test utility of each family's tuned rule): {fams}.")
+    lines += [f"Note: {n}." for n in result.get("rule_notes") or []]
     gm = s.get("sequential_vs_best_rule_grid_mean")
     if gm:
         lines.append(

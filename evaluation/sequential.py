@@ -79,7 +79,7 @@ class SequentialEvaluation:
         from policies.baselines import TrainBestStaticPolicy
         from policies.escalate_sim import Simulator, make_orders, oneshot_policy
         from policies.sequential_gate import FloorPlayer
-        from policies.stopping_rules import rule_grid
+        from policies.stopping_rules import rule_grid, rule_notes
 
         self.opts, self.setup = opts, setup
         table, menu = setup.table, setup.menu
@@ -101,6 +101,7 @@ class SequentialEvaluation:
         self.no_race_ids = [a.id for a in table.menu if a.id in policies and a.race is None]
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
+        self.rule_notes = rule_notes(menu)  # families left out of the grid, and why
         self.floors = FloorPlayer(self.sim)  # the rule floors of the run's gate, on the same orders
         self.trainval_static = TrainBestStaticPolicy(np.concatenate([setup.train_rows, setup.val_rows]))
         self.points: list[dict[str, Any]] = []
@@ -336,6 +337,7 @@ class SequentialEvaluation:
             "oneshot_menu": self.oneshot_ids,
             "grid": {"lambda_tokens": list(self.lt_axis), "lambda_seconds": list(self.ls_axis)},
             "rule_grid_sizes": {f: len(r) for f, r in self.families.items()},
+            **({"rule_notes": self.rule_notes} if self.rule_notes else {}),
             "rule_tuning": self.rule_tuning,
             "sequential_gate": None if setup.gate is None else {
                 "open_share": setup.gate.open_share, "oneshot_run": setup.gate.oneshot_run,

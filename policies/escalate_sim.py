@@ -7,7 +7,8 @@ same samples in the same order.
 
 A *step policy* is ``act(obs (B, D) float32, masks (B, A) bool, episodes) -> actions (B,)``; one that
 reads only the episodes (a stopping rule, a fixed plan) says so with ``act.needs_obs = False``, and the
-simulator then leaves ``obs`` unfilled.
+simulator then leaves ``obs`` unfilled. One whose stops answer with a selector that is no step action
+(a ``confidence`` stopping rule) names it as ``act.stop_selector``.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Simulator:
         d_base = self.base.shape[1] + len(pen)
         n_seen = len(menu_seen_features(self.menu))
         needs_obs = getattr(policy, "needs_obs", True)
+        stop_selector = getattr(policy, "stop_selector", None)  # a rule's answer that is no step action
         correct = np.zeros(len(eps))
         active = list(range(len(eps)))
         while active:
@@ -174,7 +176,7 @@ class Simulator:
                 raise ValueError(f"the policy chose the masked step action {self.menu.ids[actions[bad]]!r}")
             still = []
             for j, ep, a in zip(active, batch, actions, strict=True):
-                _, _, done, c = ep.step(int(a))
+                _, _, done, c = ep.step(int(a), stop_selector)
                 if done:
                     correct[j] = c
                 else:
@@ -207,7 +209,8 @@ def _ended_on_beam(ep: Episode) -> bool:
     """Whether an ended episode's final action (set when it ends) was a beam."""
     if ep.final is None:
         raise ValueError("an episode that has not ended has no final action")
-    return ep.menu.actions[ep.menu.ids.index(ep.final)].kind == "beam"
+    ids = ep.menu.ids  # a rule's stop may answer with a selector that is no step action (not a beam)
+    return ep.final in ids and ep.menu.actions[ids.index(ep.final)].kind == "beam"
 
 
 def model_policy(model) -> StepPolicy:

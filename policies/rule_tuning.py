@@ -79,6 +79,7 @@ def tune_rules(
     from tqdm import tqdm
 
     from policies.escalate_sim import Simulator, make_orders
+    from policies.stopping_rules import rule_notes
 
     t0 = time.time()
     orders, picks = make_orders(table, menu, rows, n_orders, seed=seed)
@@ -97,6 +98,9 @@ def tune_rules(
         "cache": str(Path(table.cache_path).resolve()),
         "seconds": round(time.time() - t0, 2),
     }
+    notes = rule_notes(menu)
+    if notes:  # families left out of the grid, and why
+        info["notes"] = notes
     return TunedRules(families, means, info)
 
 
@@ -115,18 +119,21 @@ def _write(path: Path, tuned: TunedRules) -> None:
         f"stopping rules: {n_configs} configurations tuned on {info['n_queries']} train+val queries x "
         f"{info['n_orders']} orders in {info['seconds']} s ({path})"
     )
+    for n in info.get("notes") or []:
+        print(f"stopping rules: {n}")
 
 
 def write_run_rules(job: Any, progress: bool = False) -> dict[str, Any]:
     """Tune the rules on a sequential training job's train + val queries and write ``rules.json``
-    (kept when a resumed run already has one); returns the train summary's entry."""
+    (kept when a resumed run already has one for this step menu and rule grid); returns the train
+    summary's entry."""
     from env.escalate_menu import EscalateMenu
     from policies.escalate_sim import playable_rows
 
     path = job.run_dir / RULES_FILE
-    if path.is_file():
-        return {"file": RULES_FILE, "kept": True}
     menu = EscalateMenu(job.table, job.env_cfg)
+    if path.is_file() and load_tuned_rules(job.run_dir, menu) is not None:
+        return {"file": RULES_FILE, "kept": True}
     rows = playable_rows(job.table, menu, np.concatenate([job.train_rows, job.val_rows]))
     units, n_orders = job.env_kwargs["units"], job.cfg.rule_orders
     tuned = tune_rules(job.table, menu, job.encoder, units, rows, n_orders=n_orders, progress=progress)

@@ -15,6 +15,7 @@ Each result carries ``rounds``, ``widths``, ``round_tokens``, ``round_seconds`` 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,17 @@ from env.escalate_menu import EscalateMenu
 from env.seen import SEEN_FEATURES, SeenState, SeenUnits, step_mask
 from policies.sequential_gate import floor_decider
 from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
-from rollouts.strategies.selectors import answer_key
+from rollouts.strategies.selectors import CONFIDENCE_VOTE, answer_key
+
+
+def confidences(samples: list[dict[str, Any]]) -> list[float] | None:
+    """Each sample's confidence, exp of its mean token log-prob (``mean_logprob``, computed by the pool
+    strategy as the collector computes it), or None when a sample has none (the engine returned no
+    log-probs): a ``confidence`` rule floor then refuses to decide."""
+    lps = [s.get("mean_logprob") for s in samples]
+    if any(x is None for x in lps):
+        return None
+    return [math.exp(float(x)) for x in lps if x is not None]
 
 
 class SequentialRouter:
@@ -140,10 +151,16 @@ class SequentialRouter:
             steps.append(act.id)
             if act.kind == "draw":
                 drawn += self._draw(backend, q, act.k, st, grade_fn, seed, predicted)
+                if getattr(decide, "stop_selector", None) == CONFIDENCE_VOTE and not st.has_confidence:
+                    from rollouts.errors import ConfigError
+
+                    raise ConfigError("the floor here is a confidence rule, which needs each sample's token "
+                                      "log-probs, and the engine returned a sample without them")
                 continue
-            if act.kind == "stop":
-                pick = drawn[st.answer(act.selector or "majority")]
-                st.tokens += st.stop_tokens(act.selector or "majority")
+            if act.kind == "stop":  # a rule floor may answer with a selector that is no step action
+                sel = getattr(decide, "stop_selector", None) or act.selector or "majority"
+                pick = drawn[st.answer(sel)]
+                st.tokens += st.stop_tokens(sel)
                 answer, correct, beam = pick["answer"], pick["correct"], None
             else:
                 answer, correct, beam = self._beam(backend, q, act.config_id, st, grade_fn, seed)
@@ -182,6 +199,7 @@ class SequentialRouter:
             [s["scorer_tokens"] for s in ss],
             [s["score"] for s in ss] if self.has_scores else None,
             secs,
+            confidences=confidences(ss),
         )
         if self.latency is not None:
             gen = max((s["tokens"] for s in ss), default=0)

@@ -10,11 +10,19 @@ cap on samples is reached or the pool is exhausted; it never switches to beam se
 - ``k_agree``: stop when the leading answer has k votes;
 - ``score_threshold``: stop when the best scorer score reaches τ (optionally also when 3 agree: the
   hand rule), answer by score;
+- ``confidence`` (DeepConf online, Fu et al., 2025, "Deep Think with Confidence"): each finished
+  sample votes for its answer with its confidence, exp of its mean token log-prob (the engine's, from the
+  cache's ``mean_logprob``: not the scorer's score, which may be another scorer); stop once at least m
+  samples have finished and the leading answer holds a share ≥ τ of the confidence of every finished
+  sample (unparsed samples count in the total, for no answer); answer by the confidence-weighted vote,
+  which is no step action: the rule stops with ``stop:majority`` and answers with the vote
+  (:func:`answer_selector`). Only where every sample of the primary pool has a ``mean_logprob``
+  (:func:`rule_notes` says when it is left out);
 - ``cross_pool`` (a step menu with several pools only): alternate the pools (each round from the pool
   with the fewest samples launched, ties to the first), stop when every pool's leading answer is the
   same with at least k votes in each pool; answer over the samples of all pools.
 
-The first four families draw from the menu's primary pool only (``pools[0]``), as on a one-pool menu.
+The other families draw from the menu's primary pool only (``pools[0]``), as on a one-pool menu.
 
 With the finish watch (``env.watch: finish``) the rules see the samples in finish order and are
 checked at each finish: while a round runs a rule waits or stops (cancelling the rest), and draws its
@@ -38,14 +46,19 @@ from env.episode import Episode
 from env.escalate_menu import EscalateMenu
 from env.seen import SeenState
 from policies.escalate_sim import SimResult, Simulator, StepPolicy
+from rollouts.strategies.selectors import CONFIDENCE_VOTE
 
 SCHEDULES = {
     "ones": (1,),
     "twos": (2,),
     "fours": (4,),
     "doubling": (1, 1, 2, 4, 8),
+    "all": (),  # the whole cap in one round (with the finish watch: a race watched at each finish)
 }
-FAMILIES = ("adaptive_consistency", "esc", "k_agree", "score_threshold", "cross_pool")
+CONF_TAUS = (0.6, 0.7, 0.8, 0.9, 0.95)  # the confidence family's consensus thresholds τ
+CONF_MIN = (2, 3)  # and its least numbers of finished samples m
+CONF_SCHEDULES = ("ones", "all")  # one sample at a time (DeepConf online), or the cap at once watched per finish
+FAMILIES = ("adaptive_consistency", "esc", "k_agree", "score_threshold", "confidence", "cross_pool")
 
 
 @dataclass(frozen=True)
@@ -56,10 +69,12 @@ class Rule:
     selector: str
     cap: int
     also_agree: int = 0  # score_threshold: also stop when this many agree (0: never)
+    min_samples: int = 0  # confidence: stop only once this many samples have finished
 
     @property
     def name(self) -> str:
         extra = f",agree={self.also_agree}" if self.also_agree else ""
+        extra += f",min={self.min_samples}" if self.min_samples else ""
         return f"{self.family}(p={self.param:g},{self.schedule},{self.selector},cap={self.cap}{extra})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +104,8 @@ def should_stop(rule: Rule, st: SeenState) -> bool:
         return len(last) == w and last[0] is not None and all(k == last[0] for k in last)
     if rule.family == "score_threshold":
         return st.max_score >= rule.param or (rule.also_agree > 0 and v1 >= rule.also_agree)
+    if rule.family == "confidence":
+        return st.drawn >= rule.min_samples and st.confidence_share() >= rule.param
     raise ValueError(f"unknown rule family {rule.family!r}")
 
 
@@ -96,6 +113,8 @@ def next_width(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
     """The schedule's next width, cut to what the cap and the pool leave, as the largest draw size."""
     if rule.family == "esc":
         want = int(rule.param)
+    elif rule.schedule == "all":
+        want = rule.cap
     else:
         sched = SCHEDULES[rule.schedule]
         r = len(st.widths)
@@ -117,8 +136,21 @@ def next_draw(rule: Rule, menu: EscalateMenu, st: SeenState) -> int:
     return draws[max(fits) if fits else min(draws)]
 
 
+def answer_selector(rule: Rule, menu: EscalateMenu) -> str | None:
+    """The selector a rule answers with where it is no step action (the ``confidence`` vote), else None."""
+    return None if rule.selector in menu.stop_index else rule.selector
+
+
+def stop_step(rule: Rule, menu: EscalateMenu) -> int:
+    """The step action a rule stops with: ``stop:<its selector>``, or ``stop:majority`` (legal once a
+    sample has finished) played with :func:`answer_selector`."""
+    return menu.stop_index[rule.selector if rule.selector in menu.stop_index else "majority"]
+
+
 def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
-    stop_a = menu.stop_index[rule.selector]
+    """The rule as a step policy; its ``stop_selector`` (:func:`answer_selector`) is the answer of its
+    stops where that is no step action (:meth:`policies.escalate_sim.Simulator.run` plays it)."""
+    stop_a = stop_step(rule, menu)
     wait_a = -1 if menu.wait_index is None else menu.wait_index  # only the finish watch has rounds running
 
     def act(obs, masks, episodes: list[Episode]):
@@ -134,12 +166,22 @@ def rule_policy(rule: Rule, menu: EscalateMenu) -> StepPolicy:
         return out
 
     act.needs_obs = False  # type: ignore[attr-defined]
+    act.stop_selector = answer_selector(rule, menu)  # type: ignore[attr-defined]
     return act
+
+
+def rule_notes(menu: EscalateMenu) -> list[str]:
+    """Why a family is missing from :func:`rule_grid` on this menu (said once where the rules are listed)."""
+    if menu.has_confidence:
+        return []
+    return [f"no confidence rules: the samples of pool {menu.pool_config!r} do not all carry a mean token "
+            "log-prob (mean_logprob)"]
 
 
 def rule_grid(menu: EscalateMenu) -> dict[str, list[Rule]]:
     """The configurations tuned per family (every threshold, schedule, selector and cap below; the
-    ``cross_pool`` family only on a menu with several pools, its caps counting the samples of all pools)."""
+    ``confidence`` family only where the primary pool's samples have confidences; the ``cross_pool``
+    family only on a menu with several pools, its caps counting the samples of all pools)."""
     k = menu.pool_size
     caps = sorted({c for c in (4, 8, k) if c <= k})
     sels = ["majority", "best_score"] if menu.has_scores else ["majority"]
@@ -159,6 +201,10 @@ def rule_grid(menu: EscalateMenu) -> dict[str, list[Rule]]:
             (0.5, 0.6, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95), ("ones", "doubling"), (0, 3), caps
         ):
             grid["score_threshold"].append(Rule("score_threshold", tau, sched, "best_score", cap, agree))
+    if menu.has_confidence:
+        for tau, m, sched, cap in itertools.product(CONF_TAUS, CONF_MIN, CONF_SCHEDULES, caps):
+            if m <= cap:
+                grid["confidence"].append(Rule("confidence", tau, sched, CONFIDENCE_VOTE, cap, min_samples=m))
     if len(menu.pools) > 1:
         total = menu.total_size
         for kk, sched, sel, cap in itertools.product(

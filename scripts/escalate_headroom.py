@@ -2,14 +2,18 @@
 on the evaluated (test) split itself, against the one-shot PPO run as shipped (behind its gate), on the
 same queries and sample orders.
 
-Picking each point's rule among every configuration of the four families (Adaptive-Consistency, ESC,
-k-agree, score threshold) on the very queries it is scored on is hindsight: an optimistic bound on
+Picking each point's rule among every configuration of the families (Adaptive-Consistency, ESC,
+k-agree, score threshold, the confidence threshold where the cache's samples carry their mean token
+log-prob, cross-pool with several pools) on the very queries it is scored on is hindsight: an optimistic bound on
 what a rule that watches the first samples can gain over the one-shot choice. The comparison is
 ``evaluate.py``'s (paired two-stage bootstrap over queries and orders, 90 %, ties within 1e-9 equal).
 
     python -m scripts.escalate_headroom --run runs/esc_ws2 --compare-run runs/default_run [--json out.json]
 
-``--run`` is any sequential run (its step menu, encoder and splits; its model is not used). On a step
+``--run`` is any sequential run (its step menu, encoder and splits; its model is not used). With a
+run trained with ``env.watch: finish`` (``configs/train_escalate_finish.yaml``) the rules are checked at
+each finish (a round's samples in the order they finish; a stop cancels the rest), else between whole
+rounds; the output says which, and which families are left out and why. On a step
 menu with several pools the rules are those of :func:`policies.stopping_rules.rule_grid`: the
 single-pool families on the primary pool and the ``cross_pool`` family over all of them (each point
 also reports the best ``cross_pool`` configuration and how many samples it draws per pool); the
@@ -60,6 +64,8 @@ def headroom(opts: EvalOptions) -> dict:
     return {
         "n_queries": int(len(rows)), "n_orders": opts.n_orders, "rule_configurations": len(configs),
         "pools": [p.to_dict() for p in setup.menu.pools],
+        "rule_families": {f: len(r) for f, r in ev.families.items()}, "rule_notes": ev.rule_notes,
+        "watch": setup.menu.watch,
         "above_90": sum(p["above_90"] for p in points), "below_90": sum(p["below_90"] for p in points),
         "points": points,
     }  # fmt: skip
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         out = headroom(opts)
     except TTCError as exc:
         return report(exc)
+    print(f"rules watched at each {out['watch']}: " + ", ".join(f"{f} ({n})" for f, n in out["rule_families"].items()))
+    for n in out["rule_notes"]:
+        print(f"note: {n}")
     if len(out["pools"]) > 1:
         print("pools: " + ", ".join(f"{p['label']} = {p['config']}" for p in out["pools"]))
     for p in out["points"]:

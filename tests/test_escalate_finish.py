@@ -254,3 +254,7 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, ca
     assert {"sequential", "oracle", "oracle_no_races", "oneshot_ppo", "rule:k_agree"} <= set(pols)
     for p in r["points"]:  # the hindsight bound over the menu without races is never above the full one
         assert p["policies"]["oracle_no_races"]["utility"] <= p["policies"]["oracle"]["utility"] + 1e-12
+    # the synthetic samples have no mean_logprob: no confidence rules, and a note says so
+    assert "rule:confidence" not in pols and "confidence" not in r["rule_grid_sizes"]
+    assert len(r["rule_notes"]) == 1 and "mean_logprob" in r["rule_notes"][0]
+    assert "Note: no confidence rules" in (tmp_path / "ev" / "results.md").read_text()

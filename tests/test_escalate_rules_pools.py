@@ -78,7 +78,8 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
     summary = json.loads((seq / "train_summary.json").read_text())[-1]
     assert [p["label"] for p in summary["pools"]] == ["a", "b"]  # the run records the pools it draws from
     step_menu = rules["step_menu"]
-    assert {"draw@8:a", "draw@8:b"} <= set(step_menu) and "cross_pool" in rules["families"]
+    assert {"draw@8:a", "draw@8:b"} <= set(step_menu) and {"cross_pool", "confidence"} <= set(rules["families"])
+    assert "notes" not in rules  # the bundled samples carry mean_logprob: no family is left out
     assert rules["split"] == "train+val" and rules["n_orders"] == 1 and summary["rules"]["n_queries"] > 0
     rc = evaluate.main(
         ["--run", str(seq), "--compare-run", str(oneshot), "--json", str(tmp_path / "r.json"), "--out",
@@ -89,6 +90,7 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
     assert r["rule_tuning"]["from"] == "rules.json" and r["rule_tuning"]["split"] == "train+val"
     assert [p["config"] for p in r["pools"]] == ["pool:n=8,source=a", "pool:n=8,source=b"]
     assert "pool:n=8,source=b/majority@4" in r["oneshot_menu"] and "rule:cross_pool" in r["points"][0]["policies"]
+    assert "rule:confidence" in r["points"][0]["policies"] and r["rule_grid_sizes"]["confidence"] == 40
     assert set(r["points"][0]["policies"]["sequential_ungated"]["pool_samples"]) == {"a", "b"}
     s = r["summary"]
     for p in r["points"]:
@@ -110,6 +112,7 @@ def test_two_pool_cache_compare_run_and_headroom(two_pool_runs, tmp_path):
                      "--json", str(tmp_path / "h.json")]) == 0  # fmt: skip
     h = json.loads((tmp_path / "h.json").read_text())
     assert len(h["points"]) == 25 and h["n_queries"] == r["n_queries"] and len(h["pools"]) == 2
+    assert h["watch"] == "round" and h["rule_families"]["confidence"] == 40 and h["rule_notes"] == []
     assert all(p["cross_pool"]["rule"].startswith("cross_pool(") for p in h["points"])
 
 
@@ -145,6 +148,34 @@ def test_a_choice_of_the_other_pool_is_scored_from_the_table(two_pool_runs):
         assert ev.rule_tuning["from"] == "tuned now" and ev.rule_tuning["split"] == "val"
     finally:
         (seq / "rules.json.bak").rename(seq / "rules.json")
+
+
+@pytest.mark.skipif(not (BUNDLED / "meta.json").exists(), reason="bundled cache missing")
+def test_headroom_on_the_finish_watch_with_two_pools(two_pool_runs, tmp_path, capsys):
+    """scripts/escalate_headroom.py on a finish-watch run over the two-pool cache: every family (the
+    confidence threshold included) is checked at each finish, and evaluate.py lists the families."""
+    from scripts.escalate_headroom import main as headroom
+
+    cache, oneshot, _ = two_pool_runs
+    rc = train.main(
+        ["--config", str(ROOT / "configs" / "train_escalate_finish.yaml"), "--cache", str(cache), "--runs-dir",
+         str(tmp_path), "--name", "fin", "--total-timesteps", "512", "--no-progress", "--hyperparams", *SMALL,
+         "clone_floor=false", "gate=false"]
+    )  # fmt: skip
+    assert rc == 0
+    capsys.readouterr()
+    assert headroom(["--run", str(tmp_path / "fin"), "--compare-run", str(oneshot), "--orders", "1",
+                     "--json", str(tmp_path / "h.json")]) == 0  # fmt: skip
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["watch"] == "finish" and len(h["pools"]) == 2 and len(h["points"]) == 25
+    assert set(h["rule_families"]) == {"adaptive_consistency", "esc", "k_agree", "score_threshold", "confidence",
+                                       "cross_pool"}  # fmt: skip
+    assert "rules watched at each finish: " in capsys.readouterr().out
+    rc = evaluate.main(["--run", str(tmp_path / "fin"), "--out", str(tmp_path / "e"), "--grid", "2", "--orders", "1",
+                        "--bootstrap", "0", "--no-plots", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    listed = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Rule families"))
+    assert "confidence " in listed and "cross_pool " in listed
 
 
 def test_rule_tuning_cli_refuses_a_folder_that_is_no_sequential_run(tmp_path, tiny_run, capsys):

@@ -19,6 +19,9 @@ from typing import Any
 
 SELECTORS = ("majority", "best_score", "weighted")
 SCORE_SELECTORS = ("best_score", "weighted")  # these read the scorer, so its tokens are charged too
+# the confidence-weighted vote: ``weighted`` with each sample's confidence (exp of its mean token log-prob,
+# which the engine returns with the sample: no scorer call) in place of its score (:func:`confidence_vote`)
+CONFIDENCE_VOTE = "confidence"
 TIE_TOL = 1e-9  # vote weights / scores this close to the best are a tie (float sums of equal scores)
 
 
@@ -78,6 +81,14 @@ def select(
     if rng is None or len(winners) == 1:
         return winners[0]
     return winners[int(rng.integers(len(winners)))]
+
+
+def confidence_vote(
+    answers: Sequence[str | None], confidences: Sequence[float], rng: Any | None = None
+) -> int:
+    """:data:`CONFIDENCE_VOTE`: the index of the sample whose answer has the largest sum of confidences
+    (the ``weighted`` selector over ``confidences``; ties and ``None`` as :func:`select`)."""
+    return select("weighted", answers, confidences, rng)
 
 
 def expected_correct(
