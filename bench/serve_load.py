@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -94,10 +95,12 @@ async def run_load(
 
 async def run_direct(
     upstream: str, export: str, questions: list[str], ns: list[int], in_flight: int, api_key: str | None = None,
-    time_limit_s: float = 600.0,
+    time_limit_s: float = 600.0, firsts: list[int | None] | None = None,
 ) -> dict[str, Any]:
     """The baseline: each question straight to the upstream's ``/v1/completions`` as serve.py prompts
-    it (the export's serving spec), ``n`` samples each, at most ``in_flight`` at once."""
+    it (the export's serving spec), ``n`` samples each, at most ``in_flight`` at once. Where ``firsts``
+    gives M (a ``:first<M>`` race), the request streams and is closed at its M-th finished sample, as
+    the race stops (closing the stream is how vLLM aborts the rest); its tokens are the streamed ids."""
     import httpx
     import numpy as np
     from transformers import AutoTokenizer
@@ -117,19 +120,43 @@ async def run_direct(
         gate = asyncio.Semaphore(in_flight)
         results: list[dict[str, Any]] = []
 
-        async def one(i: int, prompt: list[int], n: int) -> None:
+        async def streamed(payload: dict[str, Any], first: int) -> tuple[int, int]:
+            """(status, streamed token ids) of a stream closed at its ``first``-th finished sample."""
+            tokens = finished = 0
+            async with client.stream("POST", f"{base}/completions", json={**payload, "stream": True},
+                                     headers=headers) as r:  # fmt: skip
+                if r.status_code != 200:
+                    return r.status_code, 0
+                async for line in r.aiter_lines():
+                    body = line[5:].strip() if line.startswith("data:") else ""
+                    if not body or body == "[DONE]":
+                        continue
+                    for ch in json.loads(body).get("choices") or []:
+                        tokens += len(ch.get("token_ids") or [])
+                        finished += ch.get("finish_reason") is not None
+                    if finished >= first:
+                        break  # leaving the block closes the connection: the upstream aborts the rest
+            return 200, tokens
+
+        async def one(i: int, prompt: list[int], n: int, first: int | None) -> None:
             async with gate:
                 t0 = time.perf_counter()
                 payload = {"model": model, "prompt": prompt, "n": n, "temperature": s["temperature"], "top_p": s["top_p"],
                            "max_tokens": s["max_tokens"], "include_stop_str_in_output": True, "return_token_ids": True,
                            "logprobs": 0}  # fmt: skip
-                r = await client.post(f"{base}/completions", json=payload, headers=headers)
-                tokens = r.json()["usage"]["completion_tokens"] if r.status_code == 200 else 0
-                results.append({"request": i, "status": r.status_code, "tokens": tokens,
+                if first is None:
+                    r = await client.post(f"{base}/completions", json=payload, headers=headers)
+                    status = r.status_code
+                    tokens = r.json()["usage"]["completion_tokens"] if status == 200 else 0
+                else:
+                    status, tokens = await streamed(payload, first)
+                results.append({"request": i, "status": status, "tokens": tokens,
                                 "seconds": time.perf_counter() - t0})  # fmt: skip
 
+        firsts_ = firsts or [None] * len(prompts)
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one(i, p, n) for i, (p, n) in enumerate(zip(prompts, ns)))), time_limit_s)
+        await asyncio.wait_for(asyncio.gather(*(one(i, p, n, f) for i, (p, n, f) in enumerate(zip(prompts, ns, firsts_)))),
+                               time_limit_s)  # fmt: skip
         wall = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == 200]
     lat = np.array([r["seconds"] for r in ok]) if ok else np.array([np.nan])
@@ -232,14 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(meter.stop(res["statuses"].get("200", 0), res["wall_s"]))
     if args.upstream:
         ok = [r for r in res["results"] if r["status"] == 200]
-        beams = sum(r["strategy"] != "sample_pool" for r in ok)
-        if beams:
-            print(f"warning: {beams} answers used beam search or a race; the baseline sends them as n-sample "
-                  "pools", file=sys.stderr)  # fmt: skip
+        firsts = [int(m.group(1)) if (m := re.search(r":first(\d+)$", r["action"])) else None for r in ok]
+        unequal = sum(r["strategy"] != "sample_pool" and f is None for r, f in zip(ok, firsts))
+        if unequal:
+            print(f"warning: {unequal} answers used beam search or an agree race; the baseline sends them as "
+                  "n-sample pools", file=sys.stderr)  # fmt: skip
         meter.start()
         direct = asyncio.run(run_direct(args.upstream, args.export, [qs[r["request"]] for r in ok],
                                         [r["n"] for r in ok], args.in_flight, args.upstream_api_key,
-                                        args.time_limit_s))  # fmt: skip
+                                        args.time_limit_s, firsts))  # fmt: skip
         direct.update(meter.stop(direct["answered"], direct["wall_s"]))
         summary = {"serve": summary, "upstream_direct": direct, **compare(summary, direct)}
     print(json.dumps(summary, indent=1))
