@@ -156,10 +156,11 @@ def sequential_sweeps(result: dict[str, Any]) -> list[tuple[str, str, str, str, 
     """The sweeps of a sequential evaluation's plots: the sequential policy, the one-shot run
     (``--compare-run``) and the stopping-rule family that did best."""
     best_rule = result["summary"]["best_rule"]
+    tuned_on = (result.get("rule_tuning") or {}).get("split", "val")  # train+val from the run's rules.json
     return [
         ("sequential", "sequential policy", "tab:blue", "o", 2.2),
         ("oneshot_ppo", "one-shot run (--compare-run)", "tab:orange", "s", 1.2),
-        (f"rule:{best_rule}", f"stopping rule {best_rule} (tuned on val)", "tab:purple", "D", 1.2),
+        (f"rule:{best_rule}", f"stopping rule {best_rule} (tuned on {tuned_on})", "tab:purple", "D", 1.2),
     ]
 
 
