@@ -48,14 +48,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from rollouts.errors import LIBRARY_INPUT_ERRORS, ConfigError, report
-from rollouts.serving.protocol import (  # noqa: F401 - re-exported: serve.RequestError, ...
-    ChatRequest,
-    RequestError,
-    ServeConfig,
-    error_body,
-    load_body,
-    parse_chat_request,
-)
+from rollouts.serving.protocol import RequestError, ServeConfig
 
 log = logging.getLogger("ttc.serve")
 

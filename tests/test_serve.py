@@ -25,7 +25,7 @@ import pytest
 import requests
 
 import serve
-from serve import RequestError, ServeConfig, parse_chat_request
+from rollouts.serving.protocol import RequestError, ServeConfig, parse_chat_request
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "default_cache"

@@ -39,6 +39,21 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def served_model(models: dict[str, Any], name: str | None = None, base_url: str = "") -> tuple[str, int | None]:
+    """From a server's ``GET /v1/models`` reply: the model to request (``name``, else the server's first)
+    and its ``max_model_len`` as the server reports it (vLLM does; None where it does not)."""
+    data = models.get("data") or []
+    if not data:
+        raise BackendError(f"inference server at {base_url or 'the upstream'} serves no model")
+    entry = next((m for m in data if isinstance(m, dict) and m.get("id") == name), None) if name else data[0]
+    reported = (entry or {}).get("max_model_len")
+    try:
+        length = _positive_int(reported, "max_model_len") if reported is not None else None
+    except ConfigError:
+        length = None  # not a length this client can use: as if the server reported none
+    return (name or str(data[0]["id"])), length
+
+
 class OpenAIBackend(Backend):
     def __init__(
         self,
@@ -112,18 +127,8 @@ class OpenAIBackend(Backend):
         )
 
     def _served_model(self, name: str | None) -> tuple[str, int | None]:
-        """The model to request (``name``, else the server's first) and its ``max_model_len`` as the
-        server reports it at ``/v1/models`` (vLLM does; None where it does not)."""
-        data = self._request("GET", "/models").get("data") or []
-        if not data:
-            raise BackendError(f"inference server at {self.base_url} serves no model")
-        entry = next((m for m in data if isinstance(m, dict) and m.get("id") == name), None) if name else data[0]
-        reported = (entry or {}).get("max_model_len")
-        try:
-            length = _positive_int(reported, "max_model_len") if reported is not None else None
-        except ConfigError:
-            length = None  # not a length this client can use: as if the server reported none
-        return (name or str(data[0]["id"])), length
+        """The model to request (``name``, else the server's first) and its ``max_model_len``."""
+        return served_model(self._request("GET", "/models"), name, self.base_url)
 
     @property
     def tokenizer(self) -> Any:

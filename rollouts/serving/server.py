@@ -77,8 +77,7 @@ class RoutingServer:
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
         self.pending = 0  # admitted requests: running + waiting (event-loop thread only)
         self.batcher = FeaturizeBatcher(router, cfg.batch_wait_s, cfg.max_batch, on_batch=self.metrics.batch.observe)
-        self.up = Upstream(cfg.upstream.rstrip("/"), cfg.upstream_api_key, cfg.upstream_timeout_s,
-                           max_retries=cfg.upstream_retries, backoff_s=cfg.upstream_backoff_s)  # fmt: skip
+        self.up = Upstream(cfg.upstream.rstrip("/"), cfg.upstream_api_key)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=self.up.connect_timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 * cfg.max_concurrency),

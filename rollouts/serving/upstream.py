@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from rollouts.backends.base import BackendError
+from rollouts.backends.openai_http import served_model
 
 
 @dataclass
@@ -21,10 +22,7 @@ class Upstream:
 
     base_url: str
     api_key: str | None = None
-    timeout_s: float = 300.0
     connect_timeout_s: float = 5.0
-    max_retries: int = 1
-    backoff_s: float = 0.5
     served_model_name: str | None = None
     max_model_len: int | None = None
 
@@ -33,12 +31,9 @@ class Upstream:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def learn(self, models: dict[str, Any]) -> None:
-        data = models.get("data") or []
-        if not data:
-            raise BackendError("the upstream inference server serves no model")
-        self.served_model_name = str(data[0]["id"])
-        mml = data[0].get("max_model_len")
-        self.max_model_len = int(mml) if isinstance(mml, int) and mml > 0 else None
+        """Take the served model and its context length from a ``GET /v1/models`` reply (the
+        ``openai`` backend's own reading of it)."""
+        self.served_model_name, self.max_model_len = served_model(models, None, self.base_url)
 
 
 def max_model_len(base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> int | None:
@@ -49,6 +44,6 @@ def max_model_len(base_url: str, api_key: str | None = None, timeout_s: float = 
         r = httpx.get(f"{up.base_url}/models", headers=up.headers, timeout=timeout_s)
         r.raise_for_status()
         up.learn(r.json())
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+    except (httpx.HTTPError, BackendError, ValueError, KeyError, TypeError):
         return None
     return up.max_model_len
