@@ -137,20 +137,21 @@ class LiveSource:
         if not todo:
             return
         specs = {s.config_id: s for s in self.collector.strategies}
-        touched: list[str] = []
+        test_ids = set(self.splits["test"])
+        touched: dict[str, None] = {}  # the queries with new records, in order
         t0 = time.perf_counter()
         for cfg, rows in todo.items():
             qids = [table.query_ids[r] for r in rows]
-            test = [q for q in qids if q in set(self.splits["test"])]
+            test = [q for q in qids if q in test_ids]
             if test:
                 raise ConfigError(f"query {test[0]!r} is in the test split: a live run never generates it while training")
             for rec in self.collector.run_and_store(specs[cfg], [self.prompted[q] for q in qids]):
                 self.records.setdefault(rec["query_id"], []).append(rec)
                 self.records_per_config[cfg] += 1
                 self.new_records += 1
-            touched += [q for q in qids if q not in touched]
+            touched.update(dict.fromkeys(qids))
         self.engine_seconds += time.perf_counter() - t0
-        table.add(self._cache, touched, [r for q in touched for r in self.records[q]])
+        table.add(self._cache, list(touched), [r for q in touched for r in self.records[q]])
 
     @property
     def exhausted(self) -> str | None:

@@ -98,7 +98,8 @@ class SequentialEvaluation:
         # one-shot actions on the same orders (λ-independent: price them per point)
         policies = {a.id: p for a in table.menu if (p := oneshot_policy(menu, a)) is not None}
         self.oneshot_ids = list(policies)
-        self.no_race_ids = [a.id for a in table.menu if a.id in policies and a.race is None]
+        no_races = [a.id for a in table.menu if a.id in policies and a.race is None]
+        self.no_race_ids = no_races if len(no_races) < len(policies) else []  # only where races are played
         self.static = {aid: self.sim.run(p, 0.0, 0.0) for aid, p in policies.items()}
         self.families = rule_grid(menu)
         self.rule_notes = rule_notes(menu)  # families left out of the grid, and why
@@ -221,7 +222,7 @@ class SequentialEvaluation:
         # the one-shot oracle: per query the action with the best mean over its orders; beside it the
         # same oracle over the menu without races (how far the races moved the hindsight bound)
         for name, ids in (("oracle", oneshot_ids), ("oracle_no_races", self.no_race_ids)):
-            if not ids or (name != "oracle" and len(ids) == len(oneshot_ids)):
+            if not ids:
                 continue
             per_q = np.stack([util[f"static:{a}"].mean(axis=1) for a in ids], axis=1)  # (n, A)
             choice = per_q.argmax(axis=1)
