@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -94,13 +93,14 @@ async def run_load(
 
 
 async def run_direct(
-    upstream: str, export: str, questions: list[str], ns: list[int], in_flight: int, api_key: str | None = None,
-    time_limit_s: float = 600.0, firsts: list[int | None] | None = None,
+    upstream: str, export: str, questions: list[str], actions: list[str], in_flight: int,
+    api_key: str | None = None, time_limit_s: float = 600.0,
 ) -> dict[str, Any]:
     """The baseline: each question straight to the upstream's ``/v1/completions`` as serve.py prompts
-    it (the export's serving spec), ``n`` samples each, at most ``in_flight`` at once. Where ``firsts``
-    gives M (a ``:first<M>`` race), the request streams and is closed at its M-th finished sample, as
-    the race stops (closing the stream is how vLLM aborts the rest); its tokens are the streamed ids."""
+    it (the export's serving spec), with the ``n`` of the action serve.py chose for it, at most
+    ``in_flight`` at once. A ``first`` race (stop at the M-th finisher) streams and is closed at its M-th
+    finished sample, as the race stops (closing the stream is how vLLM aborts the rest); its tokens are
+    the streamed ids. Other races and beams go as plain n-sample requests (a warning says how many)."""
     import httpx
     import numpy as np
     from transformers import AutoTokenizer
@@ -111,6 +111,13 @@ async def run_direct(
 
     spec = OnnxPolicy(export).doc["serving"]
     s = spec["sampling"]
+    runs = [spec["actions"][a] for a in actions]
+    ns = [int(r["n"]) for r in runs]
+    firsts = [int(r["k"]) if r["strategy"] == "race" and r.get("rule") == "first" else None for r in runs]
+    unequal = sum(r["strategy"] != "sample_pool" and f is None for r, f in zip(runs, firsts))
+    if unequal:
+        print(f"warning: {unequal} answers used beam search or an agree race; the baseline sends them as "
+              "n-sample pools", file=sys.stderr)  # fmt: skip
     tok = AutoTokenizer.from_pretrained(resolve_model(spec["model"]))
     prompts = [prompt_token_ids(tok, build_messages(q, s["prompt_suffix"], s.get("system_prompt"))) for q in questions]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -153,9 +160,8 @@ async def run_direct(
                 results.append({"request": i, "status": status, "tokens": tokens,
                                 "seconds": time.perf_counter() - t0})  # fmt: skip
 
-        firsts_ = firsts or [None] * len(prompts)
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one(i, p, n, f) for i, (p, n, f) in enumerate(zip(prompts, ns, firsts_)))),
+        await asyncio.wait_for(asyncio.gather(*(one(i, p, n, f) for i, (p, n, f) in enumerate(zip(prompts, ns, firsts)))),
                                time_limit_s)  # fmt: skip
         wall = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == 200]
@@ -259,15 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(meter.stop(res["statuses"].get("200", 0), res["wall_s"]))
     if args.upstream:
         ok = [r for r in res["results"] if r["status"] == 200]
-        firsts = [int(m.group(1)) if (m := re.search(r":first(\d+)$", r["action"])) else None for r in ok]
-        unequal = sum(r["strategy"] != "sample_pool" and f is None for r, f in zip(ok, firsts))
-        if unequal:
-            print(f"warning: {unequal} answers used beam search or an agree race; the baseline sends them as "
-                  "n-sample pools", file=sys.stderr)  # fmt: skip
         meter.start()
         direct = asyncio.run(run_direct(args.upstream, args.export, [qs[r["request"]] for r in ok],
-                                        [r["n"] for r in ok], args.in_flight, args.upstream_api_key,
-                                        args.time_limit_s, firsts))  # fmt: skip
+                                        [r["action"] for r in ok], args.in_flight, args.upstream_api_key,
+                                        args.time_limit_s))  # fmt: skip
         direct.update(meter.stop(direct["answered"], direct["wall_s"]))
         summary = {"serve": summary, "upstream_direct": direct, **compare(summary, direct)}
     print(json.dumps(summary, indent=1))
