@@ -35,9 +35,9 @@ from typing import Any, TextIO
 
 from rollouts.errors import TTCError
 from rollouts.questions import DEFAULT_MAX_CHARS, QuestionLimits, check_question
+from rollouts.strategies.race import SAMPLE_COUNTS
 
 Answers = list[str | None] | None  # the questions' reference answers (None: none has one)
-SAMPLE_COUNTS = ("samples_launched", "samples_finished", "samples_cancelled")  # a race's line has them
 
 
 class RouteError(TTCError):

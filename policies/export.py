@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from policies.observation import ObsEncoder
-from rollouts.errors import LIBRARY_INPUT_ERRORS, ConfigError, TTCError, report
+from rollouts.errors import LIBRARY_INPUT_ERRORS, TTCError, report
 
 JSON_FORMAT = "ttc-alloc/onnx-policy"
 MASK_VALUE = -1e8
@@ -88,15 +88,6 @@ def serving_spec(table) -> dict[str, Any] | None:
     }
 
 
-def check_exportable(meta: dict[str, Any]) -> None:
-    """Refuse a checkpoint live routing cannot play: a sequential run of the finish watch."""
-    watch = (meta.get("escalate") or {}).get("watch", "round")
-    if watch != "round":
-        raise ConfigError(
-            f"a sequential run with env.watch: {watch} cannot be exported: live routing plays whole rounds only"
-        )
-
-
 def export_policy(
     model,
     out_dir: str | Path,
@@ -114,7 +105,6 @@ def export_policy(
     import torch
 
     meta = model.ttc_meta
-    check_exportable(meta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     enc = ObsEncoder.from_dict(meta["encoder"])

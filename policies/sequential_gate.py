@@ -228,10 +228,13 @@ def floor_follower(table: Any, menu: Any, tuned: Any, rows: np.ndarray, oneshot:
 def floor_decider(floor: Floor, menu: Any) -> Any:
     """``decide(obs, mask, state) -> step action index`` of a rule or static floor on a
     :class:`env.seen.SeenState` (live routing, :mod:`policies.sequential_router`): the same decisions
-    as :func:`policies.stopping_rules.rule_policy` / the static's plan make in the simulator (round watch);
-    a rule whose answer is no step action names it as ``stop_selector``, as the rule policy does."""
+    as :func:`policies.stopping_rules.rule_policy` / the static's plan make in the simulator (with the
+    finish watch, a rule checks at each finish and waits while it does not stop; a plan waits each round
+    out); a rule whose answer is no step action names it as ``stop_selector``, as the rule policy does.
+    A static without a plan (a race) is run as its one-shot action instead."""
     from policies.stopping_rules import answer_selector, next_draw, should_stop, stop_step
 
+    wait = menu.wait_index  # only the finish watch has rounds running
     if floor.kind == "rule":
         rule = floor.as_rule()
         stop = stop_step(rule, menu)
@@ -239,14 +242,14 @@ def floor_decider(floor: Floor, menu: Any) -> Any:
         def by_rule(obs: Any, mask: Any, st: Any) -> int:
             if should_stop(rule, st):
                 return int(stop)
-            return int(next_draw(rule, menu, st))
+            return int(wait) if st.running else int(next_draw(rule, menu, st))
 
         by_rule.stop_selector = answer_selector(rule, menu)  # type: ignore[attr-defined]
         return by_rule
     if floor.kind != "static" or not floor.plan:
         raise ValueError(f"floor {floor.name!r} ({floor.kind}) has no step decisions to play")
     plan = [menu.ids.index(a) for a in floor.plan]
-    return lambda obs, mask, st: plan[len(st.widths)]
+    return lambda obs, mask, st: int(wait) if st.running else plan[len(st.widths)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,16 +1,29 @@
 """Live step-by-step routing with a sequential (``ttc/Escalate-v0``) export: ``route.py --mode sequential``.
 
-Per question: the same prompt and hidden-state features as the collection; then, round by round, the
+Per question: the same prompt and hidden-state features as the collection; then, step by step, the
 ONNX step policy sees ``[query features, encoded λ, seen]`` (``seen`` rebuilt by
 :class:`env.seen.SeenState` from the samples the engine returned, the env's own code) and
-either draws k more samples (one engine call of the pool strategy with n = k, the collector's strategy
-code; the same prompt, so vLLM's prefix cache serves later rounds), stops and answers with a selector
-(``select``), or runs a beam search (``BeamSpec``). Questions run one after another, so each
-round's seconds are those of the query alone, as the cache's latency model defines them.
+either draws k more samples (one engine call with n = k; the same prompt, so vLLM's prefix cache serves
+later rounds), stops and answers with a selector (``select``), or runs a beam search (``BeamSpec``).
+Questions run one after another, so each round's seconds are those of the query alone, as the cache's
+latency model defines them.
 
-Each result carries ``rounds``, ``widths``, ``round_tokens``, ``round_seconds`` (measured) and
-``predicted_round_seconds`` (the cache's latency model for the same round, what the env charges), plus
-``tokens``/``seconds`` totals and the ``steps`` taken.
+The two watches of ``env.watch``, as the env plays them:
+
+- ``round``: a draw runs the pool strategy with n = k (the collector's code) and the policy decides
+  once the whole round is back;
+- ``finish``: a draw is one streaming request of k samples (:meth:`Backend.generate_watched`, the
+  races' code); each sample that finishes is graded, scored and fed to :meth:`SeenState.finish`, and the
+  policy decides right there: ``wait`` reads on, a stop or a beam closes the stream, which cancels the
+  samples still running on the engine (they keep what they generated). Once the round has finished, the
+  policy decides as between rounds.
+
+Each result carries ``rounds``, ``widths``, ``round_tokens`` (what the engine generated for every
+launched sample, cancelled ones included), ``round_seconds`` (measured) and ``predicted_round_seconds``
+and ``predicted_round_tokens`` (the cache's latency model for the same round up to its last decode
+step, and the lockstep model's tokens: what the env charges),
+``samples_launched`` / ``samples_finished`` / ``samples_cancelled``, plus ``tokens``/``seconds`` totals
+and the ``steps`` taken (with the finish watch its ``wait`` steps too).
 """
 
 from __future__ import annotations
@@ -23,9 +36,12 @@ from typing import Any
 import numpy as np
 
 from env.escalate_menu import EscalateMenu
-from env.seen import SEEN_FEATURES, SeenState, SeenUnits, step_mask
+from env.seen import SeenState, SeenUnits, menu_seen_features, new_state, step_mask
 from policies.sequential_gate import floor_decider
+from rollouts.scorers import Trajectory
 from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
+from rollouts.strategies.base import request_seed
+from rollouts.strategies.race import SAMPLE_COUNTS
 from rollouts.strategies.selectors import CONFIDENCE_VOTE, answer_key
 
 
@@ -37,6 +53,22 @@ def confidences(samples: list[dict[str, Any]]) -> list[float] | None:
     if any(x is None for x in lps):
         return None
     return [math.exp(float(x)) for x in lps if x is not None]
+
+
+class _Look:
+    """One question's decision point: writes the ``seen`` features of a :class:`SeenState` into the
+    observation, masks the step menu, asks ``decide`` and records the step taken."""
+
+    def __init__(self, obs: np.ndarray, n_base: int, beams_ok: list[bool], decide: Any):
+        self.obs, self.n_base, self.beams_ok, self.decide_fn = obs, n_base, beams_ok, decide
+        self.steps: list[str] = []
+
+    def decide(self, router: SequentialRouter, st: SeenState) -> int:
+        st.features(router.units, self.obs[0, self.n_base :])
+        mask = step_mask(router.menu, st, self.beams_ok)[None, :]
+        a = int(self.decide_fn(self.obs, mask, st))
+        self.steps.append(router.actions[a].id)
+        return a
 
 
 class SequentialRouter:
@@ -52,11 +84,9 @@ class SequentialRouter:
         doc = live_router.policy.doc
         esc = doc["escalate"]
         self.menu = EscalateMenu.from_dict(esc)
-        if self.menu.watch != "round" or len(self.menu.pools) > 1:
+        if len(self.menu.pools) > 1:
             from rollouts.errors import ConfigError
 
-            if self.menu.watch != "round":
-                raise ConfigError(f"{export_dir}: live routing plays whole rounds only, this export watches each {self.menu.watch}")
             raise ConfigError(
                 f"{export_dir}: live routing draws from the one pool its serving spec runs, this export draws from "
                 f"{len(self.menu.pools)} ({', '.join(self.menu.pool_configs)}); train with env.pools: primary to serve it"
@@ -108,6 +138,9 @@ class SequentialRouter:
             if floor is not None and floor.kind == "oneshot":
                 yield self._oneshot_floor(q, feats[i : i + 1], lambda_tokens, lambda_seconds)
                 continue
+            if floor is not None and floor.kind == "static" and not floor.plan:  # a race: run as the one-shot action
+                yield self._run_oneshot(q, floor.name, lambda_tokens, lambda_seconds, "static")
+                continue
             decide = self._network if floor is None else floor_decider(floor, self.menu)
             out = self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds, decide)
             if gate is not None:
@@ -124,73 +157,79 @@ class SequentialRouter:
         picks an action of the serving menu, run as route.py's one-shot mode runs it."""
         assert self.floor_policy is not None  # loaded with the export when a region's floor is one
         (a,) = self.floor_policy.act_index(feats, [len(q.prompt_ids)], lt, ls)
-        action = self.floor_policy.menu[int(a)]
+        return self._run_oneshot(q, self.floor_policy.menu[int(a)], lt, ls, "oneshot")
+
+    def _run_oneshot(self, q: Any, action: str, lt: float, ls: float, floor: str) -> dict[str, Any]:
+        """Serving action ``action`` run as route.py's one-shot mode runs it (a race streams and cancels)."""
         t0 = time.perf_counter()
         (o,) = self.live.run_action([q], action)
         return {
             "question": q.question, "mode": "sequential", "steps": [action], "final": action,
             "answer": o["answer"], **({"correct": bool(o["correct"])} if q.answer is not None else {}),
             "tokens": int(o["tokens"]), "generated_tokens": int(o["generated_tokens"]),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "lambda_tokens": lt, "lambda_seconds": ls, "floor": "oneshot",
+            **{k: o[k] for k in SAMPLE_COUNTS if k in o}, "seconds": round(time.perf_counter() - t0, 3),
+            "lambda_tokens": lt, "lambda_seconds": ls, "floor": floor,
         }  # fmt: skip
 
     def _one(self, backend, q, base_obs, grade_fn, lt, ls, decide) -> dict[str, Any]:
         seed = int(self.live.serving.get("seed", 0))
-        st = SeenState(self.pool_size, self.has_scores)
-        drawn: list[dict[str, Any]] = []
-        obs = np.zeros((1, len(base_obs) + len(SEEN_FEATURES)), dtype=np.float32)
+        st = new_state(self.menu)
+        drawn: list[dict[str, Any]] = []  # the finished samples, in the order SeenState recorded them
+        obs = np.zeros((1, len(base_obs) + len(menu_seen_features(self.menu))), dtype=np.float32)
         obs[0, : len(base_obs)] = base_obs
-        steps: list[str] = []
+        look = _Look(obs, len(base_obs), [r is not None for r in self.beam_runs], decide)
         predicted: list[float] = []
-        beams_ok = [r is not None for r in self.beam_runs]
-        while True:
-            st.features(self.units, obs[0, len(base_obs) :])
-            mask = step_mask(self.menu, st, beams_ok)[None, :]
-            act = self.actions[decide(obs, mask, st)]
-            steps.append(act.id)
-            if act.kind == "draw":
-                drawn += self._draw(backend, q, act.k, st, grade_fn, seed, predicted)
-                if getattr(decide, "stop_selector", None) == CONFIDENCE_VOTE and not st.has_confidence:
-                    from rollouts.errors import ConfigError
-
-                    raise ConfigError("the floor here is a confidence rule, which needs each sample's token "
-                                      "log-probs, and the engine returned a sample without them")
-                continue
-            if act.kind == "stop":  # a rule floor may answer with a selector that is no step action
-                sel = getattr(decide, "stop_selector", None) or act.selector or "majority"
-                pick = drawn[st.answer(sel)]
-                st.tokens += st.stop_tokens(sel)
-                answer, correct, beam = pick["answer"], pick["correct"], None
+        modelled_tokens: list[float] = []  # the lockstep model's tokens per round (the env's charge)
+        cancelled = 0
+        act = self.actions[look.decide(self, st)]
+        while act.kind == "draw":
+            round_seed = seed + 7919 * (len(st.widths) + 1)
+            if self.menu.watch == "finish":
+                nxt, n_cancelled, modelled = self._watch_round(backend, q, act.k, st, grade_fn, round_seed, look, drawn)
+                cancelled += n_cancelled
+                modelled_tokens.append(modelled)
+                predicted.append(self._predicted(q, act.k, st.step_now))
             else:
-                answer, correct, beam = self._beam(backend, q, act.config_id, st, grade_fn, seed)
-            return {
-                "question": q.question,
-                "mode": "sequential",
-                "steps": steps,
-                "final": act.id,
-                "answer": answer,
-                **({"correct": bool(correct)} if q.answer is not None else {}),
-                "rounds": len(st.widths),
-                "widths": list(st.widths),
-                "round_tokens": [int(t) for t in st.round_tokens],
-                "round_seconds": [round(s, 3) for s in st.round_seconds],
-                "predicted_round_seconds": [round(s, 3) for s in predicted],
-                "beam": beam,
-                "tokens": int(st.tokens),
-                "generated_tokens": int(sum(st.round_tokens)) + (beam["generated_tokens"] if beam else 0),
-                "seconds": round(st.seconds, 3),
-                "lambda_tokens": lt,
-                "lambda_seconds": ls,
-            }
+                drawn += self._draw(backend, q, act.k, st, grade_fn, round_seed, predicted)
+                nxt = None
+                modelled_tokens.append(st.round_tokens[-1])
+            if getattr(decide, "stop_selector", None) == CONFIDENCE_VOTE and not st.has_confidence:
+                from rollouts.errors import ConfigError
 
-    def _draw(self, backend, q, k: int, st: SeenState, grade_fn, seed: int, predicted: list[float]) -> list[dict]:
-        """One round of ``k`` more samples (a pool run; a seed per round), added to ``st``; its samples."""
+                raise ConfigError("the floor here is a confidence rule, which needs each sample's token "
+                                  "log-probs, and the engine returned a sample without them")
+            act = self.actions[look.decide(self, st) if nxt is None else nxt]
+        if act.kind == "stop":  # a rule floor may answer with a selector that is no step action
+            sel = getattr(decide, "stop_selector", None) or act.selector or "majority"
+            pick = drawn[st.answer(sel)]
+            st.tokens += st.stop_tokens(sel)
+            answer, correct, beam = pick["answer"], pick["correct"], None
+        else:
+            answer, correct, beam = self._beam(backend, q, act.config_id, st, grade_fn, seed)
+        return {
+            "question": q.question, "mode": "sequential", "steps": look.steps, "final": act.id, "answer": answer,
+            **({"correct": bool(correct)} if q.answer is not None else {}),
+            "rounds": len(st.widths), "widths": list(st.widths),
+            "round_tokens": [int(t) for t in st.round_tokens], "round_seconds": [round(s, 3) for s in st.round_seconds],
+            "predicted_round_seconds": [round(s, 3) for s in predicted],
+            "predicted_round_tokens": [int(t) for t in modelled_tokens], "beam": beam, "tokens": int(st.tokens),
+            "generated_tokens": int(sum(st.round_tokens)) + (beam["generated_tokens"] if beam else 0),
+            "samples_launched": st.launched, "samples_finished": st.drawn, "samples_cancelled": cancelled,
+            "seconds": round(st.seconds, 3), "lambda_tokens": lt, "lambda_seconds": ls,
+        }  # fmt: skip
+
+    def _predicted(self, q: Any, width: int, gen: float) -> float:
+        """The cache's latency model's seconds for a round of ``width`` samples and ``gen`` decode steps
+        (nan when the export has no latency model)."""
         from rollouts.latency import Round
 
+        return math.nan if self.latency is None else self.latency.round_seconds(Round(len(q.prompt_ids), width, int(gen)))
+
+    def _draw(self, backend, q, k: int, st: SeenState, grade_fn, seed: int, predicted: list[float]) -> list[dict]:
+        """One whole round of ``k`` more samples (a pool run), added to ``st``; its samples (round watch)."""
         live = self.live
         t0 = time.perf_counter()
-        (res,) = PoolSpec(k).run(backend, [q], live.sampling, live.scorer, grade_fn, seed + 7919 * (len(st.widths) + 1))
+        (res,) = PoolSpec(k).run(backend, [q], live.sampling, live.scorer, grade_fn, seed)
         secs = time.perf_counter() - t0
         ss = res.samples or []
         st.add_round(
@@ -201,10 +240,53 @@ class SequentialRouter:
             secs,
             confidences=confidences(ss),
         )
-        if self.latency is not None:
-            gen = max((s["tokens"] for s in ss), default=0)
-            predicted.append(self.latency.round_seconds(Round(len(q.prompt_ids), k, gen)))
+        predicted.append(self._predicted(q, k, max((s["tokens"] for s in ss), default=0)))
         return ss
+
+    def _watch_round(self, backend, q, k: int, st: SeenState, grade_fn, seed: int, look: _Look,
+                     drawn: list[dict[str, Any]]) -> tuple[int | None, int, float]:
+        """One round of ``k`` samples streamed and watched finish by finish (finish watch): each finisher
+        goes into ``st`` (and ``drawn``), and the policy decides at each finish while samples still run.
+        Returns the step action that ended the round early (a stop or a beam: the rest is cancelled on the
+        engine) or None when every sample finished, how many samples were cancelled, and the tokens the
+        lockstep model charged (every launched sample generating until the last finish seen). The round is
+        then charged what the engine really generated for each launched sample and the measured seconds."""
+        from dataclasses import replace
+
+        live = self.live
+        st.launch(k)
+        ended: list[int] = []
+        t0 = time.perf_counter()
+
+        def on_finish(_prompt: int, _sample: int, comp: Any) -> bool:
+            g = grade_fn(q.answer, comp.text)
+            sb = live.scorer.score(q.question, [Trajectory([comp.text], list(comp.token_ids), comp.logprobs)])
+            sample = {"text": comp.text, "answer": g.answer, "correct": g.correct if q.answer is not None else None,
+                      "tokens": comp.tokens, "finish_reason": comp.finish_reason, "score": float(sb.scores[0]),
+                      "scorer_tokens": int(sb.scorer_tokens[0]),
+                      "mean_logprob": (sum(comp.logprobs) / len(comp.logprobs)) if comp.logprobs else None}  # fmt: skip
+            drawn.append(sample)
+            conf = None if sample["mean_logprob"] is None else math.exp(sample["mean_logprob"])
+            st.finish(answer_key(g.answer), comp.tokens, sample["scorer_tokens"],
+                      sample["score"] if self.has_scores else None, time.perf_counter() - t0, confidence=conf)
+            if not st.running:  # the round is over: nothing to cancel, the next step is decided after it
+                return False
+            a = look.decide(self, st)
+            if self.actions[a].kind == "wait":
+                return False
+            ended.append(a)
+            return True  # closes the stream: the samples still running are cancelled on the engine
+
+        spec = replace(live.sampling, n=k, seed=request_seed(seed, q.query_id, "pool"))
+        (comps,) = backend.generate_watched([q.prompt_ids], [spec], on_finish)
+        secs = time.perf_counter() - t0
+        st.cancel()
+        generated = float(sum(c.tokens for c in comps))  # the engine's count, cancelled samples' tokens included
+        modelled = st.round_tokens[-1]
+        st.tokens += generated - modelled
+        st.seconds += secs - st.round_seconds[-1]
+        st.round_tokens[-1], st.round_seconds[-1] = generated, secs
+        return (ended[0] if ended else None), sum(1 for c in comps if c.finish_reason == "cancelled"), modelled
 
     def _beam(self, backend, q, config_id: str | None, st: SeenState, grade_fn, seed: int) -> tuple[Any, Any, dict]:
         """The final beam search ``config_id`` (a beam step's), charged to ``st``: its answer, correctness and summary."""

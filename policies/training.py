@@ -91,10 +91,6 @@ def _check_combination(cfg: Any, env_cfg: Any, ppo_cfg: PPOConfig, resume: bool,
     escalate = isinstance(env_cfg, EscalateConfig)
     if escalate and ppo_cfg.policy != "mlp":
         raise ConfigError("env.kind: escalate trains ppo.policy: mlp (the utility actor is one-shot only)")
-    if escalate and env_cfg.watch != "round" and cfg.export:
-        raise ConfigError(
-            f"env.watch: {env_cfg.watch} cannot be exported (live routing plays whole rounds only): set export: false"
-        )
     if escalate and getattr(cfg, "clone_floor", False) and cfg.rule_orders < 1 and not resume:
         raise ConfigError("clone_floor needs the stopping rules tuned at training: rule_orders >= 1")
     for key in ("warm_start_from", "floor_oneshot"):

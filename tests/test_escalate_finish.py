@@ -15,7 +15,6 @@ from env.escalate_env import EscalateConfig, EscalateEnv
 from env.outcomes import OutcomeTable
 from env.seen import FINISH_FEATURES, SEEN_FEATURES
 from policies.escalate_sim import Simulator, plan_policy, race_policy
-from policies.export import check_exportable
 from policies.stopping_rules import Rule, rule_policy
 from rollouts.cache import CacheWriter
 from rollouts.errors import ConfigError
@@ -199,25 +198,21 @@ def test_static_plans_wait_out_their_round(hand):
     assert b.seconds == pytest.approx(a.seconds)
 
 
-def test_bad_watch_and_finish_exports_are_refused():
+def test_bad_watch_is_refused_and_finish_runs_export():
     with pytest.raises(ConfigError, match="env.watch must be one of round, finish"):
         EscalateConfig.from_dict({"kind": "escalate", "watch": "token"})
-    with pytest.raises(ConfigError, match="cannot be exported"):
-        check_exportable({"kind": "escalate", "escalate": {"watch": "finish"}})
-    check_exportable({"kind": "escalate", "escalate": {}})  # round-watch runs export as before
     from types import SimpleNamespace
 
     from policies.ppo import PPOConfig
     from policies.training import _check_combination
 
     env_cfg = EscalateConfig.from_dict({"kind": "escalate", "watch": "finish"})
-    with pytest.raises(ConfigError, match="set export: false"):  # refused before training, not after
-        _check_combination(SimpleNamespace(export=True, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
-    _check_combination(SimpleNamespace(export=False, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
+    for export in (True, False):  # route.py --mode sequential plays a finish-watch export live
+        _check_combination(SimpleNamespace(export=export, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
 
 
 def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, capsys):
-    """configs/train_escalate_finish.yaml trains (no export; cloned from a one-shot run whose races are
+    """configs/train_escalate_finish.yaml trains and exports (cloned from a one-shot run whose races are
     played finish by finish) and the sequential evaluation plays the rules, the statics, the menu's races
     and the one-shot run's choices finish by finish on the same orders."""
     import json
@@ -233,16 +228,10 @@ def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, ca
                      "fin", "--total-timesteps", "512", "--no-progress", "--hyperparams", *small,
                      f"warm_start_from={tiny_run}", "clone_floor=false"])  # fmt: skip
     run = tmp_path / "fin"
-    assert rc == 0 and (run / "best_model.zip").exists() and not (run / "export").exists()
+    assert rc == 0 and (run / "best_model.zip").exists()
+    assert json.loads((run / "export" / "policy.json").read_text())["escalate"]["watch"] == "finish"
     clone = json.loads((run / "train_summary.json").read_text())[-1]["clone_of_oneshot"]
     assert clone["samples"] > 0 and clone["lambdas"] == 32
-    from policies.export import main as export_main
-
-    capsys.readouterr()
-    assert export_main([str(run / "best_model.zip"), str(tmp_path / "exp")]) == 2  # live routing: whole rounds
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "env.watch: finish" in err[0]
-    assert not (tmp_path / "exp").exists() and not (tmp_path / ".exp.partial").exists()
     rc = evaluate.main(["--run", str(run), "--compare-run", str(tiny_run), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ev"),
                         "--grid", "2", "--orders", "2", "--bootstrap", "0", "--no-plots", "--no-progress"])  # fmt: skip
     assert rc == 0

