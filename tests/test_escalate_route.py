@@ -66,16 +66,25 @@ def test_onnx_step_policy_matches_sb3(seq_synthetic):
     assert n >= 40
 
 
+def _bundled_subset(tmp: Path) -> Path:
+    """200 queries of the bundled cache (a short run's rule tuning takes time in proportion to the queries)."""
+    from rollouts.cache import load_cache
+    from tests.test_gate_small_data import subset_cache
+
+    return subset_cache(load_cache(CACHE), 200, 0, tmp / "cache")
+
+
 @pytest.fixture(scope="module")
 def seq_bundled(tmp_path_factory):
+    """A short round-watch run (configs/train_escalate.yaml) on 200 queries of the bundled cache, exported."""
     if not (CACHE / "meta.json").exists():
         pytest.skip("bundled cache missing")
     import train
 
     runs = tmp_path_factory.mktemp("runs")
     rc = train.main(
-        ["--config", ESC, "--runs-dir", str(runs), "--name", "seqb", "--total-timesteps", "1024",
-         "--no-progress", "--hyperparams", *SMALL, "rule_orders=1"]
+        ["--config", ESC, "--cache", str(_bundled_subset(runs)), "--runs-dir", str(runs), "--name", "seqb",
+         "--total-timesteps", "1024", "--no-progress", "--hyperparams", *SMALL, "rule_orders=1"]
     )  # fmt: skip
     assert rc == 0
     return runs / "seqb"
@@ -133,16 +142,13 @@ def test_route_sequential_live_on_vllm(seq_bundled, vllm_upstream, tmp_path):
 
 @pytest.fixture(scope="module")
 def seq_finish(tmp_path_factory):
-    """A short finish-watch run (configs/train_escalate_finish.yaml) on 200 queries of the bundled cache
-    (the finish watch's rule tuning takes time in proportion to the queries), exported."""
+    """A short finish-watch run (configs/train_escalate_finish.yaml) on 200 queries of the bundled cache, exported."""
     if not (CACHE / "meta.json").exists():
         pytest.skip("bundled cache missing")
     import train
-    from rollouts.cache import load_cache
-    from tests.test_gate_small_data import subset_cache
 
     tmp = tmp_path_factory.mktemp("finish")
-    cache = subset_cache(load_cache(CACHE), 200, 0, tmp / "cache")
+    cache = _bundled_subset(tmp)
     rc = train.main(
         ["--config", str(ROOT / "configs" / "train_escalate_finish.yaml"), "--cache", str(cache), "--runs-dir",
          str(tmp), "--name", "seqf", "--total-timesteps", "1024", "--no-progress", "--hyperparams", *SMALL,
