@@ -47,6 +47,14 @@ Observation: ``[Allocate-v0's observation (query features, encoded λ), seen...]
 (:data:`env.seen.SEEN_FEATURES`) is built by :class:`env.seen.SeenState` from the drawn samples, the same
 code for cached and live samples (``policies/sequential_router.py``). An episode's state and steps are
 :class:`env.episode.Episode`, shared with the lockstep simulator.
+
+Live (``env.source: live``, a :class:`env.live_table.LiveTable`): the env keeps every query of its split,
+with or without records. A query without its pools starts its episode *pending* (the observation and the
+mask of an empty state need no samples); :meth:`EscalateEnv.live_needs` tells the live training wrapper
+(``policies/live_training.py``) which configs a step needs (the query's pools on its first step, a beam's
+config when a beam is taken), the wrapper has them generated for every env of the step together, and the
+episode then reads them from the table as it would from a cache. Every beam is legal live (it is
+generated when taken).
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ from env.allocate_env import AllocateEnv, EnvConfig
 from env.episode import Episode, pick_record, prepare_query
 from env.escalate_menu import POOL_CHOICES, EscalateMenu
 from env.round_latency import check_round_prices
-from env.seen import WATCHES, SeenUnits, fit_units, menu_seen_features
+from env.seen import WATCHES, SeenUnits, fit_units, menu_seen_features, new_state, step_mask
 from env.splits import split_rows
 from policies.observation import OBS_BOUND
 from rollouts.errors import ConfigError
@@ -124,7 +132,8 @@ class EscalateEnv(AllocateEnv):
         super().__init__(cache, **kwargs)
         t = self.table
         self.menu = EscalateMenu(t, self.config)  # type: ignore[arg-type]
-        keep = np.array([all(t.pool_records(int(qi), c) for c in self.menu.pool_configs) for qi in self.rows])
+        self.live = getattr(t, "source", None) is not None  # records arrive as the policy asks for them
+        keep = np.array([self._has_pools(int(qi)) or self.live for qi in self.rows])
         if not keep.any():
             have = " and ".join(repr(c) for c in self.menu.pool_configs)
             raise ConfigError(f"no query of this split has a {have} record in {t.cache_path}")
@@ -144,44 +153,78 @@ class EscalateEnv(AllocateEnv):
         )
         self.action_space = spaces.Discrete(len(self.menu))
         self._ep: Episode | None = None
+        self._pending: tuple[int, float] | None = None  # live: (query row, record pick) until its pools exist
         self._prepared: dict[int, tuple] = {}  # per query row: its records and beams (built once)
         self._steps: list[str] = []
+
+    def _has_pools(self, qi: int) -> bool:
+        return all(self.table.pool_records(qi, c) for c in self.menu.pool_configs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         options = dict(options or {})
         order = given = options.pop("order", None)
         base, info = super().reset(seed=seed, options=options)
         qi = self.query_row
-        prepared = self._prepared.get(qi)
-        if prepared is None:
-            prepared = self._prepared[qi] = prepare_query(self.table, self.menu, qi)
-        recs = prepared[0]  # per pool: the query's records
         if self.cycle:
             # an evaluation pass: the order follows the cycle position, so every pass sees the same orders
             rng = np.random.default_rng([self.config.outcome_seed, self._cycle_pos])
         else:
             rng = self.np_random
         pick = float(rng.random())
-        if order is None:  # a permutation of the record the pick selects (pools may differ in size), per pool
-            perms = [rng.permutation(pick_record(r, pick)[0].k) for r in recs]
-            order = perms[0] if len(perms) == 1 else perms
-        self._ep = Episode(self.table, self.menu, qi, order, pick, check=given is not None, prepared=prepared)
         self._obs = np.zeros(self._n_base + self._n_seen, dtype=np.float32)
         self._obs[: self._n_base] = base
         self._seen_view = self._obs[self._n_base :]
-        self._ep.state.features(self.units, self._seen_view)
         self._steps = []
-        orders = [[int(i) for i in o] for o in self._ep.orders]
+        self._ep, self._pending = None, None
+        if self.live and given is None and not self._has_pools(qi):  # generated before its first step
+            self._pending = (qi, pick)
+            new_state(self.menu).features(self.units, self._seen_view)
+            return self._obs.copy(), info
+        self._start(qi, pick, order, rng, check=given is not None)
+        orders = [[int(i) for i in o] for o in self._ep.orders]  # type: ignore[union-attr]
         info["order"] = orders[0] if len(orders) == 1 else orders
         return self._obs.copy(), info
 
+    def _start(self, qi: int, pick: float, order: Any, rng: np.random.Generator, check: bool) -> None:
+        """The episode of query row ``qi`` over its records (``order`` None: a permutation per pool drawn
+        from ``rng``, of the record the pick selects; pools may differ in size)."""
+        prepared = self._prepared.get(qi)
+        if prepared is None:
+            prepared = prepare_query(self.table, self.menu, qi)
+            if not self.live:  # live: a beam's records may still arrive
+                self._prepared[qi] = prepared
+        if order is None:
+            perms = [rng.permutation(pick_record(r, pick)[0].k) for r in prepared[0]]
+            order = perms[0] if len(perms) == 1 else perms
+        self._ep = Episode(self.table, self.menu, qi, order, pick, check=check, prepared=prepared)
+        if self.live:
+            self._ep.beams_ok = [True] * len(self.menu.beam_configs)
+        self._ep.state.features(self.units, self._seen_view)
+
+    def live_needs(self, action: int) -> list[tuple[int, str]]:
+        """Live: the (query row, config) records that stepping ``action`` needs and the table lacks."""
+        qi = self.query_row
+        need = list(self.menu.pool_configs) if self._pending is not None else []
+        a = self.menu.actions[int(action)] if 0 <= int(action) < len(self.menu) else None
+        if a is not None and a.kind == "beam" and not self.table.search_outcomes(qi, str(a.config_id)):
+            need.append(str(a.config_id))
+        return [(qi, c) for c in need if c not in self.menu.pool_configs or not self.table.pool_records(qi, c)]
+
     def step(self, action):
+        if self._pending is not None and not self._done:  # live: its pools were generated for this step
+            qi, pick = self._pending
+            self._pending = None
+            self._start(qi, pick, None, self.np_random, check=False)
         ep = self._ep
         if self._done or ep is None:
             raise ConfigError("step() called on a finished episode; call reset() first")
         a = int(action)
         if not 0 <= a < len(self.menu):
             raise ConfigError(f"action {a} is outside the menu of {len(self.menu)} step actions")
+        if self.live and self.menu.actions[a].kind == "beam":  # its records were generated for this step
+            j = self.menu.beam_configs.index(str(self.menu.actions[a].config_id))
+            if not ep.beams[j]:
+                ep.beams[j] = self.table.search_outcomes(ep.qi, self.menu.beam_configs[j])
         illegal = not ep.mask()[a]
         if illegal:
             # a masked action forfeits the episode (wrong answer, nothing more spent) instead of raising,
@@ -222,6 +265,8 @@ class EscalateEnv(AllocateEnv):
         return self._obs.copy(), reward, done, False, info
 
     def action_masks(self) -> np.ndarray:
+        if self._pending is not None:  # live, before its pools exist: an empty state's mask, every beam
+            return step_mask(self.menu, new_state(self.menu), [True] * len(self.menu.beam_configs))
         if self._ep is None:
             return np.ones(len(self.menu), dtype=bool)
         return self._ep.mask().copy()

@@ -117,8 +117,12 @@ def check_live_training(cfg: Any) -> LiveSettings:
     live``, before anything runs: the settings a live run cannot have, then :func:`parse_live`."""
     if cfg.env.get("source") != "live":
         raise ConfigError("live: is set but env.source is 'cache': set env.source: live (or drop the live: block)")
-    if cfg.env.get("kind", "allocate") != "allocate":
-        raise ConfigError("env.source: live trains the one-shot env (env.kind: allocate)")
+    if cfg.env.get("kind", "allocate") == "escalate":  # the sequential env: draws generate the query's pools
+        for key, why in (("clone_floor", "clones its floor on every train outcome"),
+                         ("warm_start_from", "clones that one-shot run on every train outcome")):  # fmt: skip
+            if getattr(cfg, key, None):
+                raise ConfigError(f"env.source: live cannot set {key} (it {why}, which a live run does not have): "
+                                  f"set {key}: {'false' if key == 'clone_floor' else 'null'}")
     if cfg.gate:
         raise ConfigError("env.source: live cannot fit the gate (it needs every outcome of the train split): "
                           "set gate: false")

@@ -16,7 +16,9 @@ cache keeps it.
 :meth:`LiveSource.ensure` then serves the training envs (``policies/live_training.py``): the (query,
 action) pairs of one vectorised step whose config has no record are run on the engine together, one
 batched engine call per config (a pool config runs its whole pool, from which every budget and race of
-it derives), appended to the cache and priced into the table before the step returns. A test-split query
+it derives), appended to the cache and priced into the table before the step returns. For the
+sequential env (:meth:`ensure_configs`) a step needs its query's pools on the episode's first step (its
+draws then read them, as from a cache) and a beam's config when it takes one. A test-split query
 is never generated while training: the table masks its rows, and :meth:`ensure` refuses it.
 """
 
@@ -133,7 +135,24 @@ class LiveSource:
         assert table is not None
         self.steps += len(pairs)
         self.hits += int(sum(table.known[qi, ai] for qi, ai in pairs))
-        todo = table.missing(pairs)
+        self._generate(table.missing(pairs))
+
+    def ensure_configs(self, steps: int, needs: Sequence[tuple[int, str]]) -> None:
+        """The sequential env's form of :meth:`ensure`: ``needs`` are the (row, config) records that the
+        ``steps`` env steps of one vectorised step lack (``EscalateEnv.live_needs``); they run together."""
+        self.steps += steps
+        self.hits += steps - len({qi for qi, _ in needs})
+        todo: dict[str, list[int]] = {}
+        for qi, cfg in needs:
+            rows = todo.setdefault(cfg, [])
+            if qi not in rows:
+                rows.append(qi)
+        self._generate(todo)
+
+    def _generate(self, todo: dict[str, list[int]]) -> None:
+        """Run each config on its rows (one batched engine call per config), append and price the records."""
+        table = self.table
+        assert table is not None
         if not todo:
             return
         specs = {s.config_id: s for s in self.collector.strategies}

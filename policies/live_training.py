@@ -1,9 +1,10 @@
 """The training side of a live run (``env.source: live``, ``env/live_source.py``).
 
 - :class:`LiveVecEnv` wraps the training envs: before a vectorised step it hands the step's (query,
-  action) pairs to the live source, which runs the missing outcomes on the engine together (one batched
-  call per config) and prices them into the table; then the envs step as they would on a cache. PPO
-  waits for the engine meanwhile.
+  action) pairs to the live source (the sequential env: the records each env's step needs, its query's
+  pools on an episode's first step and a beam's config), which runs the missing outcomes on the engine
+  together (one batched call per config) and prices them into the table; then the envs step as they
+  would on a cache. PPO waits for the engine meanwhile.
 - :class:`LiveMetricsCallback` logs ``ttc/live/new_records``, ``ttc/live/cache_hit_rate``,
   ``ttc/live/engine_seconds`` and ``ttc/live/records/<config>`` each rollout, prints the engine time and
   new records beside the progress bar, and stops training once a cap (``live.max_new_records``,
@@ -30,10 +31,16 @@ class LiveVecEnv(VecEnvWrapper):
     def __init__(self, venv: VecEnv, source: LiveSource):
         super().__init__(venv)
         self.source = source
+        self.sequential = bool(venv.has_attr("live_needs"))
 
     def step_async(self, actions: np.ndarray) -> None:
-        rows = np.array(self.venv.get_attr("query_row"))
-        self.source.ensure(pairs_of(rows, np.asarray(actions).reshape(-1)))
+        acts = np.asarray(actions).reshape(-1)
+        if self.sequential:  # ttc/Escalate-v0: the records each env's step needs (EscalateEnv.live_needs)
+            needs = [n for i, a in enumerate(acts) for n in self.venv.env_method("live_needs", int(a), indices=[i])[0]]
+            self.source.ensure_configs(len(acts), needs)
+        else:
+            rows = np.array(self.venv.get_attr("query_row"))
+            self.source.ensure(pairs_of(rows, acts))
         self.venv.step_async(actions)
 
     def step_wait(self) -> Any:

@@ -147,7 +147,9 @@ def set_up(cfg: Any, name: str, run_dir: Path, resume: bool, trust: bool = False
         from policies.escalate_ppo import describe_pools, make_escalate_meta
 
         esc_menu = EscalateMenu(table, env_cfg)
-        env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, train_rows)}
+        # live: the train rows hold only what the policy asks for; the complete validation rows set the scales
+        unit_rows = getattr(table, "reference_rows", train_rows)
+        env_cls, env_kwargs = EscalateEnv, {"units": fit_units(table, esc_menu, unit_rows)}
         meta = make_escalate_meta(table, encoder, cfg.env, esc_menu, env_kwargs["units"])
         print(describe_pools(esc_menu))
     return TrainingJob(

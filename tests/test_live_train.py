@@ -31,14 +31,15 @@ DATASET, LIMIT = "arith:5", 40
 STEPS = 16  # one rollout of 4 envs x 4 steps
 
 
-def _train(url: str, cache: Path, runs: Path, name: str, steps: int) -> list[str]:
+def _train(url: str, cache: Path, runs: Path, name: str, steps: int, config: str = "",
+           menu: str = "[{strategy: sample_pool, n: 4}]", extra: tuple[str, ...] = ()) -> list[str]:
     return [
-        sys.executable, str(ROOT / "train.py"), "--config", "", "--cache", str(cache), "--runs-dir", str(runs),
+        sys.executable, str(ROOT / "train.py"), "--config", config, "--cache", str(cache), "--runs-dir", str(runs),
         "--name", name, "--total-timesteps", str(steps), "--no-progress", "--hyperparams", "env.source=live",
         "gate=false", "ppo.utility_warm_start=false", f"live.dataset={DATASET}", f"live.limit={LIMIT}",
-        "live.menu=[{strategy: sample_pool, n: 4}]", f"live.server={url}", "live.calibration_queries=2",
+        f"live.menu={menu}", f"live.server={url}", "live.calibration_queries=2",
         "live.max_tokens=32", "n_envs=4", "ppo.n_steps=4", "ppo.batch_size=16", "eval_freq=16",
-        "checkpoint_freq=16", "val_grid=2",
+        "checkpoint_freq=16", "val_grid=2", *extra,
     ]  # fmt: skip
 
 
@@ -114,3 +115,36 @@ def test_live_training_writes_through_survives_kill_and_replays(vllm_upstream, t
     for key in ("model", "backend", "dataset", "sampling", "menu", "budgets", "scorer", "seed", "versions",
                 "featurizer", "latency_model", "latency_calibration", "latency_definition"):
         assert key in done.meta, key
+
+
+def test_sequential_live_training_generates_pools_and_beams_on_demand(vllm_upstream, tmp_path):
+    """ttc/Escalate-v0 trained live: an episode's first step generates its query's pool (every later draw
+    reads it), a beam step its beam; only what the episodes asked for exists, never a test query; the same
+    run again makes no request to the server."""
+    url = vllm_upstream.wait_ready().url
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    splits = make_splits([q.query_id for q in load_queries(DATASET, LIMIT)])
+    config = str(ROOT / "configs" / "train_escalate.yaml")
+    menu = "[{strategy: sample_pool, n: 4}, {strategy: beam_search, n: 2, m: 2, max_iterations: 2}]"
+
+    def cmd(name: str) -> list[str]:
+        return _train(url, cache, runs, name, 32, config=config, menu=menu, extra=("clone_floor=false",))
+
+    _run(cmd("seq"))
+    run = runs / "seq"
+    assert (run / "export" / "policy.onnx").is_file()
+    assert json.loads((run / "export" / "policy.json").read_text())["kind"] == "escalate"
+    live = json.loads((run / "train_summary.json").read_text())[-1]["live"]
+    done = load_cache(cache)
+    visited = {r["query_id"] for r in done.records}
+    assert visited <= set(splits["train"]) | set(splits["val"]) and set(splits["val"]) <= visited
+    train = [r for r in done.records if r["query_id"] in splits["train"]]
+    pools = {r["query_id"] for r in train if r["strategy"] == "sample_pool"}
+    beams = {r["query_id"] for r in train if r["strategy"] != "sample_pool"}
+    assert train and len(train) == live["new_records"]
+    assert 0 < len(pools) < len(splits["train"])  # 32 steps cannot start an episode on every train query
+    assert beams <= pools  # a beam is generated when an episode takes it, after its first step's pools
+    sent = _requests(url)
+    _run(cmd("seq_replay"))
+    assert _requests(url) == sent
+    assert json.loads((runs / "seq_replay" / "train_summary.json").read_text())[-1]["live"]["new_records"] == 0
