@@ -180,12 +180,12 @@ class EscalateEnv(AllocateEnv):
             self._pending = (qi, pick)
             new_state(self.menu).features(self.units, self._seen_view)
             return self._obs.copy(), info
-        self._start(qi, pick, order, rng, check=given is not None)
-        orders = [[int(i) for i in o] for o in self._ep.orders]  # type: ignore[union-attr]
+        ep = self._start(qi, pick, order, rng, check=given is not None)
+        orders = [[int(i) for i in o] for o in ep.orders]
         info["order"] = orders[0] if len(orders) == 1 else orders
         return self._obs.copy(), info
 
-    def _start(self, qi: int, pick: float, order: Any, rng: np.random.Generator, check: bool) -> None:
+    def _start(self, qi: int, pick: float, order: Any, rng: np.random.Generator, check: bool) -> Episode:
         """The episode of query row ``qi`` over its records (``order`` None: a permutation per pool drawn
         from ``rng``, of the record the pick selects; pools may differ in size)."""
         prepared = self._prepared.get(qi)
@@ -196,10 +196,11 @@ class EscalateEnv(AllocateEnv):
         if order is None:
             perms = [rng.permutation(pick_record(r, pick)[0].k) for r in prepared[0]]
             order = perms[0] if len(perms) == 1 else perms
-        self._ep = Episode(self.table, self.menu, qi, order, pick, check=check, prepared=prepared)
+        ep = self._ep = Episode(self.table, self.menu, qi, order, pick, check=check, prepared=prepared)
         if self.live:
-            self._ep.beams_ok = [True] * len(self.menu.beam_configs)
-        self._ep.state.features(self.units, self._seen_view)
+            ep.beams_ok = [True] * len(self.menu.beam_configs)
+        ep.state.features(self.units, self._seen_view)
+        return ep
 
     def live_needs(self, action: int) -> list[tuple[int, str]]:
         """Live: the (query row, config) records that stepping ``action`` needs and the table lacks."""
