@@ -139,7 +139,7 @@ class SequentialRouter:
                 yield self._oneshot_floor(q, feats[i : i + 1], lambda_tokens, lambda_seconds)
                 continue
             if floor is not None and floor.kind == "static" and not floor.plan:  # a race: run as the one-shot action
-                yield self._run_oneshot(q, floor.name, lambda_tokens, lambda_seconds, "static")
+                yield self._run_oneshot(q, floor.name, lambda_tokens, lambda_seconds, floor.name)
                 continue
             decide = self._network if floor is None else floor_decider(floor, self.menu)
             out = self._one(backend, q, base[i], grade, lambda_tokens, lambda_seconds, decide)
