@@ -11,4 +11,4 @@ echo "test: ruff"
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest (slow tests included)"
-.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 1800 "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 1800 --durations=15 "$@"
