@@ -72,7 +72,7 @@ def compare(run: str, cache_run: str, n_boot: int = 1000, seed: int = 0, trust: 
     splits = json.loads((live_src.run_dir / "splits.json").read_text())
     trval = set(splits["train"]) | set(splits["val"])
     live_cache, full_cache = load_cache(live_src.cache), load_cache(full_src.cache)
-    cost = {"live": engine_cost(live_cache, trval), "collected": engine_cost(full_cache, trval)}
+    cost: dict[str, Any] = {"live": engine_cost(live_cache, trval), "collected": engine_cost(full_cache, trval)}
     cost["ratio_engine_seconds"] = round(cost["live"]["engine_seconds"] / cost["collected"]["engine_seconds"], 3)
     cost["ratio_generated_tokens"] = round(cost["live"]["generated_tokens"] / cost["collected"]["generated_tokens"], 3)
     train = set(splits["train"])
