@@ -8,7 +8,13 @@
   calibration's direct measurements;
 - **utility**: the live run's PPO against a run trained on the collected cache (``--cache-run``), both
   played on the collected cache's outcomes of the same test split, at every point of ``evaluate.py``'s
-  λ grid, with the paired bootstrap over queries (90 %).
+  λ grid, with the paired bootstrap over queries (90 %);
+- **at the collection's prices**: the live run's work priced by the collected cache's own records (its
+  calibration, the validation split complete, and the (query, config) pairs the live run generated on
+  train: ``same_pairs``), over the collected cost: the ratio without the live run's smaller batches and
+  the load it ran under. And the floor for the train queries it visited: one record each (``pool``: the
+  query's pool record; ``cheapest``: its cheapest config's); no run that visits them goes below
+  ``cheapest``.
 
     python -m scripts.live_vs_cache --run runs/live_run --cache-run runs/full_run [--json out.json]
 """
@@ -40,6 +46,22 @@ def engine_cost(cache: RolloutCache, query_ids: set[str]) -> dict[str, float]:
     }
 
 
+def priced(cache: RolloutCache, val: set[str], pairs: set[tuple[str, str]], pool: str) -> dict[str, float]:
+    """Engine seconds at the collected ``cache``'s own prices (its records' shares of their batches, as in
+    :func:`engine_cost`): its calibration and every record of ``val``, plus one record per train query of
+    ``pairs`` (the pool config's: ``pool``; the query's cheapest: ``cheapest``), or every pair itself
+    (``same_pairs``)."""
+    per: dict[str, dict[str, float]] = {}
+    for r in cache.records:
+        per.setdefault(r["query_id"], {})[r["config_id"]] = r["batch"]["wall_s"] / r["batch"]["queries"]
+    base = sum(m["seconds"] for m in cache.meta.get("latency_calibration", []))
+    base += sum(sum(per.get(q, {}).values()) for q in val)
+    visited = {q for q, _ in pairs}
+    return {"pool": round(base + sum(per.get(q, {}).get(pool, 0.0) for q in visited), 2),
+            "cheapest": round(base + sum(min(per[q].values()) for q in visited if q in per), 2),
+            "same_pairs": round(base + sum(per.get(q, {}).get(c, 0.0) for q, c in pairs), 2)}
+
+
 def compare(run: str, cache_run: str, n_boot: int = 1000, seed: int = 0, trust: bool = False) -> dict[str, Any]:
     from evaluate import load_inputs
     from policies.ppo import PPOPolicy, load_model
@@ -49,9 +71,17 @@ def compare(run: str, cache_run: str, n_boot: int = 1000, seed: int = 0, trust: 
     full = load_inputs(EvalOptions(run=cache_run, progress=False, trust_checkpoint=trust), full_src)
     splits = json.loads((live_src.run_dir / "splits.json").read_text())
     trval = set(splits["train"]) | set(splits["val"])
-    cost = {"live": engine_cost(load_cache(live_src.cache), trval), "collected": engine_cost(load_cache(full_src.cache), trval)}
+    live_cache, full_cache = load_cache(live_src.cache), load_cache(full_src.cache)
+    cost: dict[str, Any] = {"live": engine_cost(live_cache, trval), "collected": engine_cost(full_cache, trval)}
     cost["ratio_engine_seconds"] = round(cost["live"]["engine_seconds"] / cost["collected"]["engine_seconds"], 3)
     cost["ratio_generated_tokens"] = round(cost["live"]["generated_tokens"] / cost["collected"]["generated_tokens"], 3)
+    train = set(splits["train"])
+    pairs = {(r["query_id"], r["config_id"]) for r in live_cache.records if r["query_id"] in train}
+    pools = [c for c in full_cache.config_ids if c.startswith("pool:")]
+    at = priced(full_cache, set(splits["val"]), pairs, pools[0] if pools else "")
+    cost["at_collected_prices"] = {
+        "train_queries_visited": len({q for q, _ in pairs}), "train_queries": len(train), "train_pairs": len(pairs),
+        **{f"ratio_{k}": round(v / cost["collected"]["engine_seconds"], 3) for k, v in at.items()}}
     table = full.table
     rows = table.indices([q for q in splits["test"] if q in table.qindex])
     rows = rows[table.mask[rows].all(axis=1)]
@@ -90,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine seconds, train+val queries: live {c['live']['engine_seconds']} vs collected "
           f"{c['collected']['engine_seconds']} (ratio {c['ratio_engine_seconds']}); generated tokens: ratio "
           f"{c['ratio_generated_tokens']} ({c['live']['records']} vs {c['collected']['records']} records)")
+    f = c["at_collected_prices"]
+    print(f"at the collection's prices ({f['train_queries_visited']} of {f['train_queries']} train queries visited, "
+          f"validation complete): the same pairs {f['ratio_same_pairs']}; floor with one pool record per visited "
+          f"query {f['ratio_pool']}, one cheapest record {f['ratio_cheapest']}")
     print(f"utility of the live run's PPO vs the cached run's on {out['test_queries']} test queries, "
           f"{len(out['points'])} λ points (90 %): above {out['counts']['above']}, below {out['counts']['below']}")
     if args.json:
