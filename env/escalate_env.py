@@ -189,10 +189,8 @@ class EscalateEnv(AllocateEnv):
         """The episode of query row ``qi`` over its records (``order`` None: a permutation per pool drawn
         from ``rng``, of the record the pick selects; pools may differ in size)."""
         prepared = self._prepared.get(qi)
-        if prepared is None:
-            prepared = prepare_query(self.table, self.menu, qi)
-            if not self.live:  # live: a beam's records may still arrive
-                self._prepared[qi] = prepared
+        if prepared is None:  # live: built once its pools exist; a beam arriving later fills its slot (step)
+            prepared = self._prepared[qi] = prepare_query(self.table, self.menu, qi)
         if order is None:
             perms = [rng.permutation(pick_record(r, pick)[0].k) for r in prepared[0]]
             order = perms[0] if len(perms) == 1 else perms
@@ -204,12 +202,12 @@ class EscalateEnv(AllocateEnv):
 
     def live_needs(self, action: int) -> list[tuple[int, str]]:
         """Live: the (query row, config) records that stepping ``action`` needs and the table lacks."""
-        qi = self.query_row
-        need = list(self.menu.pool_configs) if self._pending is not None else []
+        qi, t = self.query_row, self.table
+        need = [c for c in self.menu.pool_configs if not t.pool_records(qi, c)] if self._pending is not None else []
         a = self.menu.actions[int(action)] if 0 <= int(action) < len(self.menu) else None
-        if a is not None and a.kind == "beam" and not self.table.search_outcomes(qi, str(a.config_id)):
+        if a is not None and a.kind == "beam" and not t.search_outcomes(qi, str(a.config_id)):
             need.append(str(a.config_id))
-        return [(qi, c) for c in need if c not in self.menu.pool_configs or not self.table.pool_records(qi, c)]
+        return [(qi, c) for c in need]
 
     def step(self, action):
         if self._pending is not None and not self._done:  # live: its pools were generated for this step
@@ -225,6 +223,7 @@ class EscalateEnv(AllocateEnv):
         if self.live and self.menu.actions[a].kind == "beam":  # its records were generated for this step
             j = self.menu.beam_configs.index(str(self.menu.actions[a].config_id))
             if not ep.beams[j]:
+                # the prepared query's own list (Episode keeps it): later episodes on this query see it too
                 ep.beams[j] = self.table.search_outcomes(ep.qi, self.menu.beam_configs[j])
         illegal = not ep.mask()[a]
         if illegal:

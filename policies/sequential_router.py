@@ -41,6 +41,7 @@ from policies.sequential_gate import floor_decider
 from rollouts.scorers import Trajectory
 from rollouts.strategies import PoolSpec, StrategySpec, parse_serving_action
 from rollouts.strategies.base import request_seed
+from rollouts.strategies.pool import pool_sample
 from rollouts.strategies.race import SAMPLE_COUNTS
 from rollouts.strategies.selectors import CONFIDENCE_VOTE, answer_key
 
@@ -93,7 +94,6 @@ class SequentialRouter:
             )
         self.actions = self.menu.actions
         self.units = SeenUnits.from_dict(esc["units"])
-        self.pool_size = int(esc["pool_size"])
         self.has_scores = bool(esc["has_scores"])
         lm = esc.get("latency_model")  # the training cache's: what the env charged for a round
         self.latency = None
@@ -261,14 +261,12 @@ class SequentialRouter:
         def on_finish(_prompt: int, _sample: int, comp: Any) -> bool:
             g = grade_fn(q.answer, comp.text)
             sb = live.scorer.score(q.question, [Trajectory([comp.text], list(comp.token_ids), comp.logprobs)])
-            sample = {"text": comp.text, "answer": g.answer, "correct": g.correct if q.answer is not None else None,
-                      "tokens": comp.tokens, "finish_reason": comp.finish_reason, "score": float(sb.scores[0]),
-                      "scorer_tokens": int(sb.scorer_tokens[0]),
-                      "mean_logprob": (sum(comp.logprobs) / len(comp.logprobs)) if comp.logprobs else None}  # fmt: skip
+            sample = pool_sample(q, comp, g, sb.scores[0], sb.scorer_tokens[0])
             drawn.append(sample)
-            conf = None if sample["mean_logprob"] is None else math.exp(sample["mean_logprob"])
+            conf = confidences([sample])  # None without log-probs
             st.finish(answer_key(g.answer), comp.tokens, sample["scorer_tokens"],
-                      sample["score"] if self.has_scores else None, time.perf_counter() - t0, confidence=conf)
+                      sample["score"] if self.has_scores else None, time.perf_counter() - t0,
+                      confidence=conf[0] if conf else None)
             if not st.running:  # the round is over: nothing to cancel, the next step is decided after it
                 return False
             a = look.decide(self, st)

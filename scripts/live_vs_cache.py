@@ -34,14 +34,21 @@ from evaluation.source import load_source
 from rollouts.cache import RolloutCache, load_cache
 
 
+def record_seconds(r: dict[str, Any]) -> float:
+    """A record's share of the wall-clock seconds of the batched engine call it came from."""
+    return r["batch"]["wall_s"] / r["batch"]["queries"]
+
+
+def calibration_seconds(cache: RolloutCache) -> float:
+    return sum(m["seconds"] for m in cache.meta.get("latency_calibration", []))
+
+
 def engine_cost(cache: RolloutCache, query_ids: set[str]) -> dict[str, float]:
     """Engine seconds and generated tokens of ``cache``'s records on ``query_ids``, plus its calibration."""
     recs = [r for r in cache.records if r["query_id"] in query_ids]
-    calib = cache.meta.get("latency_calibration", [])
     return {
         "records": len(recs),
-        "engine_seconds": round(sum(r["batch"]["wall_s"] / r["batch"]["queries"] for r in recs)
-                                + sum(m["seconds"] for m in calib), 2),
+        "engine_seconds": round(sum(record_seconds(r) for r in recs) + calibration_seconds(cache), 2),
         "generated_tokens": int(sum(r["tokens"] for r in recs)),
     }
 
@@ -53,9 +60,8 @@ def priced(cache: RolloutCache, val: set[str], pairs: set[tuple[str, str]], pool
     (``same_pairs``)."""
     per: dict[str, dict[str, float]] = {}
     for r in cache.records:
-        per.setdefault(r["query_id"], {})[r["config_id"]] = r["batch"]["wall_s"] / r["batch"]["queries"]
-    base = sum(m["seconds"] for m in cache.meta.get("latency_calibration", []))
-    base += sum(sum(per.get(q, {}).values()) for q in val)
+        per.setdefault(r["query_id"], {})[r["config_id"]] = record_seconds(r)
+    base = calibration_seconds(cache) + sum(sum(per.get(q, {}).values()) for q in val)
     visited = {q for q, _ in pairs}
     return {"pool": round(base + sum(per.get(q, {}).get(pool, 0.0) for q in visited), 2),
             "cheapest": round(base + sum(min(per[q].values()) for q in visited if q in per), 2),

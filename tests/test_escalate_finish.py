@@ -211,7 +211,7 @@ def test_bad_watch_is_refused_and_finish_runs_export():
         _check_combination(SimpleNamespace(export=export, warm_start_from=None), env_cfg, PPOConfig(policy="mlp"), False, False)
 
 
-def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run, capsys):
+def test_train_and_evaluate_a_finish_run(synthetic_cache, tmp_path, tiny_run):
     """configs/train_escalate_finish.yaml trains and exports (cloned from a one-shot run whose races are
     played finish by finish) and the sequential evaluation plays the rules, the statics, the menu's races
     and the one-shot run's choices finish by finish on the same orders."""

@@ -28,6 +28,7 @@ from rollouts.serving.protocol import (
     parse_chat_request,
 )
 from rollouts.strategies import POOL, RACE
+from rollouts.strategies.race import SAMPLE_COUNTS
 
 log = logging.getLogger("ttc.serve")
 
@@ -310,7 +311,7 @@ class RoutingServer:
                 "selector": run.get("selector") if run["strategy"] in (POOL, RACE) else "best_score",
                 "rounds": len(out["rounds"]), "tokens": out["tokens"], "generated_tokens": out["generated_tokens"],
                 "seconds": round(out["seconds"], 4), "answer": out["answer"],
-                **{k: out[k] for k in ("samples_launched", "samples_finished", "samples_cancelled") if k in out},
+                **{k: out[k] for k in SAMPLE_COUNTS if k in out},
                 "lambda_tokens": out["lambda_tokens"], "lambda_seconds": out["lambda_seconds"],
                 "budget": None if b is None else {"cost": b.cost, "target": b.target, "solved_mean": b.achieved,
                                                   "binding": b.binding},

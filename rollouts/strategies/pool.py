@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from rollouts.backends.base import Backend, SamplingSpec
+from rollouts.backends.base import Backend, Completion, SamplingSpec
 from rollouts.latency import Round
 from rollouts.scorers import StepScorer, Trajectory
 from rollouts.strategies.base import POOL, GradeFn, PromptedQuery, StrategyResult, StrategySpec, request_seed
@@ -69,6 +69,21 @@ class PoolSpec(StrategySpec):
         return out
 
 
+def pool_sample(q: PromptedQuery, c: Completion, g: Any, score: float, scorer_tokens: int) -> dict[str, Any]:
+    """One sample of a pool as the cache stores it: completion ``c`` of query ``q``, its grade ``g``, its
+    scorer's score and tokens, and its mean token log-prob (None without log-probs)."""
+    return {
+        "text": c.text,
+        "answer": g.answer,
+        "correct": g.correct if q.answer is not None else None,
+        "tokens": c.tokens,
+        "finish_reason": c.finish_reason,
+        "score": float(score),
+        "scorer_tokens": int(scorer_tokens),
+        "mean_logprob": (sum(c.logprobs) / len(c.logprobs)) if c.logprobs else None,
+    }
+
+
 def run_pool(
     backend: Backend,
     queries: Sequence[PromptedQuery],
@@ -85,19 +100,8 @@ def run_pool(
     for q, comps in zip(queries, outs):
         trajs = [Trajectory([c.text], list(c.token_ids), c.logprobs) for c in comps]
         sb = scorer.score(q.question, trajs)
-        samples = []
-        for c, s, st in zip(comps, sb.scores, sb.scorer_tokens):
-            g = grade_fn(q.answer, c.text)
-            samples.append({
-                "text": c.text,
-                "answer": g.answer,
-                "correct": g.correct if q.answer is not None else None,
-                "tokens": c.tokens,
-                "finish_reason": c.finish_reason,
-                "score": float(s),
-                "scorer_tokens": int(st),
-                "mean_logprob": (sum(c.logprobs) / len(c.logprobs)) if c.logprobs else None,
-            })
+        samples = [pool_sample(q, c, grade_fn(q.answer, c.text), s, st)
+                   for c, s, st in zip(comps, sb.scores, sb.scorer_tokens)]  # fmt: skip
         results.append(StrategyResult(
             query_id=q.query_id, config_id=PoolSpec(n).config_id, strategy=POOL,
             params={"n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
